@@ -1,0 +1,514 @@
+"""The inventory: the plain-data description of one cluster.
+
+The Pulumi program writes it, the local lab writes it, a person can write it by hand; the
+bootstrap reads nothing else. Loading turns YAML into frozen dataclasses and checks every
+field, so that a mistake is one line naming the field and the fix (a `ConfigError`) before
+any host is touched.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from bootstrap.errors import ConfigError
+
+ROLES = ("control-plane", "etcd", "node")
+EGRESS_MODES = ("ssh-tunnel", "konnectivity")
+KEY_TYPES = ("rsa", "ecdsa")
+HOST_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+)
+# RFC 1123 label, the rule Kubernetes applies to node names, and DNS names built from them.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_VERSION = re.compile(r"^1\.(\d+)\.(\d+)$")
+_MIN_MINOR = 28  # oldest Kubernetes minor release whose flags we render
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An API server address: a load balancer (regional or zonal) with its name and address."""
+
+    name: str
+    address: str | None
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.name}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Zone:
+    name: str
+    subnets: tuple[str, ...]
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    zone: str
+    roles: tuple[str, ...]
+    address: str
+    ssh_port: int
+    host_key: str
+    advertise_address: str
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+
+@dataclass(frozen=True)
+class Bastion:
+    name: str
+    address: str
+    ssh_port: int
+    host_key: str
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    user: str
+    private_key: str
+    bastion: Bastion | None
+    connect_timeout: float
+    command_timeout: float
+    retries: int
+    parallel: int
+
+
+@dataclass(frozen=True)
+class PKISettings:
+    key_type: str
+    rsa_bits: int
+    ca_validity_days: int
+    validity_days: int
+    renew_before_days: int
+    ca_keys_on_hosts: bool
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    kubernetes_version: str
+    service_cidr: str
+    pod_cidr: str
+    dns_domain: str
+    api_port: int
+    egress: str
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        """First address of the service CIDR: the ClusterIP of the `kubernetes` service."""
+        return str(ipaddress.ip_network(self.service_cidr)[1])
+
+
+@dataclass(frozen=True)
+class Inventory:
+    cluster: Cluster
+    regional_endpoint: Endpoint
+    zones: tuple[Zone, ...]
+    hosts: tuple[Host, ...]
+    ssh: SSHSettings
+    pki: PKISettings
+    source: str = field(default="<memory>", compare=False)
+
+    def zone(self, name: str) -> Zone:
+        return next(z for z in self.zones if z.name == name)
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def with_role(self, role: str) -> tuple[Host, ...]:
+        return tuple(h for h in self.hosts if h.has(role))
+
+    @property
+    def control_plane(self) -> tuple[Host, ...]:
+        return self.with_role("control-plane")
+
+    @property
+    def etcd_members(self) -> tuple[Host, ...]:
+        return self.with_role("etcd")
+
+    @property
+    def nodes(self) -> tuple[Host, ...]:
+        return self.with_role("node")
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """Every load balancer: the regional one first, then one per zone."""
+        return (self.regional_endpoint, *(z.endpoint for z in self.zones))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load(path: str | Path) -> Inventory:
+    """Read and validate an inventory file; every problem is a one-line `ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the inventory ({err.strerror}); "
+                          "give the path of an inventory YAML file") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(err, 'problem', err)}); "
+                          "fix the syntax") from err
+    return parse(data, source=str(path))
+
+
+def parse(data: Any, source: str = "<memory>") -> Inventory:
+    """Validate plain data (as loaded from YAML or built by the Pulumi program)."""
+    r = _Reader(source)
+    top = r.mapping(data, "", required=("cluster", "endpoints", "zones", "hosts", "ssh"),
+                    optional=("pki",))
+    cluster = _cluster(r, top["cluster"])
+    endpoints = r.mapping(top["endpoints"], "endpoints", required=("regional", "zones"))
+    regional = _endpoint(r, endpoints["regional"], "endpoints.regional", cluster.api_port)
+    zonal_raw = r.mapping(endpoints["zones"], "endpoints.zones", optional=None)
+    zones = _zones(r, top["zones"], zonal_raw, cluster)
+    hosts = _hosts(r, top["hosts"], zones, cluster)
+    ssh = _ssh(r, top["ssh"], hosts)
+    pki = _pki(r, top.get("pki") or {})
+    _check_topology(r, zones, hosts)
+    return Inventory(cluster=cluster, regional_endpoint=regional, zones=zones, hosts=hosts,
+                     ssh=ssh, pki=pki, source=source)
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Small typed accessors that raise a `ConfigError` naming the field."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {where or 'top level'}: {message}")
+
+    def mapping(self, value: Any, where: str, required: tuple[str, ...] = (),
+                optional: tuple[str, ...] | None = ()) -> dict[str, Any]:
+        """A mapping with string keys; with `optional=None` any key is allowed."""
+        if not isinstance(value, Mapping):
+            raise self.fail(where, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(where, f"key {key!r} is not a string; quote it")
+        if optional is not None:
+            allowed = (*required, *optional)
+            for key in value:
+                if key not in allowed:
+                    raise self.fail(_join(where, key),
+                                    f"unknown key; allowed here: {', '.join(allowed)}")
+        for key in required:
+            if key not in value:
+                raise self.fail(_join(where, key), "missing; add it")
+        return dict(value)
+
+    def string(self, value: Any, where: str, pattern: re.Pattern[str] | None = None,
+               hint: str = "") -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(where, f"expected a non-empty string, got {_kind(value)}")
+        if pattern is not None and not pattern.match(value):
+            raise self.fail(where, f"{value!r} is not valid; {hint}")
+        return value
+
+    def integer(self, value: Any, where: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"expected a whole number, got {_kind(value)}")
+        if not low <= value <= high:
+            raise self.fail(where, f"{value} is out of range; use {low}..{high}")
+        return value
+
+    def number(self, value: Any, where: str, low: float, high: float) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(where, f"expected a number, got {_kind(value)}")
+        if not low <= value <= high:
+            raise self.fail(where, f"{value} is out of range; use {low}..{high}")
+        return float(value)
+
+    def boolean(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(where, f"expected true or false, got {_kind(value)}")
+        return value
+
+    def choice(self, value: Any, where: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise self.fail(where, f"{value!r} is not one of: {', '.join(choices)}")
+        return str(value)
+
+    def address(self, value: Any, where: str) -> str:
+        text = self.string(value, where)
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError as err:
+            raise self.fail(where, f"{text!r} is not an IP address; write e.g. 10.0.1.10") \
+                from err
+
+    def cidr(self, value: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        text = self.string(value, where)
+        try:
+            return ipaddress.ip_network(text, strict=True)
+        except ValueError as err:
+            raise self.fail(where, f"{text!r} is not a network in CIDR form with its host bits "
+                                   "zero; write e.g. 10.0.1.0/24") from err
+
+    def items(self, value: Any, where: str, parse_one: Callable[[Any, str], T]) -> list[T]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(where, f"expected a non-empty list, got {_kind(value)}")
+        return [parse_one(item, f"{where}[{i}]") for i, item in enumerate(value)]
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: f"the string {value!r}",
+            bool: f"{value}".lower()}.get(type(value), f"{value!r}")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _cluster(r: _Reader, raw: Any) -> Cluster:
+    c = r.mapping(raw, "cluster", required=("name", "kubernetes_version"),
+                  optional=("service_cidr", "pod_cidr", "dns_domain", "api_port", "egress"))
+    name = r.string(c["name"], "cluster.name", _DNS_LABEL,
+                    "use lower-case letters, digits and '-', at most 63 characters")
+    version = r.string(c["kubernetes_version"], "cluster.kubernetes_version", _VERSION,
+                       "write a release such as 1.31.2 (quote it in YAML)")
+    minor = int(_VERSION.match(version).group(1))  # type: ignore[union-attr]
+    if minor < _MIN_MINOR:
+        raise r.fail("cluster.kubernetes_version",
+                     f"{version} is too old; use 1.{_MIN_MINOR}.0 or newer")
+    service = r.cidr(c.get("service_cidr", "10.96.0.0/12"), "cluster.service_cidr")
+    pod = r.cidr(c.get("pod_cidr", "10.244.0.0/16"), "cluster.pod_cidr")
+    if service.version != pod.version:
+        raise r.fail("cluster.service_cidr", "the service and pod CIDRs must be of one IP version")
+    if service.overlaps(pod):  # type: ignore[arg-type]
+        raise r.fail("cluster.service_cidr", f"{service} overlaps cluster.pod_cidr {pod}; "
+                                             "choose ranges that do not overlap")
+    if service.num_addresses < 16:
+        raise r.fail("cluster.service_cidr", f"{service} is too small; use /28 or larger")
+    domain = r.string(c.get("dns_domain", "cluster.local"), "cluster.dns_domain")
+    if not all(_DNS_LABEL.match(label) for label in domain.split(".")):
+        raise r.fail("cluster.dns_domain", f"{domain!r} is not a DNS domain; "
+                                           "write e.g. cluster.local")
+    return Cluster(
+        name=name, kubernetes_version=version, service_cidr=str(service), pod_cidr=str(pod),
+        dns_domain=domain,
+        api_port=r.integer(c.get("api_port", 6443), "cluster.api_port", 1, 65535),
+        egress=r.choice(c.get("egress", "konnectivity"), "cluster.egress", EGRESS_MODES),
+    )
+
+
+def _endpoint(r: _Reader, raw: Any, where: str, default_port: int) -> Endpoint:
+    e = r.mapping(raw, where, required=("name",), optional=("address", "port"))
+    name = r.string(e["name"], f"{where}.name")
+    if not all(_DNS_LABEL.match(label) for label in name.split(".")):
+        raise r.fail(f"{where}.name", f"{name!r} is not a DNS name; write e.g. "
+                                      "api.example.internal")
+    address = r.address(e["address"], f"{where}.address") if e.get("address") else None
+    port = r.integer(e.get("port", default_port), f"{where}.port", 1, 65535)
+    return Endpoint(name=name, address=address, port=port)
+
+
+def _zones(r: _Reader, raw: Any, zonal: dict[str, Any], cluster: Cluster) -> tuple[Zone, ...]:
+    service = ipaddress.ip_network(cluster.service_cidr)
+    pod = ipaddress.ip_network(cluster.pod_cidr)
+
+    def one(item: Any, where: str) -> Zone:
+        z = r.mapping(item, where, required=("name", "subnets"))
+        name = r.string(z["name"], f"{where}.name")
+        subnets = r.items(z["subnets"], f"{where}.subnets", r.cidr)
+        for i, net in enumerate(subnets):
+            for other, label in ((service, "cluster.service_cidr"), (pod, "cluster.pod_cidr")):
+                if net.overlaps(other):  # type: ignore[arg-type]
+                    raise r.fail(f"{where}.subnets[{i}]", f"{net} overlaps {label} {other}; "
+                                                          "choose host subnets outside it")
+        if name not in zonal:
+            raise r.fail(f"endpoints.zones.{name}", f"missing: zone {name} needs its own load "
+                                                    "balancer endpoint; add it")
+        endpoint = _endpoint(r, zonal[name], f"endpoints.zones.{name}", cluster.api_port)
+        return Zone(name=name, subnets=tuple(str(n) for n in subnets), endpoint=endpoint)
+
+    zones = r.items(raw, "zones", one)
+    seen: set[str] = set()
+    for i, zone in enumerate(zones):
+        if zone.name in seen:
+            raise r.fail(f"zones[{i}].name", f"zone {zone.name} is listed twice; list each once")
+        seen.add(zone.name)
+    for name in zonal:
+        if name not in seen:
+            raise r.fail(f"endpoints.zones.{name}", "names no zone listed under zones; "
+                                                    "remove it or add the zone")
+    if len(zones) < 3:
+        raise r.fail("zones", f"{len(zones)} zone(s) given; a multi-zone control plane needs "
+                              "at least three zones")
+    all_subnets = [(z.name, ipaddress.ip_network(s)) for z in zones for s in z.subnets]
+    for i, (zname, net) in enumerate(all_subnets):
+        for oname, other in all_subnets[i + 1:]:
+            if net.overlaps(other):  # type: ignore[arg-type]
+                raise r.fail(f"zones.{oname}.subnets", f"{other} overlaps {net} of zone "
+                                                       f"{zname}; give each zone its own ranges")
+    return tuple(zones)
+
+
+def _host_key(r: _Reader, value: Any, where: str) -> str:
+    """An OpenSSH public key line, `<type> <base64>`; a trailing comment is dropped."""
+    text = r.string(value, where)
+    parts = text.split()
+    hint = "paste the host's public key as '<type> <base64>' (e.g. from ssh-keyscan)"
+    if len(parts) < 2 or parts[0] not in HOST_KEY_TYPES:
+        raise r.fail(where, f"malformed host key; {hint}")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError as err:
+        raise r.fail(where, f"host key is not valid base64; {hint}") from err
+    # The blob starts with its own type name, length-prefixed: a cheap integrity check.
+    if len(blob) < 4:
+        raise r.fail(where, f"host key is truncated; {hint}")
+    length = int.from_bytes(blob[:4], "big")
+    if blob[4:4 + length].decode("ascii", "replace") != parts[0]:
+        raise r.fail(where, f"host key data does not match its type {parts[0]}; {hint}")
+    return f"{parts[0]} {parts[1]}"
+
+
+def _hosts(r: _Reader, raw: Any, zones: tuple[Zone, ...], cluster: Cluster) -> tuple[Host, ...]:
+    by_zone = {z.name: z for z in zones}
+    service = ipaddress.ip_network(cluster.service_cidr)
+    pod = ipaddress.ip_network(cluster.pod_cidr)
+
+    def one(item: Any, where: str) -> Host:
+        h = r.mapping(item, where, required=("name", "zone", "roles", "address", "host_key"),
+                      optional=("ssh_port", "advertise_address"))
+        name = r.string(h["name"], f"{where}.name", _DNS_LABEL,
+                        "use lower-case letters, digits and '-' (it becomes the node name)")
+        zone = r.string(h["zone"], f"{where}.zone")
+        if zone not in by_zone:
+            raise r.fail(f"{where}.zone", f"{zone!r} is not a zone listed under zones; "
+                                          f"use one of: {', '.join(by_zone)}")
+        roles = r.items(h["roles"], f"{where}.roles",
+                        lambda v, w: r.choice(v, w, ROLES))
+        if len(set(roles)) != len(roles):
+            raise r.fail(f"{where}.roles", "a role is listed twice; list each once")
+        address = r.address(h["address"], f"{where}.address")
+        ip = ipaddress.ip_address(address)
+        subnets = [ipaddress.ip_network(s) for s in by_zone[zone].subnets]
+        if not any(ip in net for net in subnets):
+            raise r.fail(f"{where}.address", f"{address} is outside the subnets of zone {zone} "
+                                             f"({', '.join(map(str, subnets))}); use an address "
+                                             "inside them")
+        if ip in service or ip in pod:
+            raise r.fail(f"{where}.address", f"{address} lies in the service or pod CIDR; "
+                                             "host addresses must be outside both")
+        advertise = (r.address(h["advertise_address"], f"{where}.advertise_address")
+                     if "advertise_address" in h else address)
+        return Host(name=name, zone=zone, roles=tuple(roles), address=address,
+                    ssh_port=r.integer(h.get("ssh_port", 22), f"{where}.ssh_port", 1, 65535),
+                    host_key=_host_key(r, h["host_key"], f"{where}.host_key"),
+                    advertise_address=advertise)
+
+    hosts = r.items(raw, "hosts", one)
+    names: dict[str, int] = {}
+    addresses: dict[str, int] = {}
+    for i, host in enumerate(hosts):
+        if host.name in names:
+            raise r.fail(f"hosts[{i}].name", f"{host.name} is also hosts[{names[host.name]}]; "
+                                             "give every host its own name")
+        names[host.name] = i
+        if host.address in addresses:
+            raise r.fail(f"hosts[{i}].address", f"{host.address} is also the address of "
+                                                f"hosts[{addresses[host.address]}]; give every "
+                                                "host its own address")
+        addresses[host.address] = i
+    return tuple(hosts)
+
+
+def _ssh(r: _Reader, raw: Any, hosts: tuple[Host, ...]) -> SSHSettings:
+    s = r.mapping(raw, "ssh", required=("user", "private_key"),
+                  optional=("bastion", "connect_timeout", "command_timeout", "retries",
+                            "parallel"))
+    bastion = None
+    if s.get("bastion") is not None:
+        b = r.mapping(s["bastion"], "ssh.bastion", required=("name", "address", "host_key"),
+                      optional=("ssh_port",))
+        bastion = Bastion(
+            name=r.string(b["name"], "ssh.bastion.name"),
+            address=r.address(b["address"], "ssh.bastion.address"),
+            ssh_port=r.integer(b.get("ssh_port", 22), "ssh.bastion.ssh_port", 1, 65535),
+            host_key=_host_key(r, b["host_key"], "ssh.bastion.host_key"),
+        )
+        if bastion.name in {h.name for h in hosts}:
+            raise r.fail("ssh.bastion.name", f"{bastion.name} is also a cluster host; "
+                                              "give the bastion its own name")
+    return SSHSettings(
+        user=r.string(s["user"], "ssh.user"),
+        private_key=r.string(s["private_key"], "ssh.private_key"),
+        bastion=bastion,
+        connect_timeout=r.number(s.get("connect_timeout", 10), "ssh.connect_timeout", 0.1, 600),
+        command_timeout=r.number(s.get("command_timeout", 300), "ssh.command_timeout", 1, 86400),
+        retries=r.integer(s.get("retries", 3), "ssh.retries", 0, 20),
+        parallel=r.integer(s.get("parallel", 32), "ssh.parallel", 1, 1024),
+    )
+
+
+def _pki(r: _Reader, raw: Any) -> PKISettings:
+    p = r.mapping(raw, "pki", optional=("key_type", "rsa_bits", "ca_validity_days",
+                                        "validity_days", "renew_before_days",
+                                        "ca_keys_on_hosts"))
+    settings = PKISettings(
+        key_type=r.choice(p.get("key_type", "rsa"), "pki.key_type", KEY_TYPES),
+        rsa_bits=r.choice(p.get("rsa_bits", 2048), "pki.rsa_bits", (2048, 3072, 4096)),  # type: ignore[arg-type]
+        ca_validity_days=r.integer(p.get("ca_validity_days", 3650), "pki.ca_validity_days",
+                                   1, 36500),
+        validity_days=r.integer(p.get("validity_days", 365), "pki.validity_days", 1, 3650),
+        renew_before_days=r.integer(p.get("renew_before_days", 30), "pki.renew_before_days",
+                                    0, 3650),
+        ca_keys_on_hosts=r.boolean(p.get("ca_keys_on_hosts", True), "pki.ca_keys_on_hosts"),
+    )
+    settings = PKISettings(**{**settings.__dict__, "rsa_bits": int(settings.rsa_bits)})
+    if settings.renew_before_days >= settings.validity_days:
+        raise r.fail("pki.renew_before_days", f"{settings.renew_before_days} days is not less "
+                                              f"than pki.validity_days "
+                                              f"({settings.validity_days}); make it smaller")
+    if settings.validity_days > settings.ca_validity_days:
+        raise r.fail("pki.validity_days", "certificates would outlive their CA; make it at "
+                                          "most pki.ca_validity_days")
+    return settings
+
+
+def _check_topology(r: _Reader, zones: tuple[Zone, ...], hosts: tuple[Host, ...]) -> None:
+    """Rules across hosts and zones: the shape the design requires of every cluster."""
+    for zone in zones:
+        in_zone = [h for h in hosts if h.zone == zone.name]
+        cp = [h for h in in_zone if h.has("control-plane")]
+        if not cp:
+            raise r.fail("hosts", f"zone {zone.name} has no control-plane host; give it one "
+                                  "(the control plane must be replicated in every zone)")
+        if len(cp) > 2:
+            raise r.fail("hosts", f"zone {zone.name} has {len(cp)} control-plane hosts; use one "
+                                  "or two per zone and add zones to grow further")
+        if not any(h.has("etcd") for h in in_zone):
+            raise r.fail("hosts", f"zone {zone.name} has no etcd host; give one of its "
+                                  "control-plane hosts the etcd role")
+    for i, host in enumerate(hosts):
+        if host.has("etcd") and not host.has("control-plane"):
+            raise r.fail(f"hosts[{i}].roles", "etcd runs on control-plane hosts here (stacked); "
+                                              "add the control-plane role or drop etcd")
