@@ -1,0 +1,56 @@
+"""The command line: `python -m bootstrap <command> ...`.
+
+Each command lives in its own module and exposes `add_arguments(parser)` and `run(args)`;
+this module only dispatches and turns our errors into one line and an exit code
+(2 for bad input, 1 for everything else), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from bootstrap.errors import ConfigError, MultizoneError
+
+# command name -> (module, one-line help)
+COMMANDS = {
+    "pki": ("bootstrap.pki.command", "issue or refresh the cluster PKI into a directory"),
+    "lab": ("bootstrap.lab.command", "the local three-zone lab: up, down, status"),
+    "apply": ("bootstrap.apply_command", "bootstrap every host of an inventory over SSH"),
+    "plan": ("bootstrap.apply_command", "show per host what apply would change"),
+    "check": ("bootstrap.apply_command", "health of every host and etcd member"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message}; see --help\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m bootstrap",
+                     description="Bootstrap a multi-zone Kubernetes control plane over SSH.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(command_parser, name)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except MultizoneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
