@@ -1,0 +1,42 @@
+"""`python -m bootstrap pki INVENTORY --out DIR`: issue or refresh every host's PKI files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from bootstrap import inventory as inventory_module
+from bootstrap.pki.issue import generate
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("inventory", help="inventory YAML file")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="directory of the PKI: DIR/local (CAs, admin.conf) and "
+                             "DIR/<host>/<path on host>")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes for key generation (default: one per core)")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    inventory = inventory_module.load(args.inventory)
+    started = time.monotonic()
+    result = generate(inventory, args.out, workers=args.workers)
+    elapsed = time.monotonic() - started
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    issued = sum(len(h.issued) for h in result.hosts.values()) + len(result.local.issued)
+    written = sum(len(h.written) for h in result.hosts.values()) + len(result.local.written)
+    removed = sum(len(h.removed) for h in result.hosts.values()) + len(result.local.removed)
+    if not args.quiet:
+        for host in [result.local, *result.hosts.values()]:
+            if host.changed or host.issued:
+                detail = "; ".join(host.issued) or "files updated"
+                print(f"{host.host}: {len(host.written)} written, {len(host.removed)} removed"
+                      f" ({detail})")
+    state = "changed" if result.changed else "unchanged"
+    print(f"pki {state}: {len(result.hosts)} hosts, {issued} certificates issued, "
+          f"{written} files written, {removed} removed in {elapsed:.2f}s -> {args.out}")
+    return 0
