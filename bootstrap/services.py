@@ -1,0 +1,252 @@
+"""Long-running services on hosts: one definition, two keepers.
+
+A step describes a service once (`Service`) and calls `ensure`. Both managers write the same
+systemd unit to /etc/systemd/system/<name>.service through `runner.put`, so the definition
+on a lab host is byte for byte what a real host gets; they differ only in who keeps the
+process alive:
+
+- `SystemdManager` (real hosts): daemon-reload, enable --now, restart when the unit changed.
+- `LabSupervisor` (lab hosts, no systemd): a small detached supervisor per service
+  (bootstrap/lab/supervise.py, shipped to /var/lib/mzk/bin/mzk-supervise) reads that unit,
+  runs ExecStart and restarts it with backoff; it is restarted only when the unit it loaded
+  (sha256 under /run/mzk) differs from the unit on disk.
+
+`manager_for(runner)` picks one: the lab writes the marker /etc/mzk/lab-host on each of its
+hosts; otherwise a host booted with systemd has /run/systemd/system.
+`ensure` with an unchanged definition changes nothing, restarts nothing and returns False.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from bootstrap.errors import StepError
+from bootstrap.ssh import Runner
+
+UNIT_DIR = "/etc/systemd/system"
+LAB_MARKER = "/etc/mzk/lab-host"
+SUPERVISOR_PATH = "/var/lib/mzk/bin/mzk-supervise"
+RUN_DIR = "/run/mzk"
+SUPERVISOR_SOURCE = (Path(__file__).parent / "lab" / "supervise.py").read_bytes()
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.@-]*$")
+_BARE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+
+
+@dataclass(frozen=True)
+class Service:
+    """A long-running process: what systemd's ExecStart/Environment/After would say."""
+
+    name: str
+    command_line: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)
+    after: Sequence[str] = ()
+    description: str = ""
+    working_directory: str = "/"
+    restart_sec: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"service name {self.name!r}: use letters, digits, '-', '_', '.'")
+        if not self.command_line:
+            raise ValueError(f"service {self.name}: empty command line")
+        for word in (*self.command_line, *self.env.keys(), *self.env.values()):
+            if "\n" in word or "\r" in word:
+                raise ValueError(f"service {self.name}: a newline in {word!r}")
+        object.__setattr__(self, "command_line", tuple(self.command_line))
+        object.__setattr__(self, "after", tuple(self.after))
+
+
+def _quote(word: str, dollars: bool) -> str:
+    """One word as systemd reads it: `%` and (in ExecStart) `$` doubled, quoted if needed."""
+    word = word.replace("%", "%%")
+    if dollars:
+        word = word.replace("$", "$$")
+    if word and _BARE.match(word):
+        return word
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def unit_path(name: str) -> str:
+    return f"{UNIT_DIR}/{name}.service"
+
+
+def render_unit(service: Service) -> str:
+    """The systemd unit for a service; the lab supervisor reads the same file."""
+    after = " ".join(["network-online.target", *(
+        a if "." in a else f"{a}.service" for a in service.after)])
+    lines = [
+        "# Written by multizone-k8s bootstrap; local edits are overwritten.",
+        "[Unit]",
+        f"Description={service.description or service.name}",
+        f"After={after}",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        *(f"Environment={_quote(f'{k}={v}', dollars=False)}"
+          for k, v in sorted(service.env.items())),
+        f"WorkingDirectory={_quote(service.working_directory, dollars=False)}",
+        "ExecStart=" + " ".join(_quote(w, dollars=True) for w in service.command_line),
+        "Restart=always",
+        f"RestartSec={service.restart_sec:g}",
+        "LimitNOFILE=65536",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+class ServiceManager(Protocol):
+    def ensure(self, runner: Runner, service: Service) -> bool: ...
+
+    def restart(self, runner: Runner, name: str) -> None: ...
+
+    def stop(self, runner: Runner, name: str) -> None: ...
+
+    def is_active(self, runner: Runner, name: str) -> bool: ...
+
+
+class SystemdManager:
+    """Hosts booted with systemd."""
+
+    def ensure(self, runner: Runner, service: Service) -> bool:
+        unit = f"{service.name}.service"
+        changed = runner.put(unit_path(service.name), render_unit(service).encode(), 0o644)
+        if changed:
+            runner.run("systemctl daemon-reload")
+            runner.run(f"systemctl enable {shlex.quote(unit)}")
+            runner.run(f"systemctl restart {shlex.quote(unit)}")
+            return True
+        state = runner.run(f"systemctl is-enabled {shlex.quote(unit)}; "
+                           f"systemctl is-active {shlex.quote(unit)}", check=False).stdout.split()
+        if state[:2] == ["enabled", "active"]:
+            return False
+        runner.run(f"systemctl enable --now {shlex.quote(unit)}")
+        return True
+
+    def restart(self, runner: Runner, name: str) -> None:
+        runner.run(f"systemctl restart {shlex.quote(name + '.service')}")
+
+    def stop(self, runner: Runner, name: str) -> None:
+        runner.run(f"systemctl stop {shlex.quote(name + '.service')}")
+
+    def is_active(self, runner: Runner, name: str) -> bool:
+        return runner.run(f"systemctl is-active --quiet {shlex.quote(name + '.service')}",
+                          check=False).exit_code == 0
+
+
+@dataclass(frozen=True)
+class SupervisorState:
+    """Parsed output of the status script: pids (None if not running) and loaded unit."""
+
+    supervisor_pid: int | None
+    main_pid: int | None
+    loaded_sha256: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> SupervisorState:
+        fields = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
+
+        def num(key: str) -> int | None:
+            value = fields.get(key, "-").strip()
+            return int(value) if value.isdigit() else None
+
+        loaded = fields.get("loaded", "-").strip()
+        return cls(num("supervisor"), num("main"), None if loaded == "-" else loaded)
+
+
+def _status_script(name: str) -> str:
+    n = shlex.quote(name)
+    return f"""d={RUN_DIR}; n={n}
+alive() {{ [ -n "$1" ] && [ -r /proc/"$1"/cmdline ] &&
+  tr '\\0' ' ' < /proc/"$1"/cmdline | grep -qF "$2 "; }}
+sp=$(cat "$d/$n.supervisor.pid" 2>/dev/null); mp=$(cat "$d/$n.pid" 2>/dev/null)
+if alive "$sp" "mzk-supervise $n"; then echo "supervisor $sp"; else echo "supervisor -"; sp=; fi
+if [ -n "$sp" ] && [ -n "$mp" ] && kill -0 "$mp" 2>/dev/null; then echo "main $mp"
+else echo "main -"; fi
+echo "loaded $(cat "$d/$n.unit-sha256" 2>/dev/null || echo -)"
+"""
+
+
+class LabSupervisor:
+    """Lab hosts: a detached `mzk-supervise` per service keeps the process alive."""
+
+    start_timeout = 10.0
+
+    def state(self, runner: Runner, name: str) -> SupervisorState:
+        return SupervisorState.parse(runner.run(_status_script(name)).stdout)
+
+    def ensure(self, runner: Runner, service: Service) -> bool:
+        unit = render_unit(service).encode()
+        runner.put(SUPERVISOR_PATH, SUPERVISOR_SOURCE, 0o755)
+        wrote_unit = runner.put(unit_path(service.name), unit, 0o644)
+        state = self.state(runner, service.name)
+        current = state.supervisor_pid is not None \
+            and state.loaded_sha256 == hashlib.sha256(unit).hexdigest()
+        if current:
+            return wrote_unit
+        if state.supervisor_pid is not None:
+            self.stop(runner, service.name)
+        self._start(runner, service.name, hashlib.sha256(unit).hexdigest())
+        return True
+
+    def _start(self, runner: Runner, name: str, sha: str) -> None:
+        n = shlex.quote(name)
+        steps = int(self.start_timeout * 10)
+        runner.run(
+            f"mkdir -p {RUN_DIR} /var/lib/mzk/log && "
+            f"setsid -f {SUPERVISOR_PATH} {n} </dev/null "
+            f">>/var/lib/mzk/log/{n}.supervisor.log 2>&1\n"
+            f"for i in $(seq 1 {steps}); do\n"
+            f"  [ \"$(cat {RUN_DIR}/{n}.unit-sha256 2>/dev/null)\" = {sha} ] && "
+            f"[ -s {RUN_DIR}/{n}.pid ] && exit 0\n"
+            "  sleep 0.1\ndone\n"
+            f"echo 'supervisor did not start; see /var/lib/mzk/log/{name}.supervisor.log' >&2\n"
+            f"tail -n 5 /var/lib/mzk/log/{n}.supervisor.log >&2; exit 1")
+
+    def restart(self, runner: Runner, name: str) -> None:
+        unit = runner.read(unit_path(name))
+        if unit is None:
+            raise StepError(f"{runner.name}: no unit {unit_path(name)} to restart; "
+                            "ensure the service first")
+        self.stop(runner, name)
+        self._start(runner, name, hashlib.sha256(unit).hexdigest())
+
+    def stop(self, runner: Runner, name: str) -> None:
+        state = self.state(runner, name)
+        pids = " ".join(str(p) for p in (state.supervisor_pid,) if p)
+        main = str(state.main_pid or "")
+        n = shlex.quote(name)
+        runner.run(
+            f"for p in {pids}; do kill -TERM $p 2>/dev/null; done\n"
+            "for i in $(seq 1 150); do\n"
+            f"  alive=; for p in {pids} {main}; do kill -0 $p 2>/dev/null && alive=1; done\n"
+            "  [ -z \"$alive\" ] && break; sleep 0.1\ndone\n"
+            f"for p in {pids} {main}; do kill -KILL $p 2>/dev/null; done\n"
+            f"rm -f {RUN_DIR}/{n}.pid {RUN_DIR}/{n}.supervisor.pid {RUN_DIR}/{n}.unit-sha256\n"
+            "true")
+
+    def is_active(self, runner: Runner, name: str) -> bool:
+        state = self.state(runner, name)
+        return state.supervisor_pid is not None and state.main_pid is not None
+
+
+def manager_for(runner: Runner) -> ServiceManager:
+    """The lab marker wins; else systemd if the host was booted with it; else an error."""
+    kind = runner.run(f"if [ -f {LAB_MARKER} ]; then echo lab; "
+                      "elif [ -d /run/systemd/system ]; then echo systemd; "
+                      "else echo none; fi").stdout.strip()
+    if kind == "lab":
+        return LabSupervisor()
+    if kind == "systemd":
+        return SystemdManager()
+    raise StepError(f"{runner.name}: neither systemd (/run/systemd/system) nor the lab marker "
+                    f"({LAB_MARKER}) found; boot the host with systemd")
