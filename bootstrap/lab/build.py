@@ -1,0 +1,482 @@
+"""Bring the lab up and down on this machine: namespaces, veths, bridges, one sshd per host.
+
+Everything made is first written to DIR/lab-state.json, then made, so `down` can undo a
+lab that crashed half-way; `down` also scans `ip netns list` for the lab's prefix. Each host's
+sshd runs in its own network namespace and in a private mount namespace where the
+directories the bootstrap writes (layout.HOST_DIRS) are bind-mounted from DIR/hosts/<name>/fs,
+so processes started over SSH see only their host's files. Needs root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from bootstrap.errors import MultizoneError
+from bootstrap.lab.layout import (
+    HOST_DIRS,
+    LAB_NET,
+    LINK_BASE,
+    LINK_SLOTS,
+    LabHost,
+    Layout,
+    inventory_data,
+    plan,
+)
+
+STATE_FILE = "lab-state.json"
+SSHD = "/usr/sbin/sshd"
+Say = Callable[[str], None]
+
+
+class LabError(MultizoneError):
+    """The lab could not be built or torn down on this machine."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ip(args: list[str], batch: list[str] | None = None, check: bool = True,
+        force: bool = False) -> subprocess.CompletedProcess[str]:
+    cmd = ["ip", *(["-force"] if force else []), *args]
+    if batch is not None:
+        cmd += ["-batch", "-"]
+    proc = subprocess.run(cmd, input="\n".join(batch or []) + "\n" if batch else None,
+                          capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+def lab_namespaces(prefix: str) -> list[str]:
+    """Every existing network namespace of this lab (found by its name prefix)."""
+    proc = _ip(["netns", "list"], check=False)
+    names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
+    return [n for n in names if n.startswith(prefix + "-")]
+
+
+def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def ensure_keypair(path: Path, comment: str) -> str:
+    """An ed25519 key in OpenSSH format at `path` (0600), made once; its public line."""
+    if path.exists():
+        private = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+    else:
+        private = ed25519.Ed25519PrivateKey.generate()
+        _write_private(path, private.private_bytes(serialization.Encoding.PEM,
+                                                   serialization.PrivateFormat.OpenSSH,
+                                                   serialization.NoEncryption()))
+    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,  # type: ignore[union-attr]
+                                               serialization.PublicFormat.OpenSSH).decode()
+    _write_private(path.with_name(path.name + ".pub"), f"{public} {comment}\n".encode(), 0o644)
+    return public
+
+
+def _pid_alive(pid: int | None, needle: str = "") -> bool:
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return needle in cmdline
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class State:
+    """What this lab made, saved before each piece is made."""
+
+    path: Path
+    data: dict
+
+    @classmethod
+    def load(cls, lab_dir: Path) -> State:
+        path = lab_dir / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data.setdefault("namespaces", [])
+        data.setdefault("pids", {})
+        data.setdefault("mountpoints", [])
+        return cls(path, data)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(self.path, json.dumps(self.data, indent=2).encode(), 0o644)
+
+    def add(self, key: str, *values: str) -> None:
+        for value in values:
+            if value not in self.data[key]:
+                self.data[key].append(value)
+        self.save()
+
+
+# --------------------------------------------------------------------------- up
+
+
+def _pick_link_slot(preferred: int) -> int:
+    """A /30 for the root<->bastion link that overlaps nothing routed on this machine."""
+    used = []
+    for args in (["-4", "-o", "addr", "show"], ["-4", "route", "show", "table", "all"]):
+        for word in _ip(args, check=False).stdout.split():
+            try:
+                used.append(ipaddress.ip_network(word, strict=False))
+            except ValueError:
+                continue
+    for k in range(LINK_SLOTS):
+        slot = (preferred + k) % LINK_SLOTS
+        net = ipaddress.ip_network(f"{LINK_BASE + 4 * slot}/30")
+        if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
+            return slot
+    raise LabError("no free /30 for the bastion link in 10.213.250.0/24; remove other labs")
+
+
+def _sshd_config(home: Path, address: str, authorized: Path) -> str:
+    return "\n".join([
+        f"ListenAddress {address}",
+        "Port 22",
+        f"HostKey {home / 'sshd' / 'ssh_host_ed25519_key'}",
+        f"PidFile {home / 'sshd' / 'sshd.pid'}",
+        f"AuthorizedKeysFile {authorized}",
+        "PermitRootLogin prohibit-password",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        "StrictModes no",
+        "UseDNS no",
+        "AllowTcpForwarding yes",
+        "MaxStartups 200:30:400",
+        "MaxSessions 100",
+        "LogLevel ERROR",
+        "Subsystem sftp internal-sftp",
+        "",
+    ])
+
+
+def _start_sshd(netns: str, home: Path, binds: list[tuple[Path, str]], hostname: str) -> int:
+    """sshd -D in the namespace, in private mount and UTS namespaces (the host's binds, its
+    own hostname); the pid returned is sshd's own (every wrapper execs)."""
+    mounts = f"hostname {shlex.quote(hostname)} && " + "".join(
+        f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)} && " for src, dst in binds)
+    script = (f"{mounts}exec {SSHD} -D -f {shlex.quote(str(home / 'sshd' / 'sshd_config'))} "
+              f"-E {shlex.quote(str(home / 'sshd' / 'sshd.log'))}")
+    log = open(home / "sshd" / "start.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, "unshare", "--mount", "--uts",
+                                 "--propagation", "private", "sh", "-c", script],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+    finally:
+        log.close()
+    return proc.pid
+
+
+def _prepare_host_files(layout: Layout, host: LabHost | None, authorized: Path) -> tuple[
+        str, list[tuple[Path, str]]]:
+    """Config, host key and file tree of one host (or the bastion); its public host key."""
+    name = host.name if host else "bastion"
+    home = layout.dir / "hosts" / name
+    (home / "sshd").mkdir(parents=True, exist_ok=True)
+    public = ensure_keypair(home / "sshd" / "ssh_host_ed25519_key", f"root@{name}")
+    address = host.address if host else "0.0.0.0"  # noqa: S104 - bastion: both links
+    (home / "sshd" / "sshd_config").write_text(_sshd_config(home, address, authorized))
+    (home / "sshd" / "sshd.pid").unlink(missing_ok=True)
+    binds: list[tuple[Path, str]] = []
+    if host is not None:
+        for target in HOST_DIRS:
+            src = home / "fs" / target.lstrip("/")
+            src.mkdir(parents=True, exist_ok=True)
+            os.chmod(src, 0o755)  # noqa: S103 - like /etc on a real host
+            binds.append((src, target))
+        (home / "fs" / "etc" / "mzk" / "lab-host").write_text(
+            f"lab host {name} of {layout.dir}\n")
+    return public, binds
+
+
+def _network(layout: Layout, state: State) -> None:
+    """Namespaces, bridges, veths, addresses and routes."""
+    state.add("namespaces", *layout.namespaces)
+    existing = set(lab_namespaces(layout.prefix))
+    missing = [n for n in layout.namespaces if n not in existing]
+    if missing:
+        _ip([], [f"netns add {n}" for n in missing])
+    r = ["link set lo up"]
+    bridges: set[str] = set()
+    for host in layout.hosts:
+        if host.bridge not in bridges:
+            bridges.add(host.bridge)
+            net = layout.zone_net(host.zone)
+            r += [f"link add {host.bridge} type bridge", f"link set {host.bridge} up",
+                  f"addr add {net[1]}/{net.prefixlen} dev {host.bridge}"]
+        r += [f"link add {host.router_if} type veth peer name eth0 netns {host.netns}",
+              f"link set {host.router_if} master {host.bridge}", f"link set {host.router_if} up"]
+    r += [f"link add to-bastion type veth peer name eth1 netns {layout.bastion_ns}",
+          f"addr add {layout.router_inner}/24 dev to-bastion", "link set to-bastion up"]
+    _ip(["-n", layout.router_ns], r)
+    subprocess.run(["ip", "netns", "exec", layout.router_ns, "sysctl", "-qw",
+                    "net.ipv4.ip_forward=1"], check=True)
+    state.data["root_if"] = layout.root_if
+    state.save()
+    _ip(["link", "add", layout.root_if, "type", "veth", "peer", "name", "eth0", "netns",
+         layout.bastion_ns])
+    _ip([], [f"addr add {layout.root_address}/30 dev {layout.root_if}",
+             f"link set {layout.root_if} up"])
+    batches = {layout.bastion_ns: [
+        "link set lo up", f"addr add {layout.bastion_address}/30 dev eth0", "link set eth0 up",
+        f"addr add {layout.bastion_inner}/24 dev eth1", "link set eth1 up",
+        f"route add {LAB_NET} via {layout.router_inner}"]}
+    for host in layout.hosts:
+        batches[host.netns] = ["link set lo up", f"addr add {host.address}/24 dev eth0",
+                               "link set eth0 up", f"route add {LAB_NET} via {host.gateway}"]
+    procs = [(ns, subprocess.Popen(["ip", "-n", ns, "-batch", "-"], stdin=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True))
+             for ns in batches]
+    errors = []
+    for ns, proc in procs:
+        _, err = proc.communicate("\n".join(batches[ns]) + "\n")
+        if proc.returncode != 0:
+            errors.append(f"{ns}: {err.strip()}")
+    if errors:
+        raise LabError("configuring lab namespaces failed: " + "; ".join(errors))
+
+
+def _mountpoints(state: State) -> None:
+    """The bind targets must exist on the machine; create missing ones (empty), noted."""
+    for target in (*HOST_DIRS, "/run/sshd"):
+        if not os.path.isdir(target):
+            state.add("mountpoints", target)
+            os.makedirs(target, mode=0o755, exist_ok=True)
+
+
+def up(lab_dir: Path, workers: int = 3, say: Say = print) -> Layout:
+    """Build the lab (or keep it, if it is already up with this shape); write the inventory.
+
+    Returns the layout. A lab that is partly up, or has another worker count, is torn down
+    and rebuilt; keys in DIR are kept, so the inventory's pinned keys stay the same.
+    """
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, bind mounts); run as root")
+    lab_dir = lab_dir.resolve()
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    state = State.load(lab_dir)
+    slot = state.data.get("link_slot")
+    layout = plan(lab_dir, workers, link_slot=slot)
+    if state.data.get("complete") and state.data.get("workers") == workers \
+            and all(s.sshd_up for s in status(lab_dir)):
+        _write_inventory(layout)
+        say(f"lab {layout.prefix} is already up ({len(layout.hosts)} hosts)")
+        return layout
+    if lab_namespaces(layout.prefix) or state.data.get("namespaces"):
+        say(f"lab {layout.prefix}: rebuilding a partial or different lab")
+        down(lab_dir, remove_files=False, say=lambda _m: None)
+        state = State.load(lab_dir)
+        slot = None
+    if slot is None:
+        slot = _pick_link_slot(plan(lab_dir, workers).link_slot)
+        layout = plan(lab_dir, workers, link_slot=slot)
+    state.data.update({"prefix": layout.prefix, "dir": str(lab_dir), "workers": workers,
+                       "link_slot": slot, "complete": False})
+    state.save()
+    started = time.monotonic()
+    try:
+        _build(layout, state)
+    except BaseException:
+        say(f"lab {layout.prefix}: up failed; tearing down what was made")
+        down(lab_dir, remove_files=False, say=lambda _m: None)
+        raise
+    state.data["complete"] = True
+    state.save()
+    say(f"lab {layout.prefix} up: bastion {layout.bastion_address}, {len(layout.hosts)} hosts "
+        f"in {time.monotonic() - started:.1f}s; inventory {lab_dir / 'inventory.yaml'}")
+    return layout
+
+
+def _build(layout: Layout, state: State) -> None:
+    lab_dir = layout.dir
+    _mountpoints(state)
+    client_public = ensure_keypair(lab_dir / "id_ed25519", "mzk-lab")
+    authorized = lab_dir / "authorized_keys"
+    _write_private(authorized, f"{client_public}\n".encode())
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        net = pool.submit(_network, layout, state)
+        prepared = {None: _prepare_host_files(layout, None, authorized)}
+        for host in layout.hosts:
+            prepared[host.name] = _prepare_host_files(layout, host, authorized)
+        net.result()
+    pids = {"bastion": _start_sshd(layout.bastion_ns, lab_dir / "hosts" / "bastion", [],
+                                   "bastion")}
+    for host in layout.hosts:
+        pids[host.name] = _start_sshd(host.netns, host.home(lab_dir), prepared[host.name][1],
+                                      host.name)
+    state.data["pids"] = pids
+    state.save()
+    _wait_for_sshd(layout, pids)
+    keys = {"bastion": prepared[None][0], **{h.name: prepared[h.name][0] for h in layout.hosts}}
+    state.data["host_keys"] = keys
+    _write_inventory(layout, keys)
+
+
+def _wait_for_sshd(layout: Layout, pids: dict[str, int], limit: float = 10.0) -> None:
+    """sshd writes its pid file once it listens; wait for every one of them."""
+    deadline = time.monotonic() + limit
+    waiting = dict(pids)
+    while waiting:
+        for name, pid in list(waiting.items()):
+            if (layout.dir / "hosts" / name / "sshd" / "sshd.pid").exists():
+                del waiting[name]
+            elif not _pid_alive(pid):
+                log = layout.dir / "hosts" / name / "sshd"
+                text = " ".join(f.read_text(errors="replace").strip()
+                                for f in (log / "start.log", log / "sshd.log") if f.exists())
+                raise LabError(f"{name}: sshd exited at start: {text[-300:]}")
+        if waiting and time.monotonic() > deadline:
+            raise LabError(f"sshd did not start within {limit:g}s on: {', '.join(waiting)}")
+        if waiting:
+            time.sleep(0.02)
+
+
+def _write_inventory(layout: Layout, keys: dict[str, str] | None = None) -> Path:
+    state = State.load(layout.dir)
+    keys = keys or state.data["host_keys"]
+    data = inventory_data(layout, keys, layout.dir / "id_ed25519")
+    path = layout.dir / "inventory.yaml"
+    text = ("# Written by `python -m bootstrap lab up`. The lab has no load balancers: each "
+            "zone's\n# endpoint is its control-plane host (in a real cluster, a load "
+            "balancer).\n" + yaml.safe_dump(data, sort_keys=False))
+    _write_private(path, text.encode(), 0o644)
+    return path
+
+
+# --------------------------------------------------------------------------- down
+
+
+def _kill_namespace(ns: str, limit: float = 5.0) -> None:
+    """SIGKILL every process in a network namespace until none is left."""
+    deadline = time.monotonic() + limit
+    while True:
+        proc = _ip(["netns", "pids", ns], check=False)
+        pids = [int(p) for p in proc.stdout.split() if p.isdigit()]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise LabError(f"{ns}: processes {pids} survive SIGKILL")
+        time.sleep(0.02)
+
+
+def down(lab_dir: Path, remove_files: bool = True, say: Say = print) -> list[str]:
+    """Kill every process in the lab's namespaces, delete the namespaces, the root veth and
+    (with remove_files) the files up made. Works from the state file and by prefix scan;
+    returns the namespaces removed."""
+    lab_dir = lab_dir.resolve()
+    state = State.load(lab_dir)
+    prefix = state.data.get("prefix") or plan(lab_dir, 0).prefix
+    for name, pid in state.data.get("pids", {}).items():
+        if _pid_alive(pid, str(lab_dir / "hosts" / name)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    existing = lab_namespaces(prefix)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(_kill_namespace, existing))
+    if existing:
+        _ip([], [f"netns del {ns}" for ns in existing], check=False, force=True)
+    root_if = state.data.get("root_if") or plan(lab_dir, 0).root_if
+    if Path(f"/sys/class/net/{root_if}").exists():
+        _ip(["link", "del", root_if], check=False)
+    left = lab_namespaces(prefix)
+    if left:
+        raise LabError(f"lab {prefix}: namespaces left after down: {', '.join(left)}")
+    if remove_files:
+        # Mount points up created are removed only when no other lab might use them.
+        if not any(n.startswith("mzk-") for n in _ip(["netns", "list"], check=False).stdout
+                   .split()):
+            for target in reversed(state.data.get("mountpoints", [])):
+                try:
+                    os.rmdir(target)
+                except OSError:
+                    pass
+        for name in ("hosts", "id_ed25519", "id_ed25519.pub", "authorized_keys",
+                     "inventory.yaml", STATE_FILE):
+            path = lab_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        try:
+            lab_dir.rmdir()
+        except OSError:
+            pass
+    else:
+        state.data.update({"namespaces": [], "pids": {}, "complete": False})
+        if state.path.exists():
+            state.save()
+    say(f"lab {prefix} down: removed {len(existing)} namespace(s)")
+    return existing
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    name: str
+    zone: str
+    address: str
+    sshd_up: bool
+
+    def line(self) -> str:
+        return f"{self.name:<10} {self.zone:<8} {self.address:<15} " \
+               f"sshd {'up' if self.sshd_up else 'down'}"
+
+
+def status(lab_dir: Path) -> list[HostStatus]:
+    """One entry per host (bastion first): sshd is up when its namespace exists and the
+    sshd it started is alive and listening (its pid file is written)."""
+    lab_dir = lab_dir.resolve()
+    state = State.load(lab_dir)
+    if not state.data.get("prefix"):
+        return []
+    layout = plan(lab_dir, state.data.get("workers", 3), state.data.get("link_slot"))
+    namespaces = set(lab_namespaces(layout.prefix))
+    pids = state.data.get("pids", {})
+
+    def up_(name: str, ns: str) -> bool:
+        home = lab_dir / "hosts" / name
+        return ns in namespaces and _pid_alive(pids.get(name), str(home)) \
+            and (home / "sshd" / "sshd.pid").exists()
+
+    out = [HostStatus("bastion", "-", layout.bastion_address, up_("bastion", layout.bastion_ns))]
+    out += [HostStatus(h.name, h.zone, h.address, up_(h.name, h.netns)) for h in layout.hosts]
+    return out

@@ -1,0 +1,40 @@
+"""`python -m bootstrap lab up|down|status [--dir DIR]`: the local three-zone lab."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bootstrap.lab import build
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    sub = parser.add_subparsers(dest="lab_action", required=True,
+                                parser_class=type(parser))
+    up = sub.add_parser("up", help="build the lab (idempotent) and write DIR/inventory.yaml")
+    up.add_argument("--workers", type=int, default=3, metavar="N",
+                    help="worker hosts, spread over the three zones (default 3)")
+    down = sub.add_parser("down", help="remove every namespace, process and file of the lab")
+    status = sub.add_parser("status", help="one line per host: name, zone, address, sshd")
+    for p in (up, down, status):
+        p.add_argument("--dir", type=Path, default=Path("lab"),
+                       help="the lab's directory (default ./lab)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.lab_action == "up":
+        if args.workers < 0 or args.workers > 600:
+            from bootstrap.errors import ConfigError
+            raise ConfigError(f"--workers {args.workers}: use 0..600")
+        build.up(args.dir, args.workers)
+        return 0
+    if args.lab_action == "down":
+        build.down(args.dir)
+        return 0
+    hosts = build.status(args.dir)
+    if not hosts:
+        print(f"no lab in {args.dir.resolve()}")
+        return 1
+    for host in hosts:
+        print(host.line())
+    return 0 if all(h.sshd_up for h in hosts) else 1

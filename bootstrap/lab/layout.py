@@ -1,0 +1,146 @@
+"""The lab's shape as plain data: names, namespaces and addresses (no side effects).
+
+    root namespace --veth mzk<hash>/eth0 (10.213.250.<4j>/30)--> bastion
+    bastion eth1 10.213.0.10/24 --> router (10.213.0.1), which bridges each zone:
+        lab-a 10.213.1.0/24 (br-a, .1)   cp-a .10, node-1 .20, node-4 .21, ...
+        lab-b 10.213.2.0/24 (br-b, .1)   cp-b .10, node-2 .20, ...
+        lab-c 10.213.3.0/24 (br-c, .1)   cp-c .10, node-3 .20, ...
+
+The root namespace routes only the /30 link to the bastion, never the zones: like private
+subnets behind a bastion. Every namespace name starts with `mzk-<hash>-`, the hash taken
+from the lab directory, so two labs never collide and `down` finds its own by prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+LAB_NET = ipaddress.ip_network("10.213.0.0/16")
+BASTION_NET = ipaddress.ip_network("10.213.0.0/24")  # router .1, bastion .10
+LINK_BASE = ipaddress.ip_address("10.213.250.0")  # /30 links root <-> bastion
+LINK_SLOTS = 64
+ZONES = ("lab-a", "lab-b", "lab-c")
+# Directories the bootstrap writes; each host gets its own copy, bind-mounted in place.
+HOST_DIRS = ("/etc/kubernetes", "/var/lib/etcd", "/var/lib/kubelet", "/etc/systemd/system",
+             "/etc/mzk", "/var/lib/mzk", "/run/mzk")
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    zone: str
+    roles: tuple[str, ...]
+    address: str
+    gateway: str
+    netns: str
+    router_if: str  # the router's end of the host's veth, enslaved to the zone bridge
+    bridge: str
+
+    def home(self, lab_dir: Path) -> Path:
+        return lab_dir / "hosts" / self.name
+
+
+@dataclass(frozen=True)
+class Layout:
+    dir: Path
+    prefix: str
+    router_ns: str
+    bastion_ns: str
+    root_if: str
+    link_slot: int
+    hosts: tuple[LabHost, ...]
+
+    @property
+    def root_address(self) -> str:
+        return str(LINK_BASE + 4 * self.link_slot + 1)
+
+    @property
+    def bastion_address(self) -> str:
+        """The bastion's address as seen from the machine: the only one it can reach."""
+        return str(LINK_BASE + 4 * self.link_slot + 2)
+
+    @property
+    def bastion_inner(self) -> str:
+        return str(BASTION_NET[10])
+
+    @property
+    def router_inner(self) -> str:
+        return str(BASTION_NET[1])
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.router_ns, self.bastion_ns, *(h.netns for h in self.hosts))
+
+    def zone_net(self, zone: str) -> ipaddress.IPv4Network:
+        return zone_subnet(ZONES.index(zone))
+
+    def host(self, name: str) -> LabHost:
+        return next(h for h in self.hosts if h.name == name)
+
+
+def zone_subnet(index: int) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network(f"10.213.{index + 1}.0/24")
+
+
+def lab_hash(lab_dir: Path) -> str:
+    return hashlib.sha256(str(lab_dir.resolve()).encode()).hexdigest()[:6]
+
+
+def plan(lab_dir: Path, workers: int = 3, link_slot: int | None = None) -> Layout:
+    """The layout for a lab directory: one control-plane host per zone, workers round-robin.
+
+    `link_slot` picks the root<->bastion /30; by default it follows from the hash (the
+    builder moves it when that link network is taken on this machine).
+    """
+    if not 0 <= workers <= 3 * 200:
+        raise ValueError(f"{workers} workers: use 0..600")
+    lab_dir = lab_dir.resolve()
+    digest = lab_hash(lab_dir)
+    prefix = f"mzk-{digest}"
+    hosts: list[LabHost] = []
+    for index, zone in enumerate(ZONES):
+        net = zone_subnet(index)
+        hosts.append(LabHost(f"cp-{zone[-1]}", zone, ("control-plane", "etcd"), str(net[10]),
+                             str(net[1]), f"{prefix}-cp-{zone[-1]}", f"h{len(hosts)}",
+                             f"br-{zone[-1]}"))
+    for n in range(1, workers + 1):
+        index = (n - 1) % len(ZONES)
+        zone, net = ZONES[index], zone_subnet(index)
+        hosts.append(LabHost(f"node-{n}", zone, ("node",), str(net[20 + (n - 1) // 3]),
+                             str(net[1]), f"{prefix}-node-{n}", f"h{len(hosts)}",
+                             f"br-{zone[-1]}"))
+    slot = int(digest, 16) % LINK_SLOTS if link_slot is None else link_slot
+    return Layout(dir=lab_dir, prefix=prefix, router_ns=f"{prefix}-router",
+                  bastion_ns=f"{prefix}-bastion", root_if=f"mzk{digest}", link_slot=slot,
+                  hosts=tuple(hosts))
+
+
+def inventory_data(layout: Layout, host_keys: dict[str, str], private_key: Path) -> dict:
+    """The inventory the lab hands to `bootstrap apply` (plain data for YAML).
+
+    The lab has no load balancers: each zone's endpoint is its control-plane host, and the
+    regional endpoint is cp-a. In a real cluster these are load balancers.
+    """
+    by_zone = {h.zone: h for h in layout.hosts if "control-plane" in h.roles}
+    return {
+        "cluster": {"name": "mzk-lab", "kubernetes_version": "1.31.2",
+                    "service_cidr": "10.96.0.0/12", "pod_cidr": "10.244.0.0/16",
+                    "dns_domain": "cluster.local", "api_port": 6443, "egress": "konnectivity"},
+        "endpoints": {
+            "regional": {"name": "api.lab.internal", "address": by_zone[ZONES[0]].address},
+            "zones": {z: {"name": f"api-{z[-1]}.lab.internal", "address": by_zone[z].address}
+                      for z in ZONES},
+        },
+        "zones": [{"name": z, "subnets": [str(zone_subnet(i))]} for i, z in enumerate(ZONES)],
+        "hosts": [{"name": h.name, "zone": h.zone, "roles": list(h.roles),
+                   "address": h.address, "host_key": host_keys[h.name]}
+                  for h in layout.hosts],
+        "ssh": {"user": "root", "private_key": str(private_key),
+                "bastion": {"name": "bastion", "address": layout.bastion_address,
+                            "host_key": host_keys["bastion"]},
+                "connect_timeout": 5, "command_timeout": 120, "retries": 3, "parallel": 32},
+        "pki": {"key_type": "ecdsa"},
+    }
