@@ -9,6 +9,7 @@ any host is touched.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -125,11 +126,19 @@ class Inventory:
     pki: PKISettings
     source: str = field(default="<memory>", compare=False)
 
+    @functools.cached_property
+    def _zones_by_name(self) -> dict[str, Zone]:
+        return {z.name: z for z in self.zones}
+
+    @functools.cached_property
+    def _hosts_by_name(self) -> dict[str, Host]:
+        return {h.name: h for h in self.hosts}
+
     def zone(self, name: str) -> Zone:
-        return next(z for z in self.zones if z.name == name)
+        return self._zones_by_name[name]
 
     def host(self, name: str) -> Host:
-        return next(h for h in self.hosts if h.name == name)
+        return self._hosts_by_name[name]
 
     def with_role(self, role: str) -> tuple[Host, ...]:
         return tuple(h for h in self.hosts if h.has(role))

@@ -191,6 +191,19 @@ def signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
     return True
 
 
+def issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
+    """Was this leaf issued by this CA? The authority key identifier answers at the cost of
+    a comparison (it names the CA's key); the signature is checked only without one."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return signed_by(cert, ca_cert)
+    if aki.key_identifier is None:
+        return signed_by(cert, ca_cert)
+    return aki.key_identifier == ski.digest
+
+
 def same_public_key(cert: x509.Certificate, key: PrivateKey) -> bool:
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)

@@ -35,7 +35,6 @@ from bootstrap.inventory import Host, Inventory
 from bootstrap.pki import certs, kubeconfig
 from bootstrap.pki.table import (
     CA,
-    CA_BY_NAME,
     CAS,
     CONTROL_PLANE,
     ETCD,
@@ -44,7 +43,6 @@ from bootstrap.pki.table import (
     LEAVES,
     NODE,
     OPERATOR_ADMIN,
-    PKI_DIR,
     SA_KEY,
     SA_PUB,
     Context,
@@ -115,7 +113,9 @@ def generate(inventory: Inventory, out_dir: str | Path, *, now: dt.datetime | No
                           "the operator's own files; rename that host")
     local_written: list[str] = []
     local_files = out / LOCAL
-    _mkdir(local_files, PRIVATE_DIR_MODE)
+    _make_parents(str(out))
+    if not local_files.is_dir():
+        local_files.mkdir(mode=PRIVATE_DIR_MODE)
     key_spec = certs.KeySpec(inventory.pki.key_type, inventory.pki.rsa_bits)
     cas, warnings = _ensure_cas(local_files / "pki", inventory, key_spec, now, local_written)
     sa_key_pem, sa_pub_pem = _ensure_sa(local_files / "pki", key_spec, local_written)
@@ -192,7 +192,6 @@ def _ensure_cas(pki: Path, inventory: Inventory, key_spec: certs.KeySpec, now: d
                                "restore the certificate or remove the key to start a new CA")
             key = certs.new_key(key_spec)
             cert = certs.new_ca(ca.name, key, now, inventory.pki.ca_validity_days)
-            _mkdir(crt_path.parent, PRIVATE_DIR_MODE)
             _write(key_path, certs.key_pem(key), KEY_MODE, durable=True)
             _write(crt_path, certs.cert_pem(cert), CERT_MODE, durable=True)
             written += [str(key_path), str(crt_path)]
@@ -274,7 +273,7 @@ class _Job:
 
     def host(self, name: str) -> HostPKI:
         host = self.inventory.host(name)
-        root = self.out / host.name
+        root = f"{self.out}/{host.name}"
         ctx = Context(inventory=self.inventory, host=host)
         files: list[HostFile] = []
         issued: list[str] = []
@@ -304,13 +303,14 @@ class _Job:
                 issued.append(f"{kc.file}: {reason}")
             files.append(HostFile(kc.path, content, KEY_MODE))
 
-        written = [str(_under(root, f.path)) for f in files
+        existed = os.path.isdir(root)
+        written = [_under(root, f.path) for f in files
                    if _write(_under(root, f.path), f.content, f.mode)]
-        removed = _remove_others(root, {f.path for f in files})
+        removed = _remove_others(root, {f.path for f in files}) if existed else []
         return HostPKI(host=host.name, files=tuple(files), issued=tuple(issued),
                        written=tuple(written), removed=tuple(removed))
 
-    def leaf_bytes(self, root: Path, leaf: Leaf, ctx: Context) -> tuple[bytes, bytes, str]:
+    def leaf_bytes(self, root: str, leaf: Leaf, ctx: Context) -> tuple[bytes, bytes, str]:
         """(cert PEM, key PEM, why it was issued or '' if kept)."""
         cert_file, key_file = _under(root, leaf.cert_path), _under(root, leaf.key_path)
         old_cert = _read(cert_file)
@@ -321,14 +321,13 @@ class _Job:
             kinds=leaf.kinds, sans=leaf.sans(ctx))
         return cert_pem, key_pem, reason
 
-    def kubeconfig_bytes(self, path: Path, kc: Kubeconfig, server: str,
+    def kubeconfig_bytes(self, path: Path | str, kc: Kubeconfig, server: str,
                          host: Host | None) -> tuple[bytes, str]:
         old = _read(path)
         old_cert = old_key = None
         if old is not None:
             try:
-                parsed = kubeconfig.parse(old)
-                old_cert, old_key = parsed.cert_pem, parsed.key_pem
+                old_cert, old_key = kubeconfig.credentials(old)
             except ValueError:
                 pass
         cn = kc.common_name(host) if host else kc.cn
@@ -338,7 +337,7 @@ class _Job:
         ca = self.cas[KUBECONFIG_CA]
         return kubeconfig.render(server, kc.credential, ca.cert_pem, cert_pem, key_pem), reason
 
-    def reuse_or_issue(self, where: Path, old_cert: bytes | None, old_key: bytes | None, *,
+    def reuse_or_issue(self, where: Path | str, old_cert: bytes | None, old_key: bytes | None, *,
                        ca_name: str, cn: str, orgs: tuple[str, ...], kinds: tuple[str, ...],
                        sans: certs.SANs) -> tuple[bytes, bytes, str]:
         ca = self.cas[ca_name]
@@ -352,11 +351,11 @@ class _Job:
             except ValueError:
                 reason, key = "unreadable", None
             else:
-                if cert.issuer == ca.cert.subject and not certs.signed_by(cert, ca.cert):
+                if cert.issuer == ca.cert.subject and not certs.issued_by(cert, ca.cert):
                     raise PKIError(
                         f"{where}: signed by a different {ca_name} than local/pki; the CA was "
-                        f"replaced. Restore the CA that signed it, or delete {where.parent} "
-                        "to re-issue deliberately")
+                        "replaced. Restore the CA that signed it, or delete "
+                        f"{os.path.dirname(where)} to re-issue deliberately")
                 found = certs.why_stale(cert, key, cn=cn, orgs=orgs, kinds=kinds, sans=sans,
                                         ca_cert=ca.cert, key_spec=self.key_spec, now=self.now,
                                         renew_before=self.renew_before)
@@ -409,45 +408,58 @@ def _run_hosts(job: _Job, names: list[str], workers: int | None) -> dict[str, Ho
 # --------------------------------------------------------------------------- files
 
 
-def _under(root: Path, absolute: str) -> Path:
-    return root / absolute.lstrip("/")
+def _under(root: Path | str, absolute: str) -> str:
+    return f"{root}{absolute}"
 
 
-def _read(path: Path) -> bytes | None:
+def _read(path: Path | str) -> bytes | None:
     try:
-        return path.read_bytes()
+        with open(path, "rb") as file:
+            return file.read()
     except FileNotFoundError:
         return None
 
 
-def _mkdir(path: Path, mode: int = 0o755) -> None:
-    if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, mode)
+def _dir_mode(path: str) -> int:
+    return PRIVATE_DIR_MODE if "/pki/" in path + "/" else 0o755
 
 
-def _dir_mode(path: Path) -> int:
-    return PRIVATE_DIR_MODE if path.name == "pki" or PKI_DIR in str(path) else 0o755
+def _make_parents(directory: str) -> None:
+    """mkdir -p, each new directory with its mode (0700 for pki directories)."""
+    missing = []
+    while not os.path.isdir(directory):
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    for path in reversed(missing):
+        os.mkdir(path)
+        os.chmod(path, _dir_mode(path))  # mkdir's mode is filtered by the umask
 
 
-def _write(path: Path, content: bytes, mode: int, durable: bool = False) -> bool:
+def _write(path: Path | str, content: bytes, mode: int, durable: bool = False) -> bool:
     """Write if the bytes or mode differ; atomically (temp file in the same directory, then
     rename), created with its final mode so a key is never readable by others. True if
-    anything changed."""
+    anything changed. (Plain os calls: this runs tens of thousands of times per run.)"""
+    name = str(path)
     try:
-        st = path.stat()
+        st = os.stat(name)
     except FileNotFoundError:
         st = None
-    if st is not None and st.st_size == len(content) and path.read_bytes() == content:
-        if stat.S_IMODE(st.st_mode) == mode:
-            return False
-        os.chmod(path, mode)
-        return True
-    for parent in reversed(path.parents):
-        if not parent.is_dir():
-            _mkdir(parent, _dir_mode(parent))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    if st is not None and st.st_size == len(content):
+        with open(name, "rb") as existing:
+            same = existing.read() == content
+        if same:
+            if stat.S_IMODE(st.st_mode) == mode:
+                return False
+            os.chmod(name, mode)
+            return True
+    directory, base = os.path.split(name)
+    tmp = f"{directory}/.{base}.tmp{os.getpid()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileNotFoundError:  # first file of its directory: make the parents, once
+        _make_parents(directory)
+        fd = os.open(tmp, flags, mode)
     try:
         os.fchmod(fd, mode)
         os.write(fd, content)
@@ -455,19 +467,23 @@ def _write(path: Path, content: bytes, mode: int, durable: bool = False) -> bool
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    os.replace(tmp, name)
     return True
 
 
-def _remove_others(root: Path, keep: set[str]) -> list[str]:
+def _remove_others(root: str, keep: set[str]) -> list[str]:
     """Remove files under a host's directory that the host should no longer receive."""
-    removed = []
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            path = Path(dirpath, name)
-            if "/" + str(path.relative_to(root)) not in keep:
-                path.unlink()
-                removed.append(str(path))
+    removed: list[str] = []
+    prefix = len(root)
+    pending = [root]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif entry.path[prefix:] not in keep:
+                    os.unlink(entry.path)
+                    removed.append(entry.path)
     return removed
 
 

@@ -8,6 +8,7 @@ reading accepts any kubeconfig that YAML can parse.
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -74,3 +75,21 @@ def parse(data: bytes) -> Parsed:
                       key_pem=base64.b64decode(user["user"]["client-key-data"]))
     except (yaml.YAMLError, KeyError, TypeError, StopIteration, ValueError) as err:
         raise ValueError(f"not a kubeconfig with embedded credentials ({err})") from err
+
+
+_CREDENTIALS = re.compile(rb"^    client-certificate-data: (\S+)\n    client-key-data: (\S+)$",
+                          re.MULTILINE)
+
+
+def credentials(data: bytes) -> tuple[bytes, bytes]:
+    """(client certificate PEM, client key PEM): fast for our own template, any kubeconfig
+    otherwise. Raises ValueError."""
+    match = _CREDENTIALS.search(data)
+    if match and data.count(b"client-certificate-data") == 1:
+        try:
+            return base64.b64decode(match[1], validate=True), base64.b64decode(match[2],
+                                                                               validate=True)
+        except ValueError:
+            pass
+    parsed = parse(data)
+    return parsed.cert_pem, parsed.key_pem
