@@ -125,6 +125,15 @@ def _transient(err: BaseException) -> bool:
     return isinstance(err, OSError)
 
 
+def _no_delay(client: paramiko.SSHClient) -> None:
+    """Disable Nagle on a TCP connection: small packets (each command) go out at once
+    instead of waiting ~40ms for a delayed ACK."""
+    transport = client.get_transport()
+    sock = getattr(transport, "sock", None)
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def load_private_key(path: str) -> paramiko.PKey:
     """The client key from `ssh.private_key` (`~` expanded); any supported key type."""
     full = os.path.expanduser(path)
@@ -160,6 +169,7 @@ def open_client(target: Target, user: str, key: paramiko.PKey, *, timeout: float
                            sock=sock, timeout=timeout, banner_timeout=timeout,
                            auth_timeout=timeout, channel_timeout=timeout,
                            look_for_keys=False, allow_agent=False)
+            _no_delay(client)
             return client
         except paramiko.BadHostKeyException as err:
             client.close()

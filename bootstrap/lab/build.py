@@ -208,12 +208,12 @@ def _prepare_host_files(layout: Layout, host: LabHost | None, authorized: Path) 
     (home / "sshd" / "sshd_config").write_text(_sshd_config(home, address, authorized))
     (home / "sshd" / "sshd.pid").unlink(missing_ok=True)
     binds: list[tuple[Path, str]] = []
+    for target in HOST_DIRS if host is not None else ("/root",):
+        src = home / "fs" / target.lstrip("/")
+        src.mkdir(parents=True, exist_ok=True)
+        os.chmod(src, 0o700 if target == "/root" else 0o755)  # noqa: S103
+        binds.append((src, target))
     if host is not None:
-        for target in HOST_DIRS:
-            src = home / "fs" / target.lstrip("/")
-            src.mkdir(parents=True, exist_ok=True)
-            os.chmod(src, 0o755)  # noqa: S103 - like /etc on a real host
-            binds.append((src, target))
         (home / "fs" / "etc" / "mzk" / "lab-host").write_text(
             f"lab host {name} of {layout.dir}\n")
     return public, binds
@@ -329,8 +329,8 @@ def _build(layout: Layout, state: State) -> None:
         for host in layout.hosts:
             prepared[host.name] = _prepare_host_files(layout, host, authorized)
         net.result()
-    pids = {"bastion": _start_sshd(layout.bastion_ns, lab_dir / "hosts" / "bastion", [],
-                                   "bastion")}
+    pids = {"bastion": _start_sshd(layout.bastion_ns, lab_dir / "hosts" / "bastion",
+                                   prepared[None][1], "bastion")}
     for host in layout.hosts:
         pids[host.name] = _start_sshd(host.netns, host.home(lab_dir), prepared[host.name][1],
                                       host.name)

@@ -24,8 +24,9 @@ LINK_BASE = ipaddress.ip_address("10.213.250.0")  # /30 links root <-> bastion
 LINK_SLOTS = 64
 ZONES = ("lab-a", "lab-b", "lab-c")
 # Directories the bootstrap writes; each host gets its own copy, bind-mounted in place.
+# /root too: a clean home per host (the machine's own shell start-up files stay out).
 HOST_DIRS = ("/etc/kubernetes", "/var/lib/etcd", "/var/lib/kubelet", "/etc/systemd/system",
-             "/etc/mzk", "/var/lib/mzk", "/run/mzk")
+             "/etc/mzk", "/var/lib/mzk", "/run/mzk", "/root")
 
 
 @dataclass(frozen=True)
