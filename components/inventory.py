@@ -1,0 +1,57 @@
+"""The inventory: the plain data `bootstrap.inventory.parse()` reads.
+
+It carries the control-plane hosts and the bastion, with the public host keys the program
+generated, pinned. Node hosts come from auto scaling groups and are unknown at `pulumi up`
+time: they join later. Nothing secret is in it (the operator's private key is a path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pulumi
+
+from components.control_plane import ControlPlaneHost
+from components.settings import Settings
+
+
+def build(settings: Settings, hosts: Sequence[dict[str, Any]], bastion: dict[str, Any],
+          regional: str, zonal: dict[str, str]) -> dict[str, Any]:
+    """Assemble the inventory from resolved values (pure, so it is tested on its own)."""
+    s, p = settings, settings.pki
+    return {
+        "cluster": {"name": s.cluster_name, "kubernetes_version": s.kubernetes_version,
+                    "service_cidr": s.service_cidr, "pod_cidr": s.pod_cidr,
+                    "dns_domain": s.dns_domain, "api_port": s.api_port, "egress": s.egress},
+        "endpoints": {
+            "regional": {"name": regional, "port": s.api_port},
+            "zones": {z: {"name": zonal[z], "port": s.api_port} for z in s.zone_names},
+        },
+        "zones": [{"name": z.name, "subnets": [z.private_subnet]} for z in s.zones],
+        "hosts": [{"name": h["name"], "zone": h["zone"], "roles": ["control-plane", "etcd"],
+                   "address": h["address"], "ssh_port": 22, "host_key": h["host_key"]}
+                  for h in hosts],
+        "ssh": {"user": s.ssh.user, "private_key": s.ssh.private_key_path,
+                "bastion": {"name": bastion["name"], "address": bastion["address"],
+                            "ssh_port": 22, "host_key": bastion["host_key"]}},
+        "pki": {"key_type": p.key_type, "rsa_bits": p.rsa_bits,
+                "ca_validity_days": p.ca_validity_days, "validity_days": p.validity_days,
+                "renew_before_days": p.renew_before_days,
+                "ca_keys_on_hosts": p.ca_keys_on_hosts},
+    }
+
+
+def inventory(settings: Settings, hosts: Sequence[ControlPlaneHost], bastion_name: str,
+              bastion_address: pulumi.Input[str], bastion_key: pulumi.Input[str],
+              regional: pulumi.Input[str],
+              zonal: dict[str, pulumi.Input[str]]) -> pulumi.Output[dict[str, Any]]:
+    """The inventory as one Output; only public values flow into it."""
+    resolved_hosts = pulumi.Output.all(*[
+        pulumi.Output.all(h.instance.private_ip, h.host_key.public_key).apply(
+            lambda v, h=h: {"name": h.name, "zone": h.zone, "address": v[0], "host_key": v[1]})
+        for h in hosts])
+    bastion = pulumi.Output.all(bastion_address, bastion_key).apply(
+        lambda v: {"name": bastion_name, "address": v[0], "host_key": v[1]})
+    return pulumi.Output.all(resolved_hosts, bastion, regional, pulumi.Output.all(**zonal)) \
+        .apply(lambda v: build(settings, v[0], v[1], v[2], v[3]))

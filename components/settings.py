@@ -1,0 +1,509 @@
+"""Stack configuration -> typed, frozen, validated settings.
+
+This is the only module that reads `Pulumi.<stack>.yaml`. Every rule the cluster must obey
+(zones, the large-cluster limits of seed 004, CIDRs that fit, admin CIDRs that are not the
+internet) is checked here, before a single resource is declared, and every mistake becomes
+one line naming the key and the fix. All mistakes are collected, so a user fixes them in one
+round.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bootstrap.errors import ConfigError
+
+NS = "multizone"
+
+# Seed 004, "large clusters": the configurations Kubernetes is designed to accept.
+MAX_NODES = 5_000
+MAX_PODS_PER_NODE = 110
+MAX_PODS = 150_000
+MAX_CONTAINERS = 300_000
+# Stated assumption: an average pod runs two containers (app + one sidecar). Override with
+# multizone:nodePool.containersPerPod if your workloads differ.
+DEFAULT_CONTAINERS_PER_POD = 2
+
+# Ports the design opens (see components/security.py for who may reach them).
+SSH_PORT = 22
+KUBELET_PORT = 10250
+ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
+ETCD_EVENTS_CLIENT_PORT, ETCD_EVENTS_PEER_PORT = 2382, 2383  # 2381 is etcd's metrics port
+KONNECTIVITY_AGENT_PORT = 8132
+
+AWS_RESERVED_PER_SUBNET = 5  # first four addresses and the last one of every subnet
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_VERSION = re.compile(r"^1\.(\d+)\.(\d+)$")
+_AMI = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_SSH_PUBLIC = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/=]+( .*)?$")
+
+
+class SettingsError(ConfigError):
+    """Bad stack configuration: one line per mistake, each naming the key and the fix."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class ZoneSettings:
+    name: str
+    public_subnet: str
+    private_subnet: str
+
+    @property
+    def suffix(self) -> str:
+        """The zone letter(s), e.g. `a` of eu-west-1a: short names for hosts."""
+        return self.name.rsplit("-", 1)[-1].lstrip("0123456789")
+
+
+@dataclass(frozen=True)
+class NodePoolSettings:
+    instance_type: str
+    min_size: int
+    desired: int
+    max_size: int
+    pods_per_node: int
+    containers_per_pod: int
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    user: str
+    private_key_path: str
+    public_key: str
+
+
+@dataclass(frozen=True)
+class PKISettings:
+    key_type: str = "rsa"
+    rsa_bits: int = 2048
+    ca_validity_days: int = 3650
+    validity_days: int = 365
+    renew_before_days: int = 30
+    ca_keys_on_hosts: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    stack: str
+    region: str
+    cluster_name: str
+    kubernetes_version: str
+    zones: tuple[ZoneSettings, ...]
+    vpc_cidr: str
+    service_cidr: str
+    pod_cidr: str
+    dns_domain: str
+    api_port: int
+    egress: str
+    control_plane_per_zone: int
+    control_plane_instance_type: str
+    etcd_volume_gib: int
+    bastion_instance_type: str
+    image_id: str
+    node_pool: NodePoolSettings
+    nat_gateways: str
+    admin_cidrs: tuple[str, ...]
+    api_allowed_cidrs: tuple[str, ...]
+    api_public: bool
+    ssh: SSHSettings
+    pki: PKISettings
+    protect: bool
+    ephemeral: bool
+    expires_at: str | None
+
+    @property
+    def zone_names(self) -> tuple[str, ...]:
+        return tuple(z.name for z in self.zones)
+
+    @property
+    def cluster_tag(self) -> str:
+        """The tag key the AWS cloud provider uses to find a cluster's resources."""
+        return f"kubernetes.io/cluster/{self.cluster_name}"
+
+    @property
+    def max_nodes(self) -> int:
+        """Every kubelet the stack can run: node pools at their maximum plus control plane."""
+        per_zone = self.node_pool.max_size + self.control_plane_per_zone
+        return per_zone * len(self.zones)
+
+
+# --------------------------------------------------------------------------- reading
+
+KEYS = (
+    "clusterName", "kubernetesVersion", "zones", "vpcCidr", "serviceCidr", "podCidr",
+    "dnsDomain", "apiPort", "egress", "controlPlanePerZone", "controlPlaneInstanceType",
+    "etcdVolumeGiB", "bastionInstanceType", "imageId", "nodePool", "natGateways",
+    "adminCidrs", "apiAllowedCidrs", "apiPublic", "ssh", "pki", "protect", "ephemeral",
+    "expiresAt",
+)
+REQUIRED = ("clusterName", "kubernetesVersion", "zones", "vpcCidr", "imageId", "adminCidrs",
+            "ssh")
+
+
+def read_pulumi_config() -> dict[str, Any]:
+    """Every `multizone:*` and `aws:region` value the Pulumi engine passed to the program."""
+    from pulumi.runtime import config as runtime_config
+
+    merged = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    return {k: v for k, v in merged.items() if k.startswith(f"{NS}:") or k == "aws:region"}
+
+
+def _decode(value: Any) -> Any:
+    """The engine passes structured values as JSON text and scalars as plain text."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+class _Checker:
+    """Collects one line per mistake; each accessor returns None when its value is bad."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def bad(self, key: str, message: str) -> None:
+        self.problems.append(f"{NS}:{key}: {message}")
+
+    def string(self, raw: Mapping[str, Any], key: str, where: str, default: Any = None,
+               pattern: re.Pattern[str] | None = None, hint: str = "") -> str | None:
+        value = raw.get(key, default)
+        if not isinstance(value, str) or not value:
+            self.bad(where, f"expected text, got {value!r}; {hint or 'set it'}")
+            return None
+        if pattern is not None and not pattern.match(value):
+            self.bad(where, f"{value!r} is not valid; {hint}")
+            return None
+        return value
+
+    def integer(self, raw: Mapping[str, Any], key: str, where: str, default: Any,
+                low: int, high: int, hint: str = "") -> int | None:
+        value = raw.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.bad(where, f"expected a whole number, got {value!r}; use {low}..{high}")
+            return None
+        if not low <= value <= high:
+            self.bad(where, f"{value} is out of range; {hint or f'use {low}..{high}'}")
+            return None
+        return value
+
+    def boolean(self, raw: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+        value = raw.get(key, default)
+        if not isinstance(value, bool):
+            self.bad(where, f"expected true or false, got {value!r}; write true or false")
+            return default
+        return value
+
+    def choice(self, raw: Mapping[str, Any], key: str, where: str, default: str,
+               choices: tuple[str, ...]) -> str | None:
+        value = raw.get(key, default)
+        if value not in choices:
+            self.bad(where, f"{value!r} is not allowed; use one of: {', '.join(choices)}")
+            return None
+        return str(value)
+
+    def cidr(self, value: Any, where: str) -> ipaddress.IPv4Network | None:
+        try:
+            net = ipaddress.ip_network(value, strict=True)
+        except (TypeError, ValueError):
+            self.bad(where, f"{value!r} is not an IPv4 network with its host bits zero; "
+                            "write e.g. 10.0.16.0/20")
+            return None
+        if not isinstance(net, ipaddress.IPv4Network):
+            self.bad(where, f"{value} is IPv6; this program builds IPv4 networks, use IPv4")
+            return None
+        return net
+
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            self.bad(where, f"expected a mapping, got {value!r}; see stacks/Pulumi.dev.yaml")
+            return {}
+        for key in value:
+            if key not in allowed:
+                self.bad(f"{where}.{key}", f"unknown key; use one of: {', '.join(allowed)}")
+        return dict(value)
+
+    def cidr_list(self, value: Any, where: str) -> list[ipaddress.IPv4Network] | None:
+        if not isinstance(value, list) or not value:
+            self.bad(where, f"expected a non-empty list of CIDRs, got {value!r}; "
+                            "write e.g. [203.0.113.0/24]")
+            return None
+        nets = [self.cidr(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return None if None in nets else nets  # type: ignore[return-value]
+
+
+def from_config(config: Mapping[str, Any], stack: str,
+                available_zones: Sequence[str] | None = None) -> Settings:
+    """Validate the stack's configuration; raise `SettingsError` listing every mistake.
+
+    `available_zones` are the region's zones as AWS reports them (`getAvailabilityZones`);
+    without them the zone names are only checked against the region's naming.
+    """
+    c = _Checker()
+    raw = {k.split(":", 1)[1]: _decode(v) for k, v in config.items() if k.startswith(f"{NS}:")}
+    for key in raw:
+        if key not in KEYS:
+            c.bad(key, f"unknown key; use one of: {', '.join(KEYS)}")
+    for key in REQUIRED:
+        if key not in raw:
+            c.bad(key, "missing; add it to stacks/Pulumi.<stack>.yaml "
+                       "(see stacks/Pulumi.dev.yaml)")
+    region = config.get("aws:region")
+    if not isinstance(region, str) or not re.match(r"^[a-z]{2}(-[a-z]+)+-\d+$", region):
+        c.problems.append(f"aws:region: {region!r} is not an AWS region; "
+                          "run `pulumi config set aws:region eu-west-1`")
+        region = None
+
+    name = None
+    if "clusterName" in raw:
+        name = c.string(raw, "clusterName", "clusterName", pattern=_LABEL,
+                        hint="use lower-case letters, digits and '-'")
+        if name and len(name) > 20:
+            c.bad("clusterName", f"{name!r} has {len(name)} characters; use at most 20 "
+                                 "(it prefixes AWS names limited to 32)")
+            name = None
+    version = None
+    if "kubernetesVersion" in raw:
+        version = c.string(raw, "kubernetesVersion", "kubernetesVersion", pattern=_VERSION,
+                           hint="write a release such as \"1.31.2\"")
+        if version and int(_VERSION.match(version).group(1)) < 28:  # type: ignore[union-attr]
+            c.bad("kubernetesVersion", f"{version} is too old; use 1.28.0 or newer")
+
+    service = c.cidr(raw.get("serviceCidr", "10.96.0.0/12"), "serviceCidr")
+    pod = c.cidr(raw.get("podCidr", "10.244.0.0/16"), "podCidr")
+    if service and pod and service.overlaps(pod):
+        c.bad("serviceCidr", f"{service} overlaps multizone:podCidr {pod}; choose ranges "
+                             "that do not overlap")
+    vpc = c.cidr(raw["vpcCidr"], "vpcCidr") if "vpcCidr" in raw else None
+    if vpc and not 16 <= vpc.prefixlen <= 28:
+        c.bad("vpcCidr", f"{vpc} has prefix /{vpc.prefixlen}; AWS allows /16../28 for a VPC")
+        vpc = None
+    for label, other in (("serviceCidr", service), ("podCidr", pod)):
+        if vpc and other and vpc.overlaps(other):
+            c.bad("vpcCidr", f"{vpc} overlaps multizone:{label} {other}; choose a VPC range "
+                             "outside the cluster's service and pod ranges")
+
+    control_plane_per_zone = c.integer(
+        raw, "controlPlanePerZone", "controlPlanePerZone", 1, 1, 2,
+        hint="use 1 or 2 control-plane hosts per zone (scale them up before out, "
+             "add zones to grow further)")
+    pool = _node_pool(c, raw.get("nodePool", {}))
+    zones = _zones(c, raw.get("zones"), region, available_zones, vpc, service, pod,
+                   (pool.max_size if pool else 0) + (control_plane_per_zone or 0) + 1)
+    if zones and pool and control_plane_per_zone:
+        _capacity(c, pool, len(zones), control_plane_per_zone)
+
+    admin = c.cidr_list(raw["adminCidrs"], "adminCidrs") if "adminCidrs" in raw else None
+    for i, net in enumerate(admin or ()):
+        if net.prefixlen < 8:
+            how_much = "the whole" if net.prefixlen == 0 else "a large part of the"
+            c.bad(f"adminCidrs[{i}]", f"{net} admits {how_much} internet to SSH; list your "
+                                      "offices' or VPN's ranges (e.g. 203.0.113.0/24)")
+    api_allowed = (c.cidr_list(raw["apiAllowedCidrs"], "apiAllowedCidrs")
+                   if "apiAllowedCidrs" in raw else admin)
+    api_public = c.boolean(raw, "apiPublic", "apiPublic", False)
+    if "apiAllowedCidrs" in raw and api_allowed and not api_public \
+            and any(n.prefixlen == 0 for n in api_allowed):
+        c.bad("apiAllowedCidrs", "0.0.0.0/0 is meaningless for an internal load balancer; "
+                                 "set multizone:apiPublic: true or list private ranges")
+
+    image = c.string(raw, "imageId", "imageId", pattern=_AMI,
+                     hint="give an AMI id such as ami-0123456789abcdef0") \
+        if "imageId" in raw else None
+    cp_type = c.string(raw, "controlPlaneInstanceType", "controlPlaneInstanceType", "m6i.large",
+                       _INSTANCE_TYPE, "give an EC2 instance type such as m6i.large")
+    bastion_type = c.string(raw, "bastionInstanceType", "bastionInstanceType", "t3.micro",
+                            _INSTANCE_TYPE, "give an EC2 instance type such as t3.micro")
+    etcd_gib = c.integer(raw, "etcdVolumeGiB", "etcdVolumeGiB", 20, 8, 1024,
+                         hint="give etcd 8..1024 GiB (its quota is 8 GiB at most)")
+    api_port = c.integer(raw, "apiPort", "apiPort", 6443, 1, 65535)
+    if api_port in (SSH_PORT, KUBELET_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
+                    ETCD_EVENTS_CLIENT_PORT, ETCD_EVENTS_PEER_PORT, KONNECTIVITY_AGENT_PORT):
+        c.bad("apiPort", f"{api_port} is taken by another service; use 443 or 6443")
+    egress = c.choice(raw, "egress", "egress", "konnectivity", ("konnectivity", "ssh-tunnel"))
+    nat = c.choice(raw, "natGateways", "natGateways", "perZone", ("perZone", "single"))
+    dns_domain = c.string(raw, "dnsDomain", "dnsDomain", "cluster.local",
+                          re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)*$"), "write e.g. cluster.local")
+    ssh = _ssh(c, raw.get("ssh")) if "ssh" in raw else None
+    pki = _pki(c, raw.get("pki", {}))
+    protect = c.boolean(raw, "protect", "protect", False)
+    ephemeral = c.boolean(raw, "ephemeral", "ephemeral", False)
+    expires = raw.get("expiresAt")
+    if expires is not None:
+        try:
+            dt.date.fromisoformat(str(expires))
+        except ValueError:
+            c.bad("expiresAt", f"{expires!r} is not a date; write YYYY-MM-DD")
+    if ephemeral and expires is None:
+        c.bad("expiresAt", "missing for an ephemeral stack; add the date it may be destroyed "
+                           "(YYYY-MM-DD)")
+    if ephemeral and protect:
+        c.bad("protect", "an ephemeral stack must be destroyable; set multizone:protect: false")
+
+    if c.problems:
+        raise SettingsError(c.problems)
+    assert name and version and zones and vpc and service and pod and pool and ssh  # noqa: S101
+    assert admin and api_allowed and image and cp_type and bastion_type and region  # noqa: S101
+    return Settings(
+        stack=stack, region=region, cluster_name=name, kubernetes_version=version,
+        zones=zones, vpc_cidr=str(vpc), service_cidr=str(service), pod_cidr=str(pod),
+        dns_domain=dns_domain or "cluster.local", api_port=api_port or 6443,
+        egress=egress or "konnectivity", control_plane_per_zone=control_plane_per_zone or 1,
+        control_plane_instance_type=cp_type, etcd_volume_gib=etcd_gib or 20,
+        bastion_instance_type=bastion_type, image_id=image, node_pool=pool,
+        nat_gateways=nat or "perZone", admin_cidrs=tuple(map(str, admin)),
+        api_allowed_cidrs=tuple(map(str, api_allowed)), api_public=api_public, ssh=ssh,
+        pki=pki, protect=protect, ephemeral=ephemeral,
+        expires_at=str(expires) if expires is not None else None,
+    )
+
+
+def _zones(c: _Checker, value: Any, region: str | None, available: Sequence[str] | None,
+           vpc: ipaddress.IPv4Network | None, service: ipaddress.IPv4Network | None,
+           pod: ipaddress.IPv4Network | None, hosts_per_zone: int) -> tuple[ZoneSettings, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        c.bad("zones", f"expected a list of zones, got {value!r}; see stacks/Pulumi.dev.yaml")
+        return ()
+    zones: list[ZoneSettings] = []
+    subnets: list[tuple[str, ipaddress.IPv4Network]] = []
+    for i, item in enumerate(value):
+        where = f"zones[{i}]"
+        z = c.mapping(item, where, ("name", "publicSubnet", "privateSubnet"))
+        zname = c.string(z, "name", f"{where}.name", hint="name an availability zone")
+        if zname and region and not (zname.startswith(region)
+                                     and re.fullmatch(r"[a-z]", zname[len(region):])):
+            c.bad(f"{where}.name", f"{zname} is not a zone of region {region}; use e.g. "
+                                   f"{region}a")
+            zname = None
+        elif zname and available is not None and zname not in available:
+            c.bad(f"{where}.name", f"{zname} is not available in {region}; use one of: "
+                                   f"{', '.join(available)}")
+            zname = None
+        if zname and zname in [zone.name for zone in zones]:
+            c.bad(f"{where}.name", f"{zname} is listed twice; list each zone once")
+            zname = None
+        nets = {}
+        for key in ("publicSubnet", "privateSubnet"):
+            net = c.cidr(z.get(key), f"{where}.{key}")
+            if net is None:
+                continue
+            nets[key] = net
+            if vpc and not net.subnet_of(vpc):
+                c.bad(f"{where}.{key}", f"{net} is outside multizone:vpcCidr {vpc}; "
+                                        "choose a subnet inside the VPC")
+            if not 16 <= net.prefixlen <= 28:
+                c.bad(f"{where}.{key}", f"{net} has prefix /{net.prefixlen}; AWS subnets "
+                                        "are /16../28")
+            for label, other in (("serviceCidr", service), ("podCidr", pod)):
+                if other and net.overlaps(other):
+                    c.bad(f"{where}.{key}", f"{net} overlaps multizone:{label} {other}; "
+                                            "choose a subnet outside it")
+            for other_where, other in subnets:
+                if net.overlaps(other):
+                    c.bad(f"{where}.{key}", f"{net} overlaps {other_where} {other}; give "
+                                            "every subnet its own range")
+            subnets.append((f"multizone:{where}.{key}", net))
+        private = nets.get("privateSubnet")
+        if private and private.num_addresses - AWS_RESERVED_PER_SUBNET < hosts_per_zone:
+            c.bad(f"{where}.privateSubnet", f"{private} holds "
+                                            f"{private.num_addresses - AWS_RESERVED_PER_SUBNET}"
+                                            f" hosts but the zone may need {hosts_per_zone}; "
+                                            "give it a larger range")
+        if zname and len(nets) == 2:
+            zones.append(ZoneSettings(zname, str(nets["publicSubnet"]),
+                                      str(nets["privateSubnet"])))
+    if len(value) < 3:
+        c.bad("zones", f"{len(value)} zone(s) given; list three or more distinct zones "
+                       "of the region")
+    return tuple(zones) if len(zones) == len(value) else ()
+
+
+def _node_pool(c: _Checker, value: Any) -> NodePoolSettings | None:
+    allowed = ("instanceType", "min", "desired", "max", "podsPerNode", "containersPerPod")
+    p = c.mapping(value, "nodePool", allowed)
+    before = len(c.problems)
+    where: Callable[[str], str] = lambda k: f"nodePool.{k}"  # noqa: E731
+    itype = c.string(p, "instanceType", where("instanceType"), "m6i.xlarge", _INSTANCE_TYPE,
+                     "give an EC2 instance type such as m6i.xlarge")
+    low = c.integer(p, "min", where("min"), 1, 0, MAX_NODES)
+    desired = c.integer(p, "desired", where("desired"), low or 1, 0, MAX_NODES)
+    high = c.integer(p, "max", where("max"), max(desired or 1, 1), 0, MAX_NODES,
+                     hint=f"a zone's pool holds at most {MAX_NODES} nodes")
+    pods = c.integer(p, "podsPerNode", where("podsPerNode"), MAX_PODS_PER_NODE, 1,
+                     MAX_PODS_PER_NODE, hint=f"Kubernetes supports at most "
+                                             f"{MAX_PODS_PER_NODE} pods a node")
+    containers = c.integer(p, "containersPerPod", where("containersPerPod"),
+                           DEFAULT_CONTAINERS_PER_POD, 1, 50)
+    if low is not None and desired is not None and high is not None \
+            and not low <= desired <= high:
+        c.bad("nodePool", f"min {low}, desired {desired}, max {high} are out of order; "
+                          "make min <= desired <= max")
+    if len(c.problems) > before:
+        return None
+    return NodePoolSettings(itype, low, desired, high, pods, containers)  # type: ignore[arg-type]
+
+
+def _capacity(c: _Checker, pool: NodePoolSettings, zones: int, cp_per_zone: int) -> None:
+    """Seed 004: 5,000 nodes, 110 pods a node, 150,000 pods, 300,000 containers."""
+    nodes = (pool.max_size + cp_per_zone) * zones
+    pods = nodes * pool.pods_per_node
+    containers = pods * pool.containers_per_pod
+    if nodes > MAX_NODES:
+        c.bad("nodePool.max", f"{zones} zones x ({pool.max_size} nodes + {cp_per_zone} "
+                              f"control-plane) = {nodes} nodes exceeds {MAX_NODES}; lower it "
+                              f"to {MAX_NODES // zones - cp_per_zone} or less")
+    elif pods > MAX_PODS:
+        c.bad("nodePool.podsPerNode", f"{nodes} nodes x {pool.pods_per_node} pods = {pods} "
+                                      f"pods exceeds {MAX_PODS}; lower it to "
+                                      f"{MAX_PODS // nodes} or less, or lower nodePool.max")
+    elif containers > MAX_CONTAINERS:
+        c.bad("nodePool.containersPerPod", f"{pods} pods x {pool.containers_per_pod} "
+                                           f"containers = {containers} exceeds "
+                                           f"{MAX_CONTAINERS}; lower podsPerNode or "
+                                           "nodePool.max")
+
+
+def _ssh(c: _Checker, value: Any) -> SSHSettings | None:
+    s = c.mapping(value, "ssh", ("user", "privateKeyPath", "publicKey"))
+    before = len(c.problems)
+    user = c.string(s, "user", "ssh.user", "admin", _LABEL, "use e.g. admin")
+    path = c.string(s, "privateKeyPath", "ssh.privateKeyPath",
+                    hint="give the path of the operator's private key, e.g. ~/.ssh/id_ed25519")
+    public = c.string(s, "publicKey", "ssh.publicKey", pattern=_SSH_PUBLIC,
+                      hint="paste the operator's public key line ('ssh-ed25519 AAAA...')")
+    if len(c.problems) > before:
+        return None
+    return SSHSettings(user, path, public)  # type: ignore[arg-type]
+
+
+def _pki(c: _Checker, value: Any) -> PKISettings:
+    fields = PKISettings.__dataclass_fields__
+    camel = {"keyType": "key_type", "rsaBits": "rsa_bits",
+             "caValidityDays": "ca_validity_days", "validityDays": "validity_days",
+             "renewBeforeDays": "renew_before_days", "caKeysOnHosts": "ca_keys_on_hosts"}
+    p = c.mapping(value, "pki", tuple(camel))
+    base = PKISettings()
+    values = {camel[k]: v for k, v in p.items() if k in camel}
+    for key, v in p.items():
+        expected = type(getattr(base, camel.get(key, "key_type")))
+        if type(v) is not expected:
+            c.bad(f"pki.{key}", f"expected {expected.__name__}, got {v!r}; see "
+                                "bootstrap/inventory.py for the allowed values")
+            return base
+    assert set(values) <= set(fields)  # noqa: S101
+    return PKISettings(**values)

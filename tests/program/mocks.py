@@ -1,0 +1,365 @@
+"""Mocks that answer as AWS would, and a harness that evaluates the program under them.
+
+The mocks hand out IDs and ARNs in AWS's formats, addresses inside the subnet a host was
+placed in, the subnet's zone, and load balancer DNS names; they also refuse what AWS refuses
+(a subnet outside its VPC or overlapping another, a zone not in the region, a volume attached
+across zones, a load balancer with two subnets in one zone). A recording monitor keeps what
+the engine would see besides inputs: `protect` and which inputs are secret.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import settings as runtime_settings
+from pulumi.runtime.mocks import MockMonitor
+
+from components.hostkeys import HostKeyProvider
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCOUNT = "123456789012"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+SIG_KEY = "4dabf18193072939515e22adb298388d"
+
+
+def _hex(n: int) -> str:
+    return secrets.token_hex((n + 1) // 2)[:n]
+
+
+class AWSError(Exception):
+    """What the AWS API would have answered instead of creating the resource."""
+
+
+@dataclass
+class Registered:
+    typ: str
+    name: str
+    id: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    protect: bool = False
+    secret_inputs: frozenset[str] = frozenset()
+
+    def out(self, key: str, default: Any = None) -> Any:
+        return self.outputs.get(key, default)
+
+
+@dataclass
+class AwsMocks(pulumi.runtime.Mocks):
+    region: str = "eu-west-1"
+    zone_letters: str = "abc"
+    resources: list[Registered] = field(default_factory=list)
+    by_id: dict[str, Registered] = field(default_factory=dict)
+    _used: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def zones(self) -> list[str]:
+        return [f"{self.region}{c}" for c in self.zone_letters]
+
+    # ------------------------------------------------------------------ invokes
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            ids = [f"euw1-az{i + 1}" for i in range(len(self.zones))]
+            return {"names": self.zones, "zoneIds": ids, "id": self.region,
+                    "groupNames": [self.region]}, []
+        raise AWSError(f"unexpected invoke {args.token}")
+
+    # ------------------------------------------------------------------ resources
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        inputs = dict(args.inputs)
+        handler = _HANDLERS.get(args.typ)
+        if handler is None and args.typ.endswith(":HostKey"):
+            result = HostKeyProvider().create(inputs)
+            rid, outputs = result.id, {**inputs, **result.outs}
+            outputs.pop("__provider", None)
+        elif handler is None:
+            rid, outputs = f"{args.name}-{_hex(8)}", inputs
+        else:
+            rid, extra = handler(self, args.name, inputs)
+            outputs = {**inputs, **extra}
+        reg = Registered(args.typ, args.name, rid, inputs, outputs)
+        self.resources.append(reg)
+        self.by_id[rid] = reg
+        for key in ("arn",):
+            if key in outputs:
+                self.by_id[outputs[key]] = reg
+        return rid, outputs
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return [r for r in self.resources if r.typ == typ]
+
+    def _arn(self, service: str, resource: str) -> str:
+        return f"arn:aws:{service}:{self.region}:{ACCOUNT}:{resource}"
+
+    def _autoname(self, name: str, inputs: dict, limit: int = 255) -> str:
+        given = inputs.get("name")
+        chosen = given or f"{name}-{_hex(7)}"
+        if len(chosen) > limit:
+            raise AWSError(f"ValidationError: name {chosen!r} is longer than {limit} characters")
+        return chosen
+
+    def _lookup(self, rid: Any, typ: str) -> Registered:
+        reg = self.by_id.get(rid)
+        if reg is None or reg.typ != typ:
+            raise AWSError(f"InvalidID: {rid!r} is not a known {typ}")
+        return reg
+
+    def _allocate(self, subnet: Registered) -> str:
+        net = ipaddress.ip_network(subnet.inputs["cidrBlock"])
+        used = self._used.setdefault(subnet.id, set())
+        hosts = list(net.hosts())[3:]  # AWS keeps .1-.3; .0 and broadcast are not hosts
+        free = [str(ip) for ip in hosts if str(ip) not in used]
+        choice = free[secrets.randbelow(min(len(free), 200))]
+        used.add(choice)
+        return choice
+
+    def vpc(self, name: str, inputs: dict) -> tuple[str, dict]:
+        rid = f"vpc-{_hex(17)}"
+        return rid, {"arn": self._arn("ec2", f"vpc/{rid}"), "ownerId": ACCOUNT,
+                     "defaultSecurityGroupId": f"sg-{_hex(17)}",
+                     "mainRouteTableId": f"rtb-{_hex(17)}"}
+
+    def subnet(self, name: str, inputs: dict) -> tuple[str, dict]:
+        vpc = self._lookup(inputs.get("vpcId"), "aws:ec2/vpc:Vpc")
+        cidr = ipaddress.ip_network(inputs["cidrBlock"])
+        if not cidr.subnet_of(ipaddress.ip_network(vpc.inputs["cidrBlock"])):
+            raise AWSError(f"InvalidSubnet.Range: The CIDR '{cidr}' is invalid.")
+        for other in self.of_type("aws:ec2/subnet:Subnet"):
+            if other.inputs["vpcId"] == vpc.id and \
+                    cidr.overlaps(ipaddress.ip_network(other.inputs["cidrBlock"])):
+                raise AWSError(f"InvalidSubnet.Conflict: The CIDR '{cidr}' conflicts with "
+                               "another subnet")
+        zone = inputs.get("availabilityZone")
+        if zone not in self.zones:
+            raise AWSError(f"InvalidParameterValue: Value ({zone}) for parameter "
+                           "availabilityZone is invalid.")
+        rid = f"subnet-{_hex(17)}"
+        return rid, {"arn": self._arn("ec2", f"subnet/{rid}"), "ownerId": ACCOUNT,
+                     "availabilityZone": zone,
+                     "availabilityZoneId": f"euw1-az{self.zones.index(zone) + 1}"}
+
+    def instance(self, name: str, inputs: dict) -> tuple[str, dict]:
+        subnet = self._lookup(inputs.get("subnetId"), "aws:ec2/subnet:Subnet")
+        ip = self._allocate(subnet)
+        rid = f"i-{_hex(17)}"
+        out = {"arn": self._arn("ec2", f"instance/{rid}"), "privateIp": ip,
+               "availabilityZone": subnet.outputs["availabilityZone"],
+               "privateDns": f"ip-{ip.replace('.', '-')}.{self.region}.compute.internal",
+               "primaryNetworkInterfaceId": f"eni-{_hex(17)}", "instanceState": "running"}
+        if inputs.get("associatePublicIpAddress"):
+            out["publicIp"] = f"52.{secrets.randbelow(256)}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+        return rid, out
+
+    def volume(self, name: str, inputs: dict) -> tuple[str, dict]:
+        if inputs.get("availabilityZone") not in self.zones:
+            raise AWSError("InvalidParameterValue: invalid availability zone")
+        rid = f"vol-{_hex(17)}"
+        return rid, {"arn": self._arn("ec2", f"volume/{rid}")}
+
+    def volume_attachment(self, name: str, inputs: dict) -> tuple[str, dict]:
+        volume = self._lookup(inputs.get("volumeId"), "aws:ebs/volume:Volume")
+        instance = self._lookup(inputs.get("instanceId"), "aws:ec2/instance:Instance")
+        if volume.inputs["availabilityZone"] != instance.outputs["availabilityZone"]:
+            raise AWSError("InvalidVolume.ZoneMismatch: the volume is not in the same "
+                           "availability zone as the instance")
+        return f"vai-{_hex(10)}", {}
+
+    def load_balancer(self, name: str, inputs: dict) -> tuple[str, dict]:
+        lb_name = self._autoname(name, inputs, 32)
+        subnets = [self._lookup(s, "aws:ec2/subnet:Subnet") for s in inputs.get("subnets", [])]
+        zones = [s.outputs["availabilityZone"] for s in subnets]
+        if not zones or len(set(zones)) != len(zones):
+            raise AWSError("InvalidConfigurationRequest: at most one subnet per zone")
+        for sg in inputs.get("securityGroups", []):
+            self._lookup(sg, "aws:ec2/securityGroup:SecurityGroup")
+        arn = self._arn("elasticloadbalancing", f"loadbalancer/net/{lb_name}/{_hex(16)}")
+        return arn, {"arn": arn, "name": lb_name, "zoneId": "Z2IFOLAFXWLO4F",
+                     "dnsName": f"{lb_name}-{_hex(16)}.elb.{self.region}.amazonaws.com",
+                     "vpcId": subnets[0].inputs["vpcId"], "arnSuffix": arn.split(":")[-1]}
+
+    def target_group(self, name: str, inputs: dict) -> tuple[str, dict]:
+        tg_name = self._autoname(name, inputs, 32)
+        self._lookup(inputs.get("vpcId"), "aws:ec2/vpc:Vpc")
+        arn = self._arn("elasticloadbalancing", f"targetgroup/{tg_name}/{_hex(16)}")
+        return arn, {"arn": arn, "name": tg_name}
+
+    def attachment(self, name: str, inputs: dict) -> tuple[str, dict]:
+        self._lookup(inputs.get("targetGroupArn"), "aws:lb/targetGroup:TargetGroup")
+        self._lookup(inputs.get("targetId"), "aws:ec2/instance:Instance")
+        return f"{inputs['targetGroupArn']}-{_hex(20)}", {}
+
+    def listener(self, name: str, inputs: dict) -> tuple[str, dict]:
+        lb = self._lookup(inputs.get("loadBalancerArn"), "aws:lb/loadBalancer:LoadBalancer")
+        for action in inputs.get("defaultActions", []):
+            self._lookup(action.get("targetGroupArn"), "aws:lb/targetGroup:TargetGroup")
+        arn = lb.id.replace(":loadbalancer/", ":listener/") + f"/{_hex(16)}"
+        return arn, {"arn": arn}
+
+    def autoscaling_group(self, name: str, inputs: dict) -> tuple[str, dict]:
+        group = self._autoname(name, inputs)
+        for sn in inputs.get("vpcZoneIdentifiers", []):
+            self._lookup(sn, "aws:ec2/subnet:Subnet")
+        self._lookup(inputs.get("launchTemplate", {}).get("id"),
+                     "aws:ec2/launchTemplate:LaunchTemplate")
+        if not inputs["minSize"] <= inputs["desiredCapacity"] <= inputs["maxSize"]:
+            raise AWSError("ValidationError: desired capacity must be within min and max")
+        return group, {"name": group, "arn": self._arn(
+            "autoscaling", f"autoScalingGroup:{_hex(36)}:autoScalingGroupName/{group}")}
+
+    def iam(self, kind: str) -> Any:
+        def make(mocks: AwsMocks, name: str, inputs: dict) -> tuple[str, dict]:
+            chosen = mocks._autoname(name, inputs, 64)
+            arn = f"arn:aws:iam::{ACCOUNT}:{kind}/{chosen}"
+            return chosen, {"name": chosen, "arn": arn, "uniqueId": f"AROA{_hex(17).upper()}"}
+        return make
+
+
+def _simple(prefix: str, service: str = "ec2", kind: str = "") -> Any:
+    def make(mocks: AwsMocks, name: str, inputs: dict) -> tuple[str, dict]:
+        rid = f"{prefix}-{_hex(17)}"
+        out: dict[str, Any] = {"arn": mocks._arn(service, f"{kind or prefix}/{rid}")}
+        if prefix == "eipalloc":
+            out.update(allocationId=rid, publicIp=f"34.{secrets.randbelow(256)}.0.{secrets.randbelow(254) + 1}")
+        if prefix == "lt":
+            out.update(latestVersion=1, defaultVersion=1)
+        if prefix == "sgr":
+            out.update(securityGroupRuleId=rid)
+        return rid, out
+    return make
+
+
+_HANDLERS = {
+    "aws:ec2/vpc:Vpc": AwsMocks.vpc,
+    "aws:ec2/subnet:Subnet": AwsMocks.subnet,
+    "aws:ec2/instance:Instance": AwsMocks.instance,
+    "aws:ebs/volume:Volume": AwsMocks.volume,
+    "aws:ec2/volumeAttachment:VolumeAttachment": AwsMocks.volume_attachment,
+    "aws:lb/loadBalancer:LoadBalancer": AwsMocks.load_balancer,
+    "aws:lb/targetGroup:TargetGroup": AwsMocks.target_group,
+    "aws:lb/targetGroupAttachment:TargetGroupAttachment": AwsMocks.attachment,
+    "aws:lb/listener:Listener": AwsMocks.listener,
+    "aws:autoscaling/group:Group": AwsMocks.autoscaling_group,
+    "aws:iam/role:Role": AwsMocks.iam(None, "role"),  # type: ignore[arg-type]
+    "aws:iam/instanceProfile:InstanceProfile": AwsMocks.iam(None, "instance-profile"),  # type: ignore[arg-type]
+    "aws:ec2/internetGateway:InternetGateway": _simple("igw", kind="internet-gateway"),
+    "aws:ec2/routeTable:RouteTable": _simple("rtb", kind="route-table"),
+    "aws:ec2/route:Route": _simple("r"),
+    "aws:ec2/routeTableAssociation:RouteTableAssociation": _simple("rtbassoc"),
+    "aws:ec2/eip:Eip": _simple("eipalloc", kind="elastic-ip"),
+    "aws:ec2/natGateway:NatGateway": _simple("nat", kind="natgateway"),
+    "aws:ec2/securityGroup:SecurityGroup": _simple("sg", kind="security-group"),
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule":
+        _simple("sgr", kind="security-group-rule"),
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule":
+        _simple("sgr", kind="security-group-rule"),
+    "aws:ec2/launchTemplate:LaunchTemplate": _simple("lt", kind="launch-template"),
+    "aws:iam/rolePolicy:RolePolicy": _simple("policy", "iam"),
+}
+
+
+def _secret_keys(struct: Any) -> frozenset[str]:
+    """Top-level input names whose value the SDK sent as a secret."""
+    found = set()
+    for key, value in struct.fields.items():
+        if value.HasField("struct_value"):
+            inner = value.struct_value.fields
+            if SIG_KEY in inner and inner[SIG_KEY].string_value == SECRET_SIG:
+                found.add(key)
+    return frozenset(found)
+
+
+class RecordingMonitor(MockMonitor):
+    """A mock monitor that also keeps each resource's `protect` and secret inputs."""
+
+    def __init__(self, mocks: AwsMocks) -> None:
+        super().__init__(mocks)
+        self.meta: dict[tuple[str, str], tuple[bool, frozenset[str]]] = {}
+        self.components: list[tuple[str, str, str]] = []  # (type, name, parent urn)
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC name)
+        self.meta[(request.type, request.name)] = (request.protect,
+                                                   _secret_keys(request.object))
+        if not request.custom:
+            self.components.append((request.type, request.name, request.parent))
+        return super().RegisterResource(request)
+
+
+@dataclass
+class Evaluation:
+    """One evaluated stack: its resolved outputs and every resource AWS would have made."""
+
+    stack: str
+    outputs: dict[str, Any]
+    secret_outputs: dict[str, bool]
+    mocks: AwsMocks
+    monitor: RecordingMonitor
+
+    @property
+    def resources(self) -> list[Registered]:
+        return self.mocks.resources
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return self.mocks.of_type(typ)
+
+    def by_id(self, rid: str) -> Registered:
+        return self.mocks.by_id[rid]
+
+
+_PROGRAM: Any = None
+
+
+def program() -> Any:
+    """`__main__.py`, imported under another name so that it declares nothing on import."""
+    global _PROGRAM
+    if _PROGRAM is None:
+        spec = importlib.util.spec_from_file_location("multizone_program", ROOT / "__main__.py")
+        assert spec and spec.loader
+        _PROGRAM = importlib.util.module_from_spec(spec)
+        sys.modules["multizone_program"] = _PROGRAM
+        spec.loader.exec_module(_PROGRAM)
+    return _PROGRAM
+
+
+def evaluate(stack: str, config: dict[str, str], mocks: AwsMocks | None = None) -> Evaluation:
+    """Run the program for `stack` under mocks and wait for every resource and output."""
+    mocks = mocks or AwsMocks(region=config.get("aws:region", "eu-west-1"))
+    monitor = RecordingMonitor(mocks)
+    runtime_settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(mocks, project="multizone-k8s", stack=stack, preview=False,
+                             monitor=monitor)
+    pulumi.runtime.set_all_config(config)
+    resolved: dict[str, Any] = {}
+    secret: dict[str, bool] = {}
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output:
+        outputs = program().main()
+
+        async def is_secret(out: Any) -> bool:
+            return await pulumi.Output.from_input(out).is_secret()
+
+        for key, value in outputs.items():
+            secret[key] = value  # replaced below once resolved
+        return pulumi.Output.all(**outputs).apply(lambda v: resolved.update(v))
+
+    run()
+    for key, value in list(secret.items()):
+        secret[key] = _sync_is_secret(value)
+    for reg in mocks.resources:
+        reg.protect, reg.secret_inputs = monitor.meta.get((reg.typ, reg.name),
+                                                          (False, frozenset()))
+    return Evaluation(stack, resolved, secret, mocks, monitor)
+
+
+def _sync_is_secret(out: Any) -> bool:
+    import asyncio
+
+    return asyncio.get_event_loop().run_until_complete(
+        pulumi.Output.from_input(out).is_secret())
