@@ -4,6 +4,7 @@ and the fix, exit code 2, with nothing written."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ def test_example_loads_three_zones_three_control_planes_three_nodes():
     assert inv.ssh.bastion is not None
     assert inv.endpoints()[0] == inv.regional_endpoint
     assert inv.zone("eu-west-1b").endpoint.url == "https://api-b.mz-example.internal:6443"
-    with pytest.raises(Exception):  # frozen: nobody edits an inventory in place
+    with pytest.raises(dataclasses.FrozenInstanceError):  # frozen: nobody edits an inventory in place
         inv.cluster.name = "other"  # type: ignore[misc]
 
 
