@@ -98,7 +98,7 @@ def test_kind_table():
 
 
 def test_certificate_file_paths_table_row_by_row():
-    rows = _rows_after("기본 CN권고되는 키 파일 경로권고하는 인증서 파일 경로명령어키 파라미터인증서 파라미터")
+    rows = _rows_after("기본 CN권고되는 키 파일 경로권고하는 인증서 파일 경로명령어키 파라미터인증서 파라미터")  # noqa: E501
     built = []
     for use in FILE_USES:
         if use.source != DOCUMENT or use.file == "sa":
@@ -127,7 +127,7 @@ def test_service_account_table():
 
 
 def test_full_path_list_is_what_a_control_plane_host_holds():
-    listed = _rows_after("다음은 키와 인증서를 모두 생성할 때에 제공해야 하는 이전 표에 있는 파일의 경로를 보여준다.")
+    listed = _rows_after("다음은 키와 인증서를 모두 생성할 때에 제공해야 하는 이전 표에 있는 파일의 경로를 보여준다.")  # noqa: E501
     ours = {ca.cert_path for ca in CAS} | {ca.key_path for ca in CAS}
     ours |= {p for leaf in LEAVES if leaf.source == DOCUMENT
              for p in (leaf.cert_path, leaf.key_path)}
