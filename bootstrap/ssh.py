@@ -263,9 +263,11 @@ def put_script(path: str, content: bytes, mode: int, owner: str, group: str) -> 
         f"tmp=$(mktemp {q(posixpath.join(directory, '.' + posixpath.basename(path)))}"
         ".mzk-XXXXXX)",
         "trap 'rm -f \"$tmp\"' EXIT",
+        "trap 'exit 91' HUP INT PIPE TERM",
         'cat > "$tmp"',
-        f'[ "$(sha256sum < "$tmp" | cut -d" " -f1)" = {digest} ] '
-        "|| { echo 'content arrived incomplete' >&2; exit 90; }",
+        f'if [ "$(sha256sum < "$tmp" | cut -d" " -f1)" != {digest} ]; then',
+        '  rm -f "$tmp"; echo "content arrived incomplete" >&2; exit 90',
+        "fi",
         f'chown {q(owner)}:{q(group)} "$tmp"',
         f'chmod {mode:o} "$tmp"',
         'sync -- "$tmp"',

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -39,6 +40,7 @@ from bootstrap.lab.layout import (
 )
 
 STATE_FILE = "lab-state.json"
+GUARD_METRIC = 4000
 SSHD = "/usr/sbin/sshd"
 Say = Callable[[str], None]
 
@@ -151,9 +153,35 @@ def _pick_link_slot(preferred: int) -> int:
     for k in range(LINK_SLOTS):
         slot = (preferred + k) % LINK_SLOTS
         net = ipaddress.ip_network(f"{LINK_BASE + 4 * slot}/30")
-        if not any(net.overlaps(u) for u in used if u.prefixlen > 0):
+        if not any(net.overlaps(u) for u in used if u.prefixlen > 0 and u != LAB_NET):
             return slot
     raise LabError("no free /30 for the bastion link in 10.213.250.0/24; remove other labs")
+
+
+def _guard_route(slot: int) -> str:
+    """The root namespace's only route for the lab range: unreachable (so nothing addressed
+    to a lab host ever leaves by the default route); one per lab, told apart by metric.
+    The bastion's /30 on the veth is more specific and stays reachable."""
+    return f"unreachable {LAB_NET} metric {GUARD_METRIC + slot}"
+
+
+def _remove_guard_routes(keep_slots: set[int]) -> None:
+    """Delete guard routes of labs whose bastion link is gone (ours, or crashed ones)."""
+    routes = _ip(["route", "show", "type", "unreachable", str(LAB_NET)], check=False).stdout
+    for metric in (int(m) for m in re.findall(r"metric (\d+)", routes)):
+        slot = metric - GUARD_METRIC
+        if 0 <= slot < LINK_SLOTS and slot not in keep_slots:
+            _ip(["route", "del", *_guard_route(slot).split()], check=False)
+
+
+def _live_slots() -> set[int]:
+    """Slots whose root end of the bastion link exists (labs that are up)."""
+    out = _ip(["-4", "-o", "addr", "show"], check=False).stdout
+    slots = set()
+    for slot in range(LINK_SLOTS):
+        if f" {LINK_BASE + 4 * slot + 1}/30 " in out:
+            slots.add(slot)
+    return slots
 
 
 def _sshd_config(home: Path, address: str, authorized: Path) -> str:
@@ -242,7 +270,10 @@ def _network(layout: Layout, state: State) -> None:
     subprocess.run(["ip", "netns", "exec", layout.router_ns, "sysctl", "-qw",
                     "net.ipv4.ip_forward=1"], check=True)
     state.data["root_if"] = layout.root_if
+    state.data["root_route"] = _guard_route(layout.link_slot)
     state.save()
+    # Guard: without it the machine's default route would carry lab addresses outside.
+    _ip(["route", "add", *_guard_route(layout.link_slot).split()])
     _ip(["link", "add", layout.root_if, "type", "veth", "peer", "name", "eth0", "netns",
          layout.bastion_ns])
     _ip([], [f"addr add {layout.root_address}/30 dev {layout.root_if}",
@@ -342,6 +373,32 @@ def _build(layout: Layout, state: State) -> None:
     _write_inventory(layout, keys)
 
 
+def restart_sshd(lab_dir: Path, name: str) -> int:
+    """Stop one host's sshd listener (open sessions stay) and start it again, e.g. after
+    its host key file changed; returns the new pid."""
+    lab_dir = lab_dir.resolve()
+    state = State.load(lab_dir)
+    layout = plan(lab_dir, state.data.get("workers", 3), state.data.get("link_slot"))
+    home = lab_dir / "hosts" / name
+    pid = state.data["pids"].get(name)
+    if _pid_alive(pid, str(home)):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while _pid_alive(pid, str(home)) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    (home / "sshd" / "sshd.pid").unlink(missing_ok=True)
+    if name == "bastion":
+        netns, binds = layout.bastion_ns, [(home / "fs" / "root", "/root")]
+    else:
+        netns = layout.host(name).netns
+        binds = [(home / "fs" / t.lstrip("/"), t) for t in HOST_DIRS]
+    new = _start_sshd(netns, home, binds, name)
+    state.data["pids"][name] = new
+    state.save()
+    _wait_for_sshd(layout, {name: new})
+    return new
+
+
 def _wait_for_sshd(layout: Layout, pids: dict[str, int], limit: float = 10.0) -> None:
     """sshd writes its pid file once it listens; wait for every one of them."""
     deadline = time.monotonic() + limit
@@ -415,6 +472,7 @@ def down(lab_dir: Path, remove_files: bool = True, say: Say = print) -> list[str
     root_if = state.data.get("root_if") or plan(lab_dir, 0).root_if
     if Path(f"/sys/class/net/{root_if}").exists():
         _ip(["link", "del", root_if], check=False)
+    _remove_guard_routes(_live_slots())
     left = lab_namespaces(prefix)
     if left:
         raise LabError(f"lab {prefix}: namespaces left after down: {', '.join(left)}")
