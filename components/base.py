@@ -38,6 +38,8 @@ class Component(pulumi.ComponentResource):
 
     def __init__(self, name: str, settings: Settings,
                  opts: pulumi.ResourceOptions | None = None) -> None:
+        opts = pulumi.ResourceOptions.merge(pulumi.ResourceOptions(protect=settings.protect),
+                                            opts)
         super().__init__(f"{PACKAGE}:components:{self.kind}", name, None, opts)
         self.name = name
         self.settings = settings

@@ -54,3 +54,6 @@ class HostKey(dyn.Resource, module="multizone", name="HostKey"):
             HostKeyProvider(), name, {"host": host, "public_key": None, "private_key": None},
             pulumi.ResourceOptions.merge(
                 opts, pulumi.ResourceOptions(additional_secret_outputs=["private_key"])))
+        # The engine keeps it secret in state; keep it secret in the program too, so that
+        # everything derived from it (user data) is a secret even before it reaches the engine.
+        self.private_key = pulumi.Output.secret(self.private_key)

@@ -164,9 +164,11 @@ def _decode(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     try:
-        return json.loads(value)
+        decoded = json.loads(value)
     except ValueError:
         return value
+    # "1.31" stays text (a version, say): only structures, whole numbers and booleans decode.
+    return decoded if isinstance(decoded, dict | list | bool | int) else value
 
 
 class _Checker:
@@ -291,17 +293,21 @@ def from_config(config: Mapping[str, Any], stack: str,
     if vpc and not 16 <= vpc.prefixlen <= 28:
         c.bad("vpcCidr", f"{vpc} has prefix /{vpc.prefixlen}; AWS allows /16../28 for a VPC")
         vpc = None
+    # Subnets are checked against the cluster ranges only if the VPC does not already
+    # overlap them: one mistake, one line.
+    subnet_service, subnet_pod = service, pod
     for label, other in (("serviceCidr", service), ("podCidr", pod)):
         if vpc and other and vpc.overlaps(other):
             c.bad("vpcCidr", f"{vpc} overlaps multizone:{label} {other}; choose a VPC range "
                              "outside the cluster's service and pod ranges")
+            subnet_service = subnet_pod = None
 
     control_plane_per_zone = c.integer(
         raw, "controlPlanePerZone", "controlPlanePerZone", 1, 1, 2,
         hint="use 1 or 2 control-plane hosts per zone (scale them up before out, "
              "add zones to grow further)")
     pool = _node_pool(c, raw.get("nodePool", {}))
-    zones = _zones(c, raw.get("zones"), region, available_zones, vpc, service, pod,
+    zones = _zones(c, raw.get("zones"), region, available_zones, vpc, subnet_service, subnet_pod,
                    (pool.max_size if pool else 0) + (control_plane_per_zone or 0) + 1)
     if zones and pool and control_plane_per_zone:
         _capacity(c, pool, len(zones), control_plane_per_zone)

@@ -73,7 +73,7 @@ class AwsMocks(pulumi.runtime.Mocks):
 
     # ------------------------------------------------------------------ resources
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
-        inputs = dict(args.inputs)
+        inputs = _unwrap(dict(args.inputs))
         handler = _HANDLERS.get(args.typ)
         if handler is None and args.typ.endswith(":HostKey"):
             result = HostKeyProvider().create(inputs)
@@ -262,6 +262,17 @@ _HANDLERS = {
     "aws:ec2/launchTemplate:LaunchTemplate": _simple("lt", kind="launch-template"),
     "aws:iam/rolePolicy:RolePolicy": _simple("policy", "iam"),
 }
+
+
+def _unwrap(value: Any) -> Any:
+    """Plain values from inputs; which of them were secret is kept by `RecordingMonitor`."""
+    if isinstance(value, dict):
+        if value.get(SIG_KEY) == SECRET_SIG:
+            return _unwrap(value["value"])
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
 
 
 def _secret_keys(struct: Any) -> frozenset[str]:

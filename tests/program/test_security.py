@@ -1,0 +1,96 @@
+"""The security group matrix, read back from the declared rules, is exactly the design's."""
+
+from __future__ import annotations
+
+from tests.program.mocks import Evaluation
+
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+ADMIN = "203.0.113.0/24"
+CP, NODES, BASTION = "control-plane", "nodes", "bastion"
+LBZ, LBR = "lb-zonal", "lb-regional"
+ETCD = (2379, 2380, 2382, 2383)
+
+
+def declared(ev: Evaluation, typ: str) -> set[tuple[str, int, str]]:
+    """(group, port, peer) for every rule, peers named by group or CIDR; all TCP, one port."""
+    names = {sg.id: sg.inputs["tags"]["Name"].removeprefix(
+        f"{sg.inputs['tags']['multizone/cluster']}-security-")
+        for sg in ev.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    rows = set()
+    for rule in ev.of_type(typ):
+        i = rule.inputs
+        assert i["ipProtocol"] == "tcp" and i["fromPort"] == i["toPort"]
+        peer = names[i["referencedSecurityGroupId"]] if "referencedSecurityGroupId" in i \
+            else i["cidrIpv4"]
+        rows.add((names[i["securityGroupId"]], int(i["fromPort"]), peer))
+    return rows
+
+
+COMMON_INGRESS = {
+    (BASTION, 22, ADMIN),                        # to the bastion only from admin CIDRs
+    (CP, 22, BASTION), (NODES, 22, BASTION),     # SSH only from the bastion
+    (CP, 6443, NODES), (CP, 6443, LBZ), (CP, 6443, LBR),
+    (LBZ, 6443, NODES), (LBZ, 6443, CP),
+    (LBR, 6443, ADMIN),
+    *((CP, port, CP) for port in ETCD),          # etcd main and events: control plane only
+    (CP, 10250, CP),
+}
+KONNECTIVITY_INGRESS = {(NODES, 10250, CP), (CP, 8132, NODES)}
+SSH_TUNNEL_INGRESS = {(NODES, 22, CP)}
+DOWNLOADS = {(g, p, "0.0.0.0/0") for g in (CP, NODES) for p in (80, 443)}
+
+
+def mirror(rows: set[tuple[str, int, str]]) -> set[tuple[str, int, str]]:
+    return {(peer, port, group) for group, port, peer in rows if "/" not in peer}
+
+
+def test_konnectivity_matrix_is_exactly_the_design(prod: Evaluation) -> None:
+    expected = COMMON_INGRESS | KONNECTIVITY_INGRESS
+    assert declared(prod, INGRESS) == expected
+    assert declared(prod, EGRESS) == mirror(expected) | DOWNLOADS
+
+
+def test_ssh_tunnel_matrix_opens_ssh_to_nodes_and_shuts_the_kubelet_port(
+        two_per_zone: Evaluation) -> None:
+    expected = COMMON_INGRESS | SSH_TUNNEL_INGRESS
+    ingress = declared(two_per_zone, INGRESS)
+    assert ingress == expected
+    assert (NODES, 10250, CP) not in ingress and (CP, 8132, NODES) not in ingress
+    assert declared(two_per_zone, EGRESS) == mirror(expected) | DOWNLOADS
+
+
+def test_only_admin_ssh_and_the_regional_api_port_admit_outside_addresses(
+        stacks: list[Evaluation]) -> None:
+    for ev in stacks:
+        outside = {(g, p) for g, p, peer in declared(ev, INGRESS) if "/" in peer}
+        assert outside == {(BASTION, 22), (LBR, 6443)}
+        assert not any(peer == "0.0.0.0/0" for _, _, peer in declared(ev, INGRESS))
+
+
+def test_etcd_and_kubelet_ports_never_open_outside_the_control_plane(
+        stacks: list[Evaluation]) -> None:
+    for ev in stacks:
+        for group, port, peer in declared(ev, INGRESS):
+            if port in ETCD:
+                assert (group, peer) == (CP, CP)
+            if port == 10250:
+                assert peer == CP
+
+
+def test_groups_declare_no_inline_rules(prod: Evaluation) -> None:
+    for sg in prod.of_type("aws:ec2/securityGroup:SecurityGroup"):
+        assert "ingress" not in sg.inputs and "egress" not in sg.inputs
+        assert sg.inputs["revokeRulesOnDelete"] is True
+
+
+def test_instances_and_balancers_use_their_own_group(prod: Evaluation) -> None:
+    names = {sg.id: sg.name for sg in prod.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    for inst in prod.of_type("aws:ec2/instance:Instance"):
+        role = inst.inputs["tags"].get("multizone/role", "bastion")
+        assert [names[g] for g in inst.inputs["vpcSecurityGroupIds"]] == [f"security-{role}"]
+    for lt in prod.of_type("aws:ec2/launchTemplate:LaunchTemplate"):
+        assert [names[g] for g in lt.inputs["vpcSecurityGroupIds"]] == ["security-nodes"]
+    for lb in prod.of_type("aws:lb/loadBalancer:LoadBalancer"):
+        kind = LBR if lb.inputs["tags"]["multizone/zone"] == "regional" else LBZ
+        assert [names[g] for g in lb.inputs["securityGroups"]] == [f"security-{kind}"]

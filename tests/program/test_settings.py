@@ -1,0 +1,115 @@
+"""Settings: the stacks are valid, and each mistake is one line naming the key and the fix."""
+
+from __future__ import annotations
+
+import pulumi
+import pytest
+
+from bootstrap.errors import ConfigError
+from components.settings import SettingsError, from_config
+from tests.program.mocks import AwsMocks, evaluate
+from tests.program.stackconfig import STACKS, stack_config, stack_values
+
+ZONES = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+
+
+def zones_with(**private: str) -> list[dict[str, str]]:
+    """The prod zones, with some private subnets replaced (keyed by zone letter)."""
+    zones = stack_values("prod")["multizone:zones"]
+    return [{**z, "privateSubnet": private.get(z["name"][-1], z["privateSubnet"])}
+            for z in zones]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_file_is_valid(stack: str) -> None:
+    s = from_config(stack_config(stack), stack, ZONES)
+    assert s.stack == stack and len(s.zones) == 3
+    assert s.max_nodes <= 5000
+
+
+def test_the_test_stack_is_short_lived_and_cheap() -> None:
+    s = from_config(stack_config("test"), "test", ZONES)
+    assert (s.ephemeral, s.protect, s.nat_gateways) == (True, False, "single")
+    assert s.expires_at and s.node_pool.max_size <= 3
+
+
+BAD = [
+    ({"controlPlanePerZone": 3}, "multizone:controlPlanePerZone: 3 is out of range; use 1 or 2"),
+    ({"controlPlanePerZone": 0}, "multizone:controlPlanePerZone: 0 is out of range"),
+    ({"zones": stack_values("prod")["multizone:zones"][:2]},
+     "multizone:zones: 2 zone(s) given; list three or more distinct zones"),
+    ({"zones": [*stack_values("prod")["multizone:zones"][:2],
+                {**stack_values("prod")["multizone:zones"][1], "publicSubnet": "10.0.3.0/24",
+                 "privateSubnet": "10.0.64.0/20"}]},
+     "multizone:zones[2].name: eu-west-1b is listed twice"),
+    ({"zones": [*stack_values("prod")["multizone:zones"][:2],
+                {**stack_values("prod")["multizone:zones"][2], "name": "us-east-1c"}]},
+     "multizone:zones[2].name: us-east-1c is not a zone of region eu-west-1"),
+    ({"zones": zones_with(c="10.1.48.0/20")},
+     "multizone:zones[2].privateSubnet: 10.1.48.0/20 is outside multizone:vpcCidr 10.0.0.0/16"),
+    ({"zones": zones_with(b="10.0.16.0/20")},
+     "multizone:zones[1].privateSubnet: 10.0.16.0/20 overlaps multizone:zones[0].privateSubnet"),
+    ({"zones": zones_with(a="10.0.16.0/28")},
+     "multizone:zones[0].privateSubnet: 10.0.16.0/28 holds 11 hosts but the zone may need 52"),
+    ({"serviceCidr": "10.96.0.1/12"}, "multizone:serviceCidr: '10.96.0.1/12' is not an IPv4 "
+                                     "network with its host bits zero"),
+    ({"serviceCidr": "10.0.0.0/16", "podCidr": "10.1.0.0/16"},
+     "multizone:vpcCidr: 10.0.0.0/16 overlaps multizone:serviceCidr 10.0.0.0/16"),
+    ({"podCidr": "10.96.0.0/16"},
+     "multizone:serviceCidr: 10.96.0.0/12 overlaps multizone:podCidr 10.96.0.0/16"),
+    ({"nodePool": {"max": 1700, "podsPerNode": 10}},
+     "multizone:nodePool.max: 3 zones x (1700 nodes + 1 control-plane) = 5103 nodes exceeds "
+     "5000; lower it to 1665 or less"),
+    ({"nodePool": {"max": 1000, "podsPerNode": 110}},
+     "multizone:nodePool.podsPerNode: 3003 nodes x 110 pods = 330330 pods exceeds 150000"),
+    ({"nodePool": {"max": 400, "podsPerNode": 100, "containersPerPod": 3}},
+     "multizone:nodePool.containersPerPod: 120300 pods x 3 containers = 360900 exceeds 300000"),
+    ({"nodePool": {"podsPerNode": 111}},
+     "multizone:nodePool.podsPerNode: 111 is out of range; Kubernetes supports at most 110"),
+    ({"nodePool": {"min": 5, "desired": 2, "max": 10}},
+     "multizone:nodePool: min 5, desired 2, max 10 are out of order"),
+    ({"adminCidrs": ["0.0.0.0/0"]},
+     "multizone:adminCidrs[0]: 0.0.0.0/0 admits the whole internet to SSH"),
+    ({"adminCidrs": ["0.0.0.0/1"]},
+     "multizone:adminCidrs[0]: 0.0.0.0/1 admits a large part of the internet to SSH"),
+    ({"kubernetesVersion": "1.31"}, "multizone:kubernetesVersion: '1.31' is not valid"),
+    ({"clusterName": "Prod_Cluster"}, "multizone:clusterName: 'Prod_Cluster' is not valid"),
+    ({"controlPlanesPerZone": 1}, "multizone:controlPlanesPerZone: unknown key"),
+    ({"imageId": None}, "multizone:imageId: missing; add it"),
+    ({"ephemeral": True, "protect": False}, "multizone:expiresAt: missing for an ephemeral stack"),
+    ({"egress": "vpn"}, "multizone:egress: 'vpn' is not allowed; use one of: konnectivity, "
+                        "ssh-tunnel"),
+    ({"apiPort": 2379}, "multizone:apiPort: 2379 is taken by another service"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), BAD, ids=[e.split(":")[1] for _, e in BAD])
+def test_each_bad_setting_is_one_line_naming_key_and_fix(overrides: dict, expected: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_config(stack_config("prod", **overrides), "prod", ZONES)
+    problems = caught.value.problems
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(expected), problems[0]
+    assert "\n" not in problems[0] and ";" in problems[0]  # one line: the problem; the fix
+    assert isinstance(caught.value, ConfigError)
+
+
+def test_zone_not_offered_by_the_region_is_refused() -> None:
+    with pytest.raises(SettingsError, match=r"zones\[2\].name: eu-west-1c is not available"):
+        from_config(stack_config("prod"), "prod", ["eu-west-1a", "eu-west-1b"])
+
+
+def test_all_mistakes_are_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_config(stack_config("prod", controlPlanePerZone=3, adminCidrs=["0.0.0.0/0"]),
+                    "prod", ZONES)
+    assert [p.split(":")[1] for p in caught.value.problems] == [
+        "controlPlanePerZone", "adminCidrs[0]"]
+
+
+def test_program_stops_before_declaring_anything() -> None:
+    mocks = AwsMocks()
+    with pytest.raises(pulumi.RunError) as caught:
+        evaluate("prod", stack_config("prod", controlPlanePerZone=3), mocks)
+    assert str(caught.value).startswith("multizone:controlPlanePerZone: 3 is out of range")
+    assert mocks.resources == []
