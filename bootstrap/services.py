@@ -91,7 +91,8 @@ def render_unit(service: Service) -> str:
         "[Service]",
         *(f"Environment={_quote(f'{k}={v}', dollars=False)}"
           for k, v in sorted(service.env.items())),
-        f"WorkingDirectory={_quote(service.working_directory, dollars=False)}",
+        # Taken literally by systemd (no quotes; spaces allowed), only `%` is special.
+        f"WorkingDirectory={service.working_directory.replace('%', '%%')}",
         "ExecStart=" + " ".join(_quote(w, dollars=True) for w in service.command_line),
         "Restart=always",
         f"RestartSec={service.restart_sec:g}",

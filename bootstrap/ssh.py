@@ -19,6 +19,7 @@ import os
 import posixpath
 import shlex
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +42,12 @@ Progress = Callable[[str, str, str], None]
 def log_progress(host: str, title: str, state: str) -> None:
     """Default progress hook: one log line per host and state."""
     log.info("%s: %s ... %s", host, title, state)
+
+
+def print_progress(host: str, title: str, state: str) -> None:
+    """Progress for the command line: `cp-a: placing PKI ... ok`, one line per finished host."""
+    if state != "start":
+        print(f"{host}: {title} ... {state}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- host keys
