@@ -25,12 +25,16 @@ from components.hostkeys import HostKeyProvider
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCOUNT = "123456789012"
-SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 (Pulumi's wire signature)
 SIG_KEY = "4dabf18193072939515e22adb298388d"
 
 
 def _hex(n: int) -> str:
     return secrets.token_hex((n + 1) // 2)[:n]
+
+
+def _public_ip(first: str) -> str:
+    return f"{first}.{secrets.randbelow(256)}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
 
 
 class AWSError(Exception):
@@ -65,7 +69,7 @@ class AwsMocks(pulumi.runtime.Mocks):
 
     # ------------------------------------------------------------------ invokes
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
-        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":  # noqa: S105
             ids = [f"euw1-az{i + 1}" for i in range(len(self.zones))]
             return {"names": self.zones, "zoneIds": ids, "id": self.region,
                     "groupNames": [self.region]}, []
@@ -154,7 +158,7 @@ class AwsMocks(pulumi.runtime.Mocks):
                "privateDns": f"ip-{ip.replace('.', '-')}.{self.region}.compute.internal",
                "primaryNetworkInterfaceId": f"eni-{_hex(17)}", "instanceState": "running"}
         if inputs.get("associatePublicIpAddress"):
-            out["publicIp"] = f"52.{secrets.randbelow(256)}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+            out["publicIp"] = _public_ip("52")
         return rid, out
 
     def volume(self, name: str, inputs: dict) -> tuple[str, dict]:
@@ -226,7 +230,7 @@ def _simple(prefix: str, service: str = "ec2", kind: str = "") -> Any:
         rid = f"{prefix}-{_hex(17)}"
         out: dict[str, Any] = {"arn": mocks._arn(service, f"{kind or prefix}/{rid}")}
         if prefix == "eipalloc":
-            out.update(allocationId=rid, publicIp=f"34.{secrets.randbelow(256)}.0.{secrets.randbelow(254) + 1}")
+            out.update(allocationId=rid, publicIp=_public_ip("34"))
         if prefix == "lt":
             out.update(latestVersion=1, defaultVersion=1)
         if prefix == "sgr":

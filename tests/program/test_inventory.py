@@ -1,0 +1,60 @@
+"""The seam: the `inventory` output is plain data that `bootstrap.inventory.parse` accepts,
+and the host keys it pins are the ones the hosts are given (no trust on first use)."""
+
+from __future__ import annotations
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+
+from bootstrap.inventory import parse
+from tests.program.mocks import Evaluation
+
+
+def test_parse_accepts_the_inventory_of_every_stack(stacks: list[Evaluation],
+                                                    two_per_zone: Evaluation) -> None:
+    for ev in (*stacks, two_per_zone):
+        inv = parse(ev.outputs["inventory"], source=f"stack {ev.stack}")
+        assert len(inv.zones) == 3
+        per_zone = len(inv.control_plane) // 3
+        for zone in inv.zones:
+            assert len([h for h in inv.control_plane if h.zone == zone.name]) == per_zone
+        assert inv.cluster.kubernetes_version == "1.31.2"
+
+
+def test_inventory_matches_what_was_declared(prod: Evaluation) -> None:
+    inv = parse(prod.outputs["inventory"])
+    assert inv.regional_endpoint.name == prod.outputs["regionalEndpoint"]
+    assert {z.name: z.endpoint.name for z in inv.zones} == prod.outputs["zoneEndpoints"]
+    cp = {i.outputs["privateIp"]: i for i in prod.of_type("aws:ec2/instance:Instance")
+          if i.inputs["tags"].get("multizone/role") == "control-plane"}
+    assert sorted(h.address for h in inv.control_plane) == sorted(cp)
+    for host in inv.control_plane:
+        assert cp[host.address].outputs["availabilityZone"] == host.zone
+        assert host.roles == ("control-plane", "etcd")
+    (bastion,) = [i for i in prod.of_type("aws:ec2/instance:Instance")
+                  if i.inputs.get("associatePublicIpAddress")]
+    assert inv.ssh.bastion and inv.ssh.bastion.address == bastion.outputs["publicIp"]
+    assert inv.ssh.private_key == "~/.ssh/mz-prod"
+    assert inv.pki.ca_keys_on_hosts is False
+
+
+def test_pinned_host_keys_are_the_keys_installed_by_user_data(prod: Evaluation) -> None:
+    """Each host's user data installs the private key whose public half the inventory pins."""
+    inv = parse(prod.outputs["inventory"])
+    pinned = {h.name: h.host_key for h in inv.control_plane}
+    assert inv.ssh.bastion
+    pinned[inv.ssh.bastion.name] = inv.ssh.bastion.host_key
+    assert len(set(pinned.values())) == len(pinned) == 4  # one key per host
+    for inst in prod.of_type("aws:ec2/instance:Instance"):
+        config = yaml.safe_load(inst.inputs["userData"])
+        keys = config["ssh_keys"]
+        assert config["ssh_deletekeys"] is True and config["ssh_genkeytypes"] == []
+        private = serialization.load_ssh_private_key(keys["ed25519_private"].encode(), None)
+        derived = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                    serialization.PublicFormat.OpenSSH).decode()
+        assert pinned[config["hostname"]] == derived == keys["ed25519_public"]
+
+
+def test_inventory_is_plain_data(prod: Evaluation) -> None:
+    text = yaml.safe_dump(prod.outputs["inventory"])  # safe_dump refuses non-plain objects
+    assert parse(yaml.safe_load(text)) == parse(prod.outputs["inventory"])
