@@ -319,9 +319,14 @@ def up(lab_dir: Path, workers: int = 3, say: Say = print) -> Layout:
     slot = state.data.get("link_slot")
     layout = plan(lab_dir, workers, link_slot=slot)
     if state.data.get("complete") and state.data.get("workers") == workers \
-            and all(s.sshd_up for s in status(lab_dir)):
+            and set(lab_namespaces(layout.prefix)) == set(layout.namespaces):
+        # Same shape, network intact: only restart sshds that died (services keep running).
+        for host in status(lab_dir):
+            if not host.sshd_up:
+                say(f"lab {layout.prefix}: restarting sshd on {host.name}")
+                restart_sshd(lab_dir, host.name)
         _write_inventory(layout)
-        say(f"lab {layout.prefix} is already up ({len(layout.hosts)} hosts)")
+        say(f"lab {layout.prefix} is up ({len(layout.hosts)} hosts)")
         return layout
     if lab_namespaces(layout.prefix) or state.data.get("namespaces"):
         say(f"lab {layout.prefix}: rebuilding a partial or different lab")

@@ -66,6 +66,10 @@ def test_every_host_is_reached_through_the_bastion_only(lab: Lab) -> None:
         addresses = conns.run_on_hosts(
             lab.inventory.hosts, lambda h, r: r.run("ip -4 -o addr show eth0").stdout)
     assert names == {h.name: h.name for h in lab.inventory.hosts}
+    with _connections(lab) as conns:  # zones reach each other through the router
+        cp_b = lab.inventory.host("cp-b").address
+        assert conns.runner("cp-a").run(f"echo > /dev/tcp/{cp_b}/22", check=False,
+                                        timeout=5).exit_code == 0
     for host in lab.inventory.hosts:
         assert f" {host.address}/24 " in addresses[host.name]
     # The machine reaches the bastion directly ...
@@ -240,6 +244,11 @@ def test_up_twice_converges_and_down_removes_everything(tmp_path: Path) -> None:
         layout = build.up(lab_dir, workers=1, say=quiet)
         first_inventory = (lab_dir / "inventory.yaml").read_text()
         assert build.up(lab_dir, workers=1, say=quiet).namespaces == layout.namespaces
+        dead = build.State.load(lab_dir).data["pids"]["node-1"]
+        os.kill(dead, signal.SIGKILL)
+        assert _gone(dead)
+        assert not next(s for s in build.status(lab_dir) if s.name == "node-1").sshd_up
+        build.up(lab_dir, workers=1, say=quiet)  # repairs only the dead sshd
         assert (lab_dir / "inventory.yaml").read_text() == first_inventory
         assert sorted(lab_namespaces(layout.prefix)) == sorted(layout.namespaces)
         assert all(s.sshd_up for s in build.status(lab_dir))

@@ -224,3 +224,14 @@ def test_run_on_hosts_respects_the_limit_and_keeps_host_order() -> None:
     out = run_on_hosts(names, fn, limit=3, progress=lambda *_: None)
     assert list(out) == names
     assert 1 < peak[0] <= 3
+
+
+def test_commands_get_sudo_n_unless_the_user_is_root() -> None:
+    import shlex
+
+    from bootstrap.ssh import SSHRunner
+
+    admin = SSHRunner("cp-a", paramiko.SSHClient(), "admin")
+    assert shlex.split(admin._wrap("echo 'a b' > /etc/x")) == [
+        "sudo", "-n", "sh", "-c", "echo 'a b' > /etc/x"]
+    assert SSHRunner("cp-a", paramiko.SSHClient(), "root")._wrap("id") == "id"
