@@ -41,6 +41,7 @@ from bootstrap.lab.layout import (
 
 STATE_FILE = "lab-state.json"
 GUARD_METRIC = 4000
+SHARED_MOUNTPOINTS = "/run/mzk-lab-mountpoints"  # made by any lab, removed by the last
 SSHD = "/usr/sbin/sshd"
 Say = Callable[[str], None]
 
@@ -298,11 +299,30 @@ def _network(layout: Layout, state: State) -> None:
 
 
 def _mountpoints(state: State) -> None:
-    """The bind targets must exist on the machine; create missing ones (empty), noted."""
+    """The bind targets must exist on the machine; create missing ones (empty), noted in
+    the state and in a machine-wide list, so that the last lab down removes them."""
     for target in (*HOST_DIRS, "/run/sshd"):
         if not os.path.isdir(target):
             state.add("mountpoints", target)
+            with open(SHARED_MOUNTPOINTS, "a") as f:
+                f.write(target + "\n")
             os.makedirs(target, mode=0o755, exist_ok=True)
+
+
+def _remove_mountpoints(state: State) -> None:
+    """Remove the empty mount point directories labs created, once no lab is left."""
+    if any(n.startswith("mzk-") for n in _ip(["netns", "list"], check=False).stdout.split()):
+        return
+    try:
+        shared = Path(SHARED_MOUNTPOINTS).read_text().split()
+    except OSError:
+        shared = []
+    for target in reversed(dict.fromkeys([*shared, *state.data.get("mountpoints", [])])):
+        try:
+            os.rmdir(target)
+        except OSError:
+            pass
+    Path(SHARED_MOUNTPOINTS).unlink(missing_ok=True)
 
 
 def up(lab_dir: Path, workers: int = 3, say: Say = print) -> Layout:
@@ -482,14 +502,7 @@ def down(lab_dir: Path, remove_files: bool = True, say: Say = print) -> list[str
     if left:
         raise LabError(f"lab {prefix}: namespaces left after down: {', '.join(left)}")
     if remove_files:
-        # Mount points up created are removed only when no other lab might use them.
-        if not any(n.startswith("mzk-") for n in _ip(["netns", "list"], check=False).stdout
-                   .split()):
-            for target in reversed(state.data.get("mountpoints", [])):
-                try:
-                    os.rmdir(target)
-                except OSError:
-                    pass
+        _remove_mountpoints(state)
         for name in ("hosts", "id_ed25519", "id_ed25519.pub", "authorized_keys",
                      "inventory.yaml", STATE_FILE):
             path = lab_dir / name
