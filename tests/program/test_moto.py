@@ -1,0 +1,123 @@
+"""Cross-check against an AWS model: the prod stack's EC2, ELBv2 and Auto Scaling resources,
+replayed into moto from the same inputs, are all accepted and consistent."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")  # moto's fake credentials
+os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-1")
+
+from moto import mock_aws  # noqa: E402
+
+from tests.program.mocks import Evaluation  # noqa: E402
+from tests.program.moto_replay import Replay  # noqa: E402
+
+NOT_REPLAYED = {  # IAM and Pulumi's own types: outside the three services under test
+    "aws:iam/role:Role", "aws:iam/rolePolicy:RolePolicy",
+    "aws:iam/instanceProfile:InstanceProfile", "pulumi-python:dynamic/multizone:HostKey",
+}
+
+
+@pytest.fixture(scope="module")
+def replay(prod: Evaluation) -> Iterator[Replay]:
+    with mock_aws():
+        yield Replay(prod).run()
+
+
+def test_moto_accepts_every_resource(replay: Replay) -> None:
+    skipped = {t for t in replay.skipped if not t.startswith("multizone:components:")}
+    assert skipped == NOT_REPLAYED
+
+
+def test_subnets_lie_inside_the_vpc_one_pair_per_zone(replay: Replay) -> None:
+    (vpc,) = replay.ec2.describe_vpcs(Filters=[{"Name": "cidr", "Values": ["10.0.0.0/16"]}])[
+        "Vpcs"]
+    subnets = replay.ec2.describe_subnets(Filters=[{"Name": "vpc-id",
+                                                    "Values": [vpc["VpcId"]]}])["Subnets"]
+    assert len(subnets) == 6
+    assert sorted(s["AvailabilityZone"] for s in subnets) == sorted(
+        ["eu-west-1a", "eu-west-1b", "eu-west-1c"] * 2)
+
+
+def test_zonal_targets_sit_in_their_balancers_zone(replay: Replay) -> None:
+    elb, ec2 = replay.elbv2, replay.ec2
+    lbs = elb.describe_load_balancers()["LoadBalancers"]
+    assert len(lbs) == 4
+    for lb in lbs:
+        lb_zones = {z["ZoneName"] for z in lb["AvailabilityZones"]}
+        (listener,) = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
+        assert listener["Port"] == 6443 and listener["Protocol"] == "TCP"
+        (action,) = listener["DefaultActions"]
+        group = elb.describe_target_groups(TargetGroupArns=[action["TargetGroupArn"]])[
+            "TargetGroups"][0]
+        assert group["VpcId"] == lb["VpcId"] and group["Port"] == 6443
+        health = elb.describe_target_health(TargetGroupArn=group["TargetGroupArn"])[
+            "TargetHealthDescriptions"]
+        ids = [t["Target"]["Id"] for t in health]
+        instances = [i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
+                     for i in r["Instances"]]
+        target_zones = {i["Placement"]["AvailabilityZone"] for i in instances}
+        attrs = {a["Key"]: a["Value"] for a in elb.describe_load_balancer_attributes(
+            LoadBalancerArn=lb["LoadBalancerArn"])["Attributes"]}
+        if len(lb_zones) == 1:
+            assert target_zones == lb_zones and len(ids) == 1
+            assert attrs["load_balancing.cross_zone.enabled"] == "false"
+        else:
+            assert target_zones == lb_zones and len(ids) == 3
+
+
+def test_etcd_volumes_are_encrypted_and_attached_in_zone(replay: Replay) -> None:
+    volumes = replay.ec2.describe_volumes(Filters=[{"Name": "tag:Name",
+                                                    "Values": ["*-etcd"]}])["Volumes"]
+    assert len(volumes) == 3
+    for volume in volumes:
+        assert volume["Encrypted"] is True
+        (attachment,) = volume["Attachments"]
+        (res,) = replay.ec2.describe_instances(InstanceIds=[attachment["InstanceId"]])[
+            "Reservations"]
+        assert res["Instances"][0]["Placement"]["AvailabilityZone"] == \
+            volume["AvailabilityZone"]
+
+
+def test_groups_launch_nodes_from_their_template_in_their_zone(replay: Replay) -> None:
+    groups = replay.asg.describe_auto_scaling_groups()["AutoScalingGroups"]
+    assert len(groups) == 3
+    for group in groups:
+        zone = {t["Key"]: t["Value"] for t in group["Tags"]}["multizone/zone"]
+        assert group["AvailabilityZones"] == [zone]
+        assert len(group["Instances"]) == group["DesiredCapacity"] == 3
+        assert {i["AvailabilityZone"] for i in group["Instances"]} == {zone}
+        assert group["LaunchTemplate"]["LaunchTemplateId"]
+
+
+def test_the_matrix_survives_the_round_trip(replay: Replay) -> None:
+    groups = replay.ec2.describe_security_groups(Filters=[{"Name": "group-name",
+                                                           "Values": ["security-*"]}])
+    by_name = {g["GroupName"]: g for g in groups["SecurityGroups"]}
+    assert len(by_name) == 5
+    ingress = sum(len(p.get("IpRanges", [])) + len(p.get("UserIdGroupPairs", []))
+                  for g in by_name.values() for p in g["IpPermissions"])
+    assert ingress == 16
+    for g in by_name.values():
+        for perm in g["IpPermissionsEgress"]:
+            assert perm["IpProtocol"] == "tcp"  # the default allow-all egress is gone
+
+
+def test_moto_refuses_a_subnet_outside_the_vpc(prod: Evaluation) -> None:
+    """The replay is a real check: a tampered subnet is refused by the model."""
+    import copy
+
+    from botocore.exceptions import ClientError
+
+    tampered = copy.copy(prod)
+    tampered.mocks = copy.copy(prod.mocks)
+    tampered.mocks.resources = [copy.deepcopy(r) for r in prod.resources]
+    subnet = next(r for r in tampered.resources if r.typ == "aws:ec2/subnet:Subnet")
+    subnet.inputs["cidrBlock"] = "10.9.0.0/24"
+    with mock_aws(), pytest.raises(ClientError, match="InvalidSubnet.Range"):
+        Replay(tampered).run()
