@@ -328,12 +328,12 @@ class SSHRunner:
             chan.settimeout(limit)
             chan.exec_command(self._wrap(command))
             if stdin:
-                view = memoryview(stdin)
-                while view:
-                    sent = chan.send(view[:32768])
+                offset = 0
+                while offset < len(stdin):
+                    sent = chan.send(stdin[offset:offset + 32768])
                     if sent <= 0:
                         break
-                    view = view[sent:]
+                    offset += sent
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + limit

@@ -381,7 +381,8 @@ def _build(layout: Layout, state: State) -> None:
     _write_private(authorized, f"{client_public}\n".encode())
     with ThreadPoolExecutor(max_workers=2) as pool:
         net = pool.submit(_network, layout, state)
-        prepared = {None: _prepare_host_files(layout, None, authorized)}
+        prepared: dict[str | None, tuple[str, list[tuple[Path, str]]]] = {
+            None: _prepare_host_files(layout, None, authorized)}
         for host in layout.hosts:
             prepared[host.name] = _prepare_host_files(layout, host, authorized)
         net.result()
