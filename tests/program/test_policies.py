@@ -102,8 +102,18 @@ def test_no_output_holds_a_private_key(prod: Evaluation) -> None:
     assert not any(prod.secret_outputs.values())  # all public data: nothing to hide
 
 
+@pytest.fixture
+def fresh_mocks() -> None:
+    from pulumi.runtime import settings as runtime_settings
+
+    from tests.program.mocks import AwsMocks
+
+    runtime_settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(AwsMocks(), preview=False)
+
+
 @pulumi.runtime.test
-def test_host_key_private_half_is_a_secret_output() -> pulumi.Output:
+def test_host_key_private_half_is_a_secret_output(fresh_mocks: None) -> pulumi.Output:
     """A decorated test: the asserts run inside `apply` and the Output is returned."""
     from components.hostkeys import HostKey
 
