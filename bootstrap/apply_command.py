@@ -1,0 +1,130 @@
+"""`apply`, `plan` and `check` for an inventory.
+
+apply: issue or refresh the PKI locally, then run the action (bootstrap.steps.ACTION) over
+SSH on every host, printing progress per host. plan: the same code path, with the PKI
+issued into a throw-away copy of the PKI directory and every host effect described instead
+of performed. check: one line per host: reachable, and the health of its etcd members.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bootstrap import inventory as inventory_module
+from bootstrap.engine import HostContext, Report, run_steps
+from bootstrap.errors import MultizoneError
+from bootstrap.inventory import Host, Inventory
+from bootstrap.pki import generate
+from bootstrap.ssh import Connections
+from bootstrap.steps import ACTION
+from bootstrap.steps.etcd import CLUSTERS, status
+from bootstrap.steps.facts import gather
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("inventory", help="inventory YAML file")
+    if name != "check":
+        parser.add_argument("--pki-dir", metavar="DIR", default=None,
+                            help="the PKI directory (default: pki/ beside the inventory)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def pki_dir_for(args: argparse.Namespace, inventory_path: str) -> Path:
+    given = getattr(args, "pki_dir", None)
+    return Path(given) if given else Path(inventory_path).resolve().parent / "pki"
+
+
+class ProgressPrinter:
+    """Prints `[  1.23s] cp-a: etcd ok` as hosts finish steps; failures always print."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self, host: str, title: str, state: str) -> None:
+        if state == "start" or (self.quiet and not state.startswith("failed")):
+            return
+        with self.lock:
+            print(f"[{time.monotonic() - self.started:6.2f}s] {host}: {title} {state}",
+                  flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    inventory = inventory_module.load(args.inventory)
+    if args.command == "check":
+        return check(inventory, quiet=args.quiet)
+    dry_run = args.command == "plan"
+    pki_dir = pki_dir_for(args, args.inventory)
+    report = execute(inventory, pki_dir, dry_run=dry_run, progress=ProgressPrinter(args.quiet))
+    verb = "would change" if dry_run else "changed"
+    for line in report.lines():
+        print(line)
+    hosts = len(report.changes)
+    print(f"{args.command}: {hosts} host(s) {verb}" if report.changed
+          else f"{args.command}: no changes")
+    return 0
+
+
+def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
+            progress: Callable[[str, str, str], None] | None = None) -> Report:
+    """The whole action; with dry_run nothing is written, locally or on any host."""
+    with tempfile.TemporaryDirectory(prefix="mzk-plan-") as scratch:
+        if dry_run:
+            work = Path(scratch) / "pki"
+            if pki_dir.exists():
+                shutil.copytree(pki_dir, work, symlinks=True)
+        else:
+            work = pki_dir
+        pki = generate(inventory, work)
+        report = Report()
+        for line in pki.local.issued:
+            report.add("local", "pki", f"issue {line}")
+        with Connections(inventory, progress=progress) as connections:
+            host_report = run_steps(inventory, ACTION, connections.runner, dry_run=dry_run,
+                                    shared={"pki": pki}, progress=progress)
+    for host, changes in host_report.changes.items():
+        for step, change in changes:
+            report.add(host, step, change)
+    return report
+
+
+def check(inventory: Inventory, quiet: bool = False) -> int:
+    """One line per host; exit 1 if any host is unreachable or any etcd member unhealthy."""
+    failed = False
+    lines: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def one(host: Host, runner) -> None:  # type: ignore[no-untyped-def]
+        ctx = HostContext(host=host, runner=runner, inventory=inventory, dry_run=True,
+                          shared={})
+        gather(ctx)
+        ctx.facts["etcdctl"] = ctx.facts["bin"].get("etcdctl") or "etcdctl"
+        parts = [f"{host.zone}", host.address, "ssh ok"]
+        if host.has("etcd"):
+            parts += [status(ctx, cluster) for cluster in CLUSTERS]
+        with lock:
+            lines[host.name] = ", ".join(parts)
+
+    with Connections(inventory) as connections:
+        try:
+            connections.run_on_hosts(inventory.hosts, one, title="check")
+        except MultizoneError as err:
+            failed = True
+            for line in str(err).splitlines()[1:]:
+                name, _, reason = line.strip().partition(": ")
+                lines[name] = f"UNREACHABLE or failing: {reason}"
+    for host in inventory.hosts:
+        line = lines.get(host.name, "no answer")
+        failed = failed or "DOWN" in line or "unreadable" in line
+        print(f"{host.name}: {line}")
+    print("check: " + ("problems found" if failed else "all hosts and etcd members healthy"),
+          file=sys.stderr if failed else sys.stdout)
+    return 1 if failed else 0

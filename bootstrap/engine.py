@@ -1,0 +1,135 @@
+"""The apply engine: an action is one ordered list of steps; `plan` is the same code with
+effects described instead of performed.
+
+Each step has a title, the hosts it concerns, and a `run(ctx)` that checks the host and does
+only what closes the gap, returning a line for every change it made (or, in a dry run,
+would make). A step that needs the whole cluster at once (etcd membership) sets
+`together=True` and gets every host's context in one call. Hosts of one step run in
+parallel; a failing host stops the action after that step, and the error names every
+failed host.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bootstrap.inventory import Host, Inventory
+from bootstrap.ssh import Runner, run_on_hosts
+
+
+@dataclass
+class HostContext:
+    """What a step sees of one host: its runner, its facts, and where changes are noted."""
+
+    host: Host
+    runner: Runner
+    inventory: Inventory
+    dry_run: bool
+    shared: dict[str, Any]  # action-wide values (the PKI result, say), read-only to steps
+    facts: dict[str, Any] = field(default_factory=dict)
+    changes: list[str] = field(default_factory=list)
+
+    def note(self, change: str) -> None:
+        self.changes.append(change)
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+
+StepRun = Callable[[HostContext], None]
+GroupRun = Callable[[list[HostContext]], None]
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    hosts: Callable[[Inventory], Iterable[Host]]
+    run: StepRun | None = None
+    run_together: GroupRun | None = None
+
+    def __post_init__(self) -> None:
+        if (self.run is None) == (self.run_together is None):
+            raise ValueError(f"step {self.title}: give exactly one of run, run_together")
+
+
+def all_hosts(inventory: Inventory) -> Iterable[Host]:
+    return inventory.hosts
+
+
+@dataclass
+class Report:
+    """Per host, the changes made (or planned), in step order."""
+
+    changes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    def add(self, host: str, step: str, change: str) -> None:
+        self.changes.setdefault(host, []).append((step, change))
+
+    @property
+    def changed(self) -> bool:
+        return any(self.changes.values())
+
+    def lines(self) -> list[str]:
+        return [f"{host}: {step}: {change}" for host in sorted(self.changes)
+                for step, change in self.changes[host]]
+
+
+Progress = Callable[[str, str, str], None]
+
+
+def run_steps(inventory: Inventory, steps: Sequence[Step], runner_for: Callable[[Host], Runner],
+              *, dry_run: bool, shared: dict[str, Any] | None = None,
+              progress: Progress | None = None, limit: int | None = None) -> Report:
+    """Run every step in order over its hosts; raise after the first step with failures."""
+    report = Report()
+    shared = shared if shared is not None else {}
+    facts: dict[str, dict[str, Any]] = {h.name: {} for h in inventory.hosts}
+    lock = threading.Lock()
+    quiet: Progress = progress or (lambda _h, _t, _s: None)
+
+    def context(host: Host) -> HostContext:
+        return HostContext(host=host, runner=runner_for(host), inventory=inventory,
+                           dry_run=dry_run, shared=shared, facts=facts[host.name])
+
+    def record(step: Step, ctx: HostContext) -> None:
+        with lock:
+            for change in ctx.changes:
+                report.add(ctx.name, step.title, change)
+
+    for step in steps:
+        hosts = list(step.hosts(inventory))
+        if not hosts:
+            continue
+        if step.run is not None:
+            run_one = step.run
+
+            def one(host: Host, run_one: StepRun = run_one, step: Step = step) -> None:
+                ctx = context(host)
+                try:
+                    run_one(ctx)
+                finally:
+                    record(step, ctx)
+
+            run_on_hosts(hosts, one, limit or inventory.ssh.parallel, title=step.title,
+                         progress=quiet)
+        else:
+            assert step.run_together is not None
+            contexts = run_on_hosts(hosts, context, limit or inventory.ssh.parallel,
+                                    title=f"{step.title} (connect)", progress=quiet)
+            group = [contexts[h.name] for h in hosts]
+            for ctx in group:
+                quiet(ctx.name, step.title, "start")
+            try:
+                step.run_together(group)
+            finally:
+                for ctx in group:
+                    record(step, ctx)
+            for ctx in group:
+                quiet(ctx.name, step.title, "ok")
+    return report
