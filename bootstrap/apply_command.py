@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bootstrap import inventory as inventory_module
-from bootstrap.engine import HostContext, Report, run_steps
+from bootstrap.engine import ActionFailed, HostContext, Report, run_steps
 from bootstrap.errors import MultizoneError
 from bootstrap.inventory import Host, Inventory
 from bootstrap.pki import generate
@@ -63,7 +63,13 @@ def run(args: argparse.Namespace) -> int:
         return check(inventory, quiet=args.quiet)
     dry_run = args.command == "plan"
     pki_dir = pki_dir_for(args, args.inventory)
-    report = execute(inventory, pki_dir, dry_run=dry_run, progress=ProgressPrinter(args.quiet))
+    try:
+        report = execute(inventory, pki_dir, dry_run=dry_run,
+                         progress=ProgressPrinter(args.quiet))
+    except ActionFailed as err:
+        for line in err.report.lines():
+            print(line)
+        raise
     verb = "would change" if dry_run else "changed"
     for line in report.lines():
         print(line)
@@ -88,12 +94,21 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
         for line in pki.local.issued:
             report.add("local", "pki", f"issue {line}")
         with Connections(inventory, progress=progress) as connections:
-            host_report = run_steps(inventory, ACTION, connections.runner, dry_run=dry_run,
-                                    shared={"pki": pki}, progress=progress)
-    for host, changes in host_report.changes.items():
+            try:
+                host_report = run_steps(inventory, ACTION, connections.runner,
+                                        dry_run=dry_run, shared={"pki": pki},
+                                        progress=progress)
+            except ActionFailed as err:
+                err.report = _merge(report, err.report)
+                raise
+    return _merge(report, host_report)
+
+
+def _merge(first: Report, second: Report) -> Report:
+    for host, changes in second.changes.items():
         for step, change in changes:
-            report.add(host, step, change)
-    return report
+            first.add(host, step, change)
+    return first
 
 
 def check(inventory: Inventory, quiet: bool = False) -> int:

@@ -5,8 +5,9 @@ Each step has a title, the hosts it concerns, and a `run(ctx)` that checks the h
 only what closes the gap, returning a line for every change it made (or, in a dry run,
 would make). A step that needs the whole cluster at once (etcd membership) sets
 `together=True` and gets every host's context in one call. Hosts of one step run in
-parallel; a failing host stops the action after that step, and the error names every
-failed host.
+parallel. A host that fails a step is left out of the steps after it while the other
+hosts carry on; at the end one `ActionFailed` names every failed host and why, with the
+report of what did change attached.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bootstrap.errors import StepError
 from bootstrap.inventory import Host, Inventory
-from bootstrap.ssh import Runner, run_on_hosts
+from bootstrap.ssh import HostsFailed, Runner, run_on_hosts
 
 
 @dataclass
@@ -83,15 +85,33 @@ class Report:
 Progress = Callable[[str, str, str], None]
 
 
+class ActionFailed(StepError):
+    """Some hosts failed; the others went on. `failures`: host -> (step, error)."""
+
+    def __init__(self, failures: dict[str, tuple[str, BaseException]], report: Report) -> None:
+        self.failures = failures
+        self.report = report
+        lines = [f"{len(failures)} host(s) failed:"]
+        lines += [f"  {host}: {step}: {' '.join(str(err).split())}"
+                  for host, (step, err) in sorted(failures.items())]
+        super().__init__("\n".join(lines))
+
+
 def run_steps(inventory: Inventory, steps: Sequence[Step], runner_for: Callable[[Host], Runner],
               *, dry_run: bool, shared: dict[str, Any] | None = None,
               progress: Progress | None = None, limit: int | None = None) -> Report:
-    """Run every step in order over its hosts; raise after the first step with failures."""
+    """Run every step in order over its hosts, leaving failed hosts out of later steps;
+    raise `ActionFailed` at the end if any host failed."""
     report = Report()
     shared = shared if shared is not None else {}
     facts: dict[str, dict[str, Any]] = {h.name: {} for h in inventory.hosts}
     lock = threading.Lock()
     quiet: Progress = progress or (lambda _h, _t, _s: None)
+    failures: dict[str, tuple[str, BaseException]] = {}
+
+    def collect(step: Step, err: HostsFailed) -> None:
+        for host, error in err.failures.items():
+            failures.setdefault(host, (step.title, error))
 
     def context(host: Host) -> HostContext:
         return HostContext(host=host, runner=runner_for(host), inventory=inventory,
@@ -103,7 +123,7 @@ def run_steps(inventory: Inventory, steps: Sequence[Step], runner_for: Callable[
                 report.add(ctx.name, step.title, change)
 
     for step in steps:
-        hosts = list(step.hosts(inventory))
+        hosts = [h for h in step.hosts(inventory) if h.name not in failures]
         if not hosts:
             continue
         if step.run is not None:
@@ -116,20 +136,37 @@ def run_steps(inventory: Inventory, steps: Sequence[Step], runner_for: Callable[
                 finally:
                     record(step, ctx)
 
-            run_on_hosts(hosts, one, limit or inventory.ssh.parallel, title=step.title,
-                         progress=quiet)
+            try:
+                run_on_hosts(hosts, one, limit or inventory.ssh.parallel, title=step.title,
+                             progress=quiet)
+            except HostsFailed as err:
+                collect(step, err)
         else:
             assert step.run_together is not None
-            contexts = run_on_hosts(hosts, context, limit or inventory.ssh.parallel,
-                                    title=f"{step.title} (connect)", progress=quiet)
-            group = [contexts[h.name] for h in hosts]
+            try:
+                contexts = run_on_hosts(hosts, context, limit or inventory.ssh.parallel,
+                                        title=f"{step.title} (connect)", progress=quiet)
+            except HostsFailed as err:
+                collect(step, err)
+                contexts = err.results
+            group = [contexts[h.name] for h in hosts if h.name in contexts]
             for ctx in group:
                 quiet(ctx.name, step.title, "start")
             try:
                 step.run_together(group)
+            except HostsFailed as err:
+                collect(step, err)
+            except Exception as err:  # a whole-cluster step: every host in it failed
+                for ctx in group:
+                    failures.setdefault(ctx.name, (step.title, err))
+                    quiet(ctx.name, step.title, f"failed: {' '.join(str(err).split())}")
+                continue
             finally:
                 for ctx in group:
                     record(step, ctx)
             for ctx in group:
-                quiet(ctx.name, step.title, "ok")
+                if ctx.name not in failures:
+                    quiet(ctx.name, step.title, "ok")
+    if failures:
+        raise ActionFailed(failures, report)
     return report

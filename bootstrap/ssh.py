@@ -342,10 +342,13 @@ class SSHRunner:
                     out += chan.recv(65536)
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
-                if chan.exit_status_ready() and not chan.recv_ready() \
+                # Exit status may arrive before the last output (OpenSSH sends it when the
+                # child exits): finish only once the output has ended (EOF) too.
+                done = chan.eof_received or chan.closed
+                if done and chan.exit_status_ready() and not chan.recv_ready() \
                         and not chan.recv_stderr_ready():
                     break
-                if chan.closed and not chan.recv_ready():
+                if chan.closed and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
                 if time.monotonic() > deadline:
                     raise StepError(f"{self.name}: command timed out after {limit:g}s: "

@@ -176,9 +176,20 @@ def parse_members(text: str) -> list[Member]:
 # --------------------------------------------------------------------------- the step
 
 
-def _has_data(ctx: HostContext, cluster: EtcdCluster) -> bool:
-    q = shlex.quote(f"{cluster.data_dir}/member")
-    return ctx.runner.run(f"[ -d {q} ] && echo yes || echo no").stdout.strip() == "yes"
+@dataclass(frozen=True)
+class Probe:
+    has_data: bool
+    unit: bytes | None
+
+
+def probe(ctx: HostContext, cluster: EtcdCluster) -> Probe:
+    """One round trip: does the member have data, and the unit it runs with."""
+    data = shlex.quote(f"{cluster.data_dir}/member")
+    unit = shlex.quote(unit_path(cluster.service))
+    out = ctx.runner.run(f"[ -d {data} ] && echo data || echo none; "
+                         f"[ -f {unit} ] && cat {unit} || true").stdout
+    first, _, rest = out.partition("\n")
+    return Probe(has_data=first.strip() == "data", unit=rest.encode() if rest else None)
 
 
 def _manager(ctx: HostContext) -> ServiceManager:
@@ -206,68 +217,117 @@ def _ensure(ctx: HostContext, svc: Service, cluster: EtcdCluster) -> bool:
     return changed
 
 
+def _set_aside(ctx: HostContext, cluster: EtcdCluster, why: str) -> None:
+    """Stop the member and move its data away (kept, never deleted) so it can join anew."""
+    ctx.note(f"stop {cluster.service} and move {cluster.data_dir} aside ({why})")
+    if ctx.dry_run:
+        return
+    _manager(ctx).stop(ctx.runner, cluster.service)
+    d = shlex.quote(cluster.data_dir)
+    ctx.runner.run(f"[ -d {d} ] && mv {d} {d}.removed-$(date -u +%Y%m%dT%H%M%S) || true")
+
+
+def _anchor(group: list[HostContext], cluster: EtcdCluster) -> HostContext:
+    """A member that answers: the first healthy one, waiting for quorum if needed."""
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while True:
+        for ctx in group:
+            if healthy(ctx, cluster):
+                return ctx
+        if time.monotonic() > deadline:
+            names = ", ".join(c.name for c in group)
+            raise StepError(f"{cluster.service}: no member healthy among {names} after "
+                            f"{HEALTH_TIMEOUT_S:.0f} s; is a quorum of members up?")
+        time.sleep(0.3)
+
+
 def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
+    """Converge one etcd cluster; `group` holds the members we can reach this run, while
+    the inventory's etcd hosts are the members it should have (an unreachable member is
+    never removed)."""
+    if not group:
+        return
     inventory = group[0].inventory
-    desired = [ctx.host for ctx in group]
-    by_name = {ctx.name: ctx for ctx in group}
+    dry_run = group[0].dry_run
+    desired = list(inventory.etcd_members)
+    desired_names = {h.name for h in desired}
     limit = inventory.ssh.parallel
-    has_data = run_on_hosts(group, lambda c: _has_data(c, cluster), limit,
-                            title=f"{cluster.service} (data)", progress=_quiet)
-    with_data = [ctx for ctx in group if has_data[ctx.name]]
+    probes = run_on_hosts(group, lambda c: probe(c, cluster), limit,
+                          title=f"{cluster.service} (probe)", progress=_quiet)
 
     def definition(ctx: HostContext, members_now: list[Host], state: str) -> Service:
         env = initial_env(cluster, inventory, members_now, state)
-        if has_data[ctx.name]:
-            kept = recorded_env(ctx.runner.read(unit_path(cluster.service)))
+        if probes[ctx.name].has_data:
+            kept = recorded_env(probes[ctx.name].unit)
             if set(kept) == set(env):
                 env = kept
         return service(cluster, inventory, ctx.host, ctx.facts.get("etcd", "etcd"), env)
 
+    with_data = [ctx for ctx in group if probes[ctx.name].has_data]
     if not with_data:
         # A new cluster: every member starts together and waits for its peers.
         run_on_hosts(group, lambda c: _ensure(c, definition(c, desired, "new"), cluster),
                      limit, title=cluster.service, progress=_quiet)
-        if not group[0].dry_run:
+        if not dry_run:
             run_on_hosts(group, lambda c: wait_healthy(c, cluster), limit,
                          title=f"{cluster.service} (health)", progress=_quiet)
         return
 
     run_on_hosts(with_data, lambda c: _ensure(c, definition(c, desired, "existing"), cluster),
                  limit, title=cluster.service, progress=_quiet)
-    newcomers = [ctx for ctx in group if not has_data[ctx.name]]
-    anchor = with_data[0]
-    if group[0].dry_run:
-        listed = members(anchor, cluster) if healthy(anchor, cluster) else []
-        for m in listed:
-            if m.name and m.name not in by_name:
-                anchor.note(f"remove member {m.name} ({m.id_hex}) from {cluster.service}")
-        for ctx in newcomers:
-            ctx.note(f"join {cluster.service} as a new member (state existing)")
+    if dry_run and not any(healthy(c, cluster) for c in with_data):
+        for ctx in group:
+            if ctx not in with_data:
+                ctx.note(f"join {cluster.service} as a new member (state existing)")
         return
-    wait_healthy(anchor, cluster)
+    anchor = _anchor(with_data, cluster)
     listed = members(anchor, cluster)
+
+    def listed_as(host: Host) -> list[Member]:
+        peer = cluster.peer_url(host)
+        return [m for m in listed if m.name == host.name or peer in m.peer_urls]
+
+    newcomers = [ctx for ctx in group if not probes[ctx.name].has_data]
+    for ctx in with_data:
+        if not listed_as(ctx.host):  # data of a member the cluster no longer has
+            _set_aside(ctx, cluster, "it is no longer a member")
+            newcomers.append(ctx)
     for m in listed:  # removals first: the quorum must not count departed hosts
-        stale = m.name and m.name not in by_name
-        unstarted_stale = not m.name and not any(
-            set(m.peer_urls) == {cluster.peer_url(h)} for h in desired)
-        if stale or unstarted_stale:
-            etcdctl(anchor, cluster, f"member remove {m.id_hex}", client="admin")
-            anchor.note(f"removed member {m.name or m.peer_urls} from {cluster.service}")
-    for ctx in newcomers:  # one at a time: each join changes the quorum
-        listed = members(anchor, cluster)
-        peer = cluster.peer_url(ctx.host)
-        known = [m for m in listed if peer in m.peer_urls or m.name == ctx.name]
-        for m in known:
-            if m.name:  # a member by that name exists but this host has no data: re-add
+        known = m.name in desired_names or any(
+            cluster.peer_url(h) in m.peer_urls for h in desired)
+        if not known:
+            anchor.note(f"remove member {m.name or m.peer_urls} ({m.id_hex}) from "
+                        f"{cluster.service}")
+            if not dry_run:
                 etcdctl(anchor, cluster, f"member remove {m.id_hex}", client="admin")
-        if not known or any(m.name for m in known):
+    for ctx in newcomers:  # one at a time: each join changes the quorum
+        ctx.note(f"join {cluster.service} as a new member (state existing)")
+        if dry_run:
+            continue
+        stale = [m for m in listed_as(ctx.host) if m.name]  # listed, but its data is gone
+        for m in stale:
+            etcdctl(anchor, cluster, f"member remove {m.id_hex}", client="admin")
+        if stale or not listed_as(ctx.host):
             etcdctl(anchor, cluster, f"member add {shlex.quote(ctx.name)} "
-                                     f"--peer-urls={shlex.quote(peer)}", client="admin")
-        current = [h for h in desired if has_data[h.name] or h.name == ctx.name]
+                                     f"--peer-urls={shlex.quote(cluster.peer_url(ctx.host))}",
+                    client="admin")
+        listed = members(anchor, cluster)
+        current = [h for h in desired if listed_as(h)]
         _ensure(ctx, definition(ctx, current, "existing"), cluster)
         wait_healthy(ctx, cluster)
-        has_data[ctx.name] = True
-        ctx.note(f"joined {cluster.service}")
+        listed = members(anchor, cluster)
+
+
+def retire(ctx: HostContext) -> None:
+    """A host that lost the etcd role: after the clusters removed its members, stop its
+    etcd services and move their data aside."""
+    for cluster in CLUSTERS:
+        found = probe(ctx, cluster)
+        if found.unit is None and not found.has_data:
+            continue
+        _set_aside(ctx, cluster, "the host is no longer an etcd member")
+        if not ctx.dry_run:
+            ctx.runner.remove(unit_path(cluster.service))
 
 
 def _quiet(_host: str, _title: str, _state: str) -> None:
@@ -278,8 +338,13 @@ def _etcd_hosts(inventory: Inventory) -> tuple[Host, ...]:
     return inventory.etcd_members
 
 
+def _not_etcd_hosts(inventory: Inventory) -> tuple[Host, ...]:
+    return tuple(h for h in inventory.hosts if not h.has("etcd"))
+
+
 ETCD_MAIN = Step("etcd", _etcd_hosts, run_together=lambda g: converge(MAIN, g))
 ETCD_EVENTS = Step("etcd-events", _etcd_hosts, run_together=lambda g: converge(EVENTS, g))
+ETCD_RETIRE = Step("etcd-retire", _not_etcd_hosts, run=retire)
 
 
 def status(ctx: HostContext, cluster: EtcdCluster) -> str:
