@@ -5,11 +5,11 @@ Each module holds one step (or two closely related ones); `ACTION` is what `appl
 """
 
 from bootstrap.steps.binaries import BINARIES
-from bootstrap.steps.etcd import ETCD_EVENTS, ETCD_MAIN, ETCD_RETIRE
+from bootstrap.steps.etcd import ETCD, ETCD_RETIRE
 from bootstrap.steps.facts import FACTS
 from bootstrap.steps.pki import PLACE_PKI
 from bootstrap.steps.preflight import PREFLIGHT
 
-ACTION = (FACTS, PREFLIGHT, BINARIES, PLACE_PKI, ETCD_MAIN, ETCD_EVENTS, ETCD_RETIRE)
+ACTION = (FACTS, PREFLIGHT, BINARIES, PLACE_PKI, ETCD, ETCD_RETIRE)
 
 __all__ = ["ACTION"]

@@ -19,6 +19,7 @@ import json
 import re
 import shlex
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bootstrap import ports
@@ -199,7 +200,8 @@ def _manager(ctx: HostContext) -> ServiceManager:
     return manager  # type: ignore[no-any-return]
 
 
-def _ensure(ctx: HostContext, svc: Service, cluster: EtcdCluster) -> bool:
+def _ensure(ctx: HostContext, svc: Service, cluster: EtcdCluster,
+            data_dir_exists: bool = False) -> bool:
     """Make the service run as defined; in a dry run, say what would change."""
     if ctx.dry_run:
         unit = FileSpec(unit_path(svc.name), render_unit(svc).encode(), 0o644)
@@ -210,7 +212,8 @@ def _ensure(ctx: HostContext, svc: Service, cluster: EtcdCluster) -> bool:
             ctx.note(f"start {svc.name}")
             return True
         return False
-    ctx.runner.run(f"install -d -m 0700 {shlex.quote(cluster.data_dir)}")
+    if not data_dir_exists:
+        ctx.runner.run(f"install -d -m 0700 {shlex.quote(cluster.data_dir)}")
     changed = _manager(ctx).ensure(ctx.runner, svc)
     if changed:
         ctx.note(f"{svc.name} started with {unit_path(svc.name)}")
@@ -227,16 +230,18 @@ def _set_aside(ctx: HostContext, cluster: EtcdCluster, why: str) -> None:
     ctx.runner.run(f"[ -d {d} ] && mv {d} {d}.removed-$(date -u +%Y%m%dT%H%M%S) || true")
 
 
-def _anchor(group: list[HostContext], cluster: EtcdCluster) -> HostContext:
-    """A member that answers: the first healthy one, waiting for quorum if needed."""
+def _anchor(group: list[HostContext], cluster: EtcdCluster) -> tuple[HostContext, list[Member]]:
+    """A member that answers, and the member list it gives; waits for quorum if needed
+    (a member list is a linearized read: it needs a quorum, so it doubles as health)."""
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
     while True:
         for ctx in group:
-            if healthy(ctx, cluster):
-                return ctx
+            out = etcdctl(ctx, cluster, "member list -w json", client="admin", check=False)
+            if out.ok:
+                return ctx, parse_members(out.stdout)
         if time.monotonic() > deadline:
             names = ", ".join(c.name for c in group)
-            raise StepError(f"{cluster.service}: no member healthy among {names} after "
+            raise StepError(f"{cluster.service}: no member answers among {names} after "
                             f"{HEALTH_TIMEOUT_S:.0f} s; is a quorum of members up?")
         time.sleep(0.3)
 
@@ -273,15 +278,15 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
                          title=f"{cluster.service} (health)", progress=_quiet)
         return
 
-    run_on_hosts(with_data, lambda c: _ensure(c, definition(c, desired, "existing"), cluster),
+    run_on_hosts(with_data, lambda c: _ensure(c, definition(c, desired, "existing"), cluster,
+                                              data_dir_exists=True),
                  limit, title=cluster.service, progress=_quiet)
     if dry_run and not any(healthy(c, cluster) for c in with_data):
         for ctx in group:
             if ctx not in with_data:
                 ctx.note(f"join {cluster.service} as a new member (state existing)")
         return
-    anchor = _anchor(with_data, cluster)
-    listed = members(anchor, cluster)
+    anchor, listed = _anchor(with_data, cluster)
 
     def listed_as(host: Host) -> list[Member]:
         peer = cluster.peer_url(host)
@@ -321,6 +326,8 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
 def retire(ctx: HostContext) -> None:
     """A host that lost the etcd role: after the clusters removed its members, stop its
     etcd services and move their data aside."""
+    if "etcd_traces" in ctx.facts and not ctx.facts["etcd_traces"]:
+        return  # the facts saw no etcd unit and no etcd data on this host
     for cluster in CLUSTERS:
         found = probe(ctx, cluster)
         if found.unit is None and not found.has_data:
@@ -342,8 +349,14 @@ def _not_etcd_hosts(inventory: Inventory) -> tuple[Host, ...]:
     return tuple(h for h in inventory.hosts if not h.has("etcd"))
 
 
-ETCD_MAIN = Step("etcd", _etcd_hosts, run_together=lambda g: converge(MAIN, g))
-ETCD_EVENTS = Step("etcd-events", _etcd_hosts, run_together=lambda g: converge(EVENTS, g))
+def converge_both(group: list[HostContext]) -> None:
+    """Main and events are independent clusters: converge them side by side."""
+    with ThreadPoolExecutor(max_workers=len(CLUSTERS)) as pool:
+        for future in [pool.submit(converge, cluster, group) for cluster in CLUSTERS]:
+            future.result()
+
+
+ETCD = Step("etcd", _etcd_hosts, run_together=converge_both)
 ETCD_RETIRE = Step("etcd-retire", _not_etcd_hosts, run=retire)
 
 

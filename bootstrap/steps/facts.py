@@ -21,6 +21,9 @@ SCRIPT = "\n".join([
     'echo "etcd_version $( (etcd --version 2>/dev/null || echo x x -) | head -n1 '
     "| awk '{print $3}')\"",
     "echo \"free_kb $(df -Pk /var/lib | awk 'NR==2{print $4}')\"",
+    # What etcd left on the host (units, data): lets etcd-retire skip clean hosts.
+    'echo "etcd_traces $(ls -d /etc/systemd/system/etcd*.service /var/lib/etcd/*/member '
+    '2>/dev/null | tr "\\n" " ")"',
 ])
 
 
@@ -36,6 +39,8 @@ def parse(text: str) -> dict[str, Any]:
             facts[key] = value == "1"
         elif key in ("uid", "time", "free_kb"):
             facts[key] = int(value) if value.isdigit() else None
+        elif key == "etcd_traces":
+            facts[key] = tuple(value.split())
         elif key == "etcd_version":
             facts[key] = None if value in ("", "-") else value
         elif key:

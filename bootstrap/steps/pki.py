@@ -4,7 +4,7 @@ loses CA keys it must no longer hold (when `pki.ca_keys_on_hosts` is off)."""
 from __future__ import annotations
 
 from bootstrap.engine import HostContext, Step, all_hosts
-from bootstrap.hostfiles import FileSpec, remove_many, sync
+from bootstrap.hostfiles import FileSpec, sync
 from bootstrap.pki import PKIResult
 from bootstrap.pki.table import CAS
 
@@ -12,11 +12,12 @@ from bootstrap.pki.table import CAS
 def place(ctx: HostContext) -> None:
     result: PKIResult = ctx.shared["pki"]
     files = [FileSpec(f.path, f.content, f.mode) for f in result.hosts[ctx.name].files]
-    for path in sync(ctx.runner, files, dry_run=ctx.dry_run):
-        ctx.note(f"write {path}")
     held = {f.path for f in files}
     stray = [ca.key_path for ca in CAS if ca.key_path not in held]
-    for path in remove_many(ctx.runner, stray, dry_run=ctx.dry_run):
+    written, removed = sync(ctx.runner, files, dry_run=ctx.dry_run, absent=stray)
+    for path in written:
+        ctx.note(f"write {path}")
+    for path in removed:
         ctx.note(f"remove {path} (CA keys stay off this host)")
 
 

@@ -67,8 +67,8 @@ def files(tmp_path: Path) -> list[FileSpec]:
 
 def test_sync_writes_everything_once_in_two_round_trips(files, tmp_path):
     shell = LocalShell()
-    written = hostfiles.sync(shell, files)
-    assert written == [f.path for f in files]
+    written, removed = hostfiles.sync(shell, files)
+    assert written == [f.path for f in files] and removed == []
     assert len(shell.commands) == 2  # one stat, one write
     for f in files:
         assert Path(f.path).read_bytes() == f.content
@@ -76,17 +76,17 @@ def test_sync_writes_everything_once_in_two_round_trips(files, tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "etc/kubernetes/pki").st_mode) == 0o700
     assert stat.S_IMODE(os.stat(tmp_path / "etc/kubernetes").st_mode) == 0o755
     shell.commands.clear()
-    assert hostfiles.sync(shell, files) == []
+    assert hostfiles.sync(shell, files) == ([], [])
     assert len(shell.commands) == 1  # a converged host costs one round trip
 
 
 def test_only_differing_files_are_rewritten(files):
     shell = LocalShell()
     hostfiles.sync(shell, files)
-    os.chmod(files[0].path, 0o666)
+    os.chmod(files[0].path, 0o640)
     Path(files[2].path).write_bytes(b"tampered")
     inode = os.stat(files[1].path).st_ino
-    assert hostfiles.sync(shell, files) == [files[0].path, files[2].path]
+    assert hostfiles.sync(shell, files) == ([files[0].path, files[2].path], [])
     assert os.stat(files[1].path).st_ino == inode
     assert stat.S_IMODE(os.stat(files[0].path).st_mode) == 0o644
     assert Path(files[2].path).read_bytes() == files[2].content
@@ -94,7 +94,7 @@ def test_only_differing_files_are_rewritten(files):
 
 def test_dry_run_reports_without_writing(files):
     shell = LocalShell()
-    assert hostfiles.sync(shell, files, dry_run=True) == [f.path for f in files]
+    assert hostfiles.sync(shell, files, dry_run=True) == ([f.path for f in files], [])
     assert not any(Path(f.path).exists() for f in files)
 
 
@@ -128,16 +128,34 @@ def _script_of(files: list[FileSpec]) -> bytes:
     return captured[0]
 
 
-def test_remove_many_removes_only_what_exists(tmp_path):
+def test_absent_paths_are_removed_only_where_they_exist(tmp_path, files):
     shell = LocalShell()
     present = tmp_path / "a.key"
     present.write_bytes(b"x")
-    absent = tmp_path / "b.key"
-    assert hostfiles.remove_many(shell, [str(present), str(absent)], dry_run=True) == [
-        str(present)]
+    absent = [str(present), str(tmp_path / "b.key")]
+    assert hostfiles.sync(shell, files, dry_run=True, absent=absent) == (
+        [f.path for f in files], [str(present)])
     assert present.exists()
-    assert hostfiles.remove_many(shell, [str(present), str(absent)]) == [str(present)]
+    shell.commands.clear()
+    assert hostfiles.sync(shell, files, absent=absent)[1] == [str(present)]
     assert not present.exists()
+    assert len(shell.commands) == 3  # state, write, remove
+    assert hostfiles.sync(shell, files, absent=absent) == ([], [])
+
+
+def test_state_of_many_paths_in_one_command(tmp_path, files):
+    shell = LocalShell()
+    hostfiles.sync(shell, files)
+    (tmp_path / "a dir").mkdir()
+    (tmp_path / "empty").write_bytes(b"")
+    paths = [f.path for f in files] + [str(tmp_path / "a dir"), str(tmp_path / "none"),
+                                       str(tmp_path / "empty")]
+    states = hostfiles.stat_many(shell, paths)
+    assert [states[f.path] for f in files] == [f.state() for f in files]
+    assert states[str(tmp_path / "a dir")] is None  # not a regular file
+    assert states[str(tmp_path / "none")] is None
+    assert states[str(tmp_path / "empty")].startswith(
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 644 ")
 
 
 def test_paths_with_spaces_and_quotes(tmp_path):
@@ -145,6 +163,6 @@ def test_paths_with_spaces_and_quotes(tmp_path):
     odd = FileSpec(str(tmp_path / "it's a dir" / "x y.conf"), b"$(touch /tmp/no)\n", 0o600,
                    owner, group)
     shell = LocalShell()
-    assert hostfiles.sync(shell, [odd]) == [odd.path]
+    assert hostfiles.sync(shell, [odd]) == ([odd.path], [])
     assert Path(odd.path).read_bytes() == odd.content
-    assert hostfiles.sync(shell, [odd]) == []
+    assert hostfiles.sync(shell, [odd]) == ([], [])
