@@ -97,7 +97,8 @@ def put_many(runner: Runner, files: Sequence[FileSpec]) -> None:
     for i, f in enumerate(files):
         for directory, mode in parent_dirs(f.path):
             if directory not in made:
-                script.append(f"[ -d {q(directory)} ] || mkdir -m {mode:o} -- {q(directory)}")
+                script.append(f"[ -d {q(directory)} ] || mkdir -m {mode:o} -- {q(directory)} "
+                              f"2>/dev/null || [ -d {q(directory)} ]")  # racing a peer is fine
                 made.add(directory)
         directory = posixpath.dirname(f.path)
         name = posixpath.basename(f.path)

@@ -265,7 +265,9 @@ def put_script(path: str, content: bytes, mode: int, owner: str, group: str) -> 
     digest = hashlib.sha256(content).hexdigest()
     directory = posixpath.dirname(path) or "/"
     lines = ["set -e", "umask 077"]
-    lines += [f"[ -d {q(d)} ] || mkdir -m {m:o} -- {q(d)}" for d, m in parent_dirs(path)]
+    # A concurrent put may create the same parent first: that is fine.
+    lines += [f"[ -d {q(d)} ] || mkdir -m {m:o} -- {q(d)} 2>/dev/null || [ -d {q(d)} ]"
+              for d, m in parent_dirs(path)]
     lines += [
         f"tmp=$(mktemp {q(posixpath.join(directory, '.' + posixpath.basename(path)))}"
         ".mzk-XXXXXX)",
@@ -329,12 +331,16 @@ class SSHRunner:
             chan.exec_command(self._wrap(command))
             if stdin:
                 offset = 0
-                while offset < len(stdin):
-                    sent = chan.send(stdin[offset:offset + 32768])
-                    if sent <= 0:
-                        break
-                    offset += sent
-            chan.shutdown_write()
+                try:
+                    while offset < len(stdin):
+                        sent = chan.send(stdin[offset:offset + 32768])
+                        if sent <= 0:
+                            break
+                        offset += sent
+                except (OSError, paramiko.SSHException):
+                    pass  # the command stopped reading; its exit status and stderr say why
+            if not chan.closed:
+                chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + limit
             while True:

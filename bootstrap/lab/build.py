@@ -210,10 +210,14 @@ def _sshd_config(home: Path, address: str, authorized: Path) -> str:
 
 def _start_sshd(netns: str, home: Path, binds: list[tuple[Path, str]], hostname: str) -> int:
     """sshd -D in the namespace, in private mount and UTS namespaces (the host's binds, its
-    own hostname); the pid returned is sshd's own (every wrapper execs)."""
+    own hostname); the pid returned is sshd's own (every wrapper execs).
+
+    `-r` (no re-exec per connection): every lab host's sshd shares this machine's two
+    cores with the client, and re-exec costs each connection a fresh sshd start-up;
+    real hosts keep OpenSSH's default."""
     mounts = f"hostname {shlex.quote(hostname)} && " + "".join(
         f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)} && " for src, dst in binds)
-    script = (f"{mounts}exec {SSHD} -D -f {shlex.quote(str(home / 'sshd' / 'sshd_config'))} "
+    script = (f"{mounts}exec {SSHD} -D -r -f {shlex.quote(str(home / 'sshd' / 'sshd_config'))} "
               f"-E {shlex.quote(str(home / 'sshd' / 'sshd.log'))}")
     log = open(home / "sshd" / "start.log", "ab")  # noqa: SIM115 - handed to the child
     try:

@@ -19,7 +19,6 @@ import json
 import re
 import shlex
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from bootstrap import ports
@@ -350,10 +349,10 @@ def _not_etcd_hosts(inventory: Inventory) -> tuple[Host, ...]:
 
 
 def converge_both(group: list[HostContext]) -> None:
-    """Main and events are independent clusters: converge them side by side."""
-    with ThreadPoolExecutor(max_workers=len(CLUSTERS)) as pool:
-        for future in [pool.submit(converge, cluster, group) for cluster in CLUSTERS]:
-            future.result()
+    """Main, then events. (Side by side they would share each host's SSH connection from
+    two threads; in the lab that intermittently lost connections, so one after the other.)"""
+    for cluster in CLUSTERS:
+        converge(cluster, group)
 
 
 ETCD = Step("etcd", _etcd_hosts, run_together=converge_both)
