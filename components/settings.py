@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bootstrap import ports
 from bootstrap.errors import ConfigError
 
 NS = "multizone"
@@ -30,12 +31,13 @@ MAX_CONTAINERS = 300_000
 # multizone:nodePool.containersPerPod if your workloads differ.
 DEFAULT_CONTAINERS_PER_POD = 2
 
-# Ports the design opens (see components/security.py for who may reach them).
-SSH_PORT = 22
-KUBELET_PORT = 10250
-ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
-ETCD_EVENTS_CLIENT_PORT, ETCD_EVENTS_PEER_PORT = 2382, 2383  # 2381 is etcd's metrics port
-KONNECTIVITY_AGENT_PORT = 8132
+# Ports the design opens (see components/security.py for who may reach them): one list,
+# bootstrap/ports.py, shared with the bootstrap that runs the services on them.
+SSH_PORT = ports.SSH
+KUBELET_PORT = ports.KUBELET
+ETCD_CLIENT_PORT, ETCD_PEER_PORT = ports.ETCD_CLIENT, ports.ETCD_PEER
+ETCD_EVENTS_CLIENT_PORT, ETCD_EVENTS_PEER_PORT = ports.ETCD_EVENTS_CLIENT, ports.ETCD_EVENTS_PEER
+KONNECTIVITY_AGENT_PORT = ports.KONNECTIVITY_AGENT
 
 AWS_RESERVED_PER_SUBNET = 5  # first four addresses and the last one of every subnet
 
