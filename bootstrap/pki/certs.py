@@ -123,7 +123,7 @@ def new_leaf(cn: str, orgs: tuple[str, ...], kinds: tuple[str, ...], sans: SANs,
             ca_key.public_key()), critical=False)
     )
     if sans.dns or sans.ips:
-        general = [x509.DNSName(d) for d in sans.dns]
+        general: list[x509.GeneralName] = [x509.DNSName(d) for d in sans.dns]
         general += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in sans.ips]
         builder = builder.add_extension(x509.SubjectAlternativeName(general), critical=False)
     return builder.sign(ca_key, hashes.SHA256())
