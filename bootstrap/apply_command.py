@@ -73,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
     verb = "would change" if dry_run else "changed"
     for line in report.lines():
         print(line)
-    hosts = len(report.changes)
-    print(f"{args.command}: {hosts} host(s) {verb}" if report.changed
+    hosts = len([h for h in report.changes if h != "local"])
+    local = " and the local PKI" if "local" in report.changes else ""
+    print(f"{args.command}: {hosts} host(s){local} {verb}" if report.changed
           else f"{args.command}: no changes")
     return 0
 
