@@ -17,9 +17,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paramiko
 import pytest
 import yaml
 
+from bootstrap import hostfiles
 from bootstrap.apply_command import execute
 from bootstrap.engine import ActionFailed
 from bootstrap.inventory import Inventory, load, parse
@@ -247,33 +249,58 @@ def test_zone_loss_drill(blab: Lab) -> None:
     assert not apply(blab).changed
 
 
-def test_ssh_drop_mid_apply_names_the_host_and_leaves_no_partial_file(blab: Lab) -> None:
-    # cp-b loses its PKI files, so the apply has real writing to do there.
-    on(blab, "cp-b", "rm -f /etc/kubernetes/pki/*.crt /etc/kubernetes/pki/*.key")
+def test_ssh_drop_mid_apply_names_the_host_and_leaves_no_partial_file(
+        blab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    # cp-b loses its PKI files, so the apply has real writing to do there: a script of
+    # some 60 KB, sent in 32 KB pieces. Its sshd dies after the first piece went out.
+    on(blab, "cp-b", "rm -f /etc/kubernetes/pki/*.crt /etc/kubernetes/pki/*.key "
+                     "/etc/kubernetes/*.conf")
     netns = blab.layout.host("cp-b").netns
     killed = threading.Event()
+    sending_for = threading.local()
+    real_put_many, real_send = hostfiles.put_many, paramiko.Channel.send
 
-    def progress(host: str, title: str, state: str) -> None:
-        if host == "cp-b" and title == "pki" and state == "start" and not killed.is_set():
+    def put_many(runner, files):  # type: ignore[no-untyped-def]
+        sending_for.host = runner.name
+        try:
+            return real_put_many(runner, files)
+        finally:
+            sending_for.host = None
+
+    def send(channel, data):  # type: ignore[no-untyped-def]
+        sent = real_send(channel, data)
+        if getattr(sending_for, "host", None) == "cp-b" and not killed.is_set():
             killed.set()
             for pid in _netns_pids(netns):
                 if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
                     os.kill(pid, signal.SIGKILL)
+        return sent
 
+    monkeypatch.setattr(hostfiles, "put_many", put_many)
+    monkeypatch.setattr(paramiko.Channel, "send", send)
     with pytest.raises(ActionFailed) as caught:
-        execute(fast(blab.inventory), blab.dir / "pki", dry_run=False, progress=progress)
-    assert killed.is_set()
+        execute(fast(blab.inventory), blab.dir / "pki", dry_run=False)
+    monkeypatch.undo()
+    assert killed.is_set(), "the transfer to cp-b never started"
     assert set(caught.value.failures) == {"cp-b"}
     assert "cp-b" in str(caught.value)
     # The other hosts finished: their etcd steps ran.
     assert on(blab, "cp-a", f"{etcd_at('127.0.0.1', MAIN)} endpoint health").ok
-    # No partial file: every file on cp-b is absent or exactly what the PKI holds.
+    # No partial file: every file on cp-b is absent or exactly what the PKI holds, and the
+    # temp files are gone once the orphaned shell has run its exit trap.
     fs = blab.layout.host("cp-b").home(blab.dir) / "fs"
+    deadline = time.monotonic() + 5
+    while any(".mzk-" in p.name for p in (fs / "etc/kubernetes").rglob("*")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    present = 0
     for path in (fs / "etc/kubernetes").rglob("*"):
         assert ".mzk-" not in path.name, path
         if path.is_file():
             expected = blab.dir / "pki" / "cp-b" / path.relative_to(fs)
             assert path.read_bytes() == expected.read_bytes(), path
+            present += 1
+    assert present < 25, "the cut came too late: every file arrived"
     build.restart_sshd(blab.dir, "cp-b")
     assert apply(blab).changed
     assert not apply(blab).changed
