@@ -92,6 +92,8 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
             work = pki_dir
         pki = generate(inventory, work)
         report = Report()
+        for path in pki.local.written:
+            report.add("local", "pki", f"write {Path(path).relative_to(work)}")
         for line in pki.local.issued:
             report.add("local", "pki", f"issue {line}")
         with Connections(inventory, progress=progress) as connections:

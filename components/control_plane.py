@@ -8,6 +8,7 @@ program generated (secret), so the bootstrap verifies the host from its first co
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
@@ -49,7 +50,7 @@ class ControlPlaneHost:
 @dataclass(frozen=True)
 class ControlPlaneArgs:
     settings: Settings
-    private_subnet_ids: dict[str, pulumi.Input[str]]
+    private_subnet_ids: Mapping[str, pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
 
 

@@ -7,7 +7,7 @@ time: they join later. Nothing secret is in it (the operator's private key is a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pulumi
@@ -45,7 +45,7 @@ def build(settings: Settings, hosts: Sequence[dict[str, Any]], bastion: dict[str
 def inventory(settings: Settings, hosts: Sequence[ControlPlaneHost], bastion_name: str,
               bastion_address: pulumi.Input[str], bastion_key: pulumi.Input[str],
               regional: pulumi.Input[str],
-              zonal: dict[str, pulumi.Input[str]]) -> pulumi.Output[dict[str, Any]]:
+              zonal: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[dict[str, Any]]:
     """The inventory as one Output; only public values flow into it."""
     resolved_hosts = pulumi.Output.all(*[
         pulumi.Output.all(h.instance.private_ip, h.host_key.public_key).apply(

@@ -9,7 +9,7 @@ control-plane host; it is what users' kubeconfigs name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -24,8 +24,8 @@ from components.settings import Settings
 class LoadBalancersArgs:
     settings: Settings
     vpc_id: pulumi.Input[str]
-    private_subnet_ids: dict[str, pulumi.Input[str]]
-    public_subnet_ids: dict[str, pulumi.Input[str]]
+    private_subnet_ids: Mapping[str, pulumi.Input[str]]
+    public_subnet_ids: Mapping[str, pulumi.Input[str]]
     zonal_security_group_id: pulumi.Input[str]
     regional_security_group_id: pulumi.Input[str]
     hosts: Sequence[ControlPlaneHost]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
@@ -36,9 +37,9 @@ def node_files(zone: str, endpoint: str, port: int) -> dict[str, str]:
 @dataclass(frozen=True)
 class NodePoolsArgs:
     settings: Settings
-    private_subnet_ids: dict[str, pulumi.Input[str]]
+    private_subnet_ids: Mapping[str, pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
-    zone_endpoints: dict[str, pulumi.Input[str]]
+    zone_endpoints: Mapping[str, pulumi.Input[str]]
 
 
 class NodePools(Component):
