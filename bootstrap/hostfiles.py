@@ -20,7 +20,7 @@ import base64
 import hashlib
 import posixpath
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bootstrap.ssh import Runner, parent_dirs
@@ -43,23 +43,17 @@ class FileSpec:
                 f"{self.owner} {self.group}")
 
 
-def stat_many(runner: Runner, paths: Sequence[str]) -> dict[str, str | None]:
-    """path -> "sha256 mode owner group" (mode in octal), or None where there is no file.
-
-    Two processes on the host whatever the number of paths (one sha256sum, one stat), so a
-    converged host costs one round trip and little of its CPU.
-    """
-    native = getattr(runner, "stat_many", None)
-    if native is not None:
-        result: dict[str, str | None] = native(paths)
-        return result
-    if not paths:
-        return {}
+def state_script(paths: Sequence[str]) -> str:
+    """Shell printing the state of every path: two processes on the host whatever the
+    number of paths (one sha256sum, one stat). `parse_states` reads its output."""
     q = " ".join(shlex.quote(p) for p in paths)
-    script = (f"sha256sum -- {q} 2>/dev/null\necho {_MARK}\n"
-              f"stat -c '%a %U %G %F|%n' -- {q} 2>/dev/null\nexit 0\n")
-    out = runner.run("sh -s", stdin=script.encode()).stdout
-    sums, _, stats = out.partition(f"{_MARK}\n")
+    return (f"sha256sum -- {q} 2>/dev/null\necho {_MARK}\n"
+            f"stat -c '%a %U %G %F|%n' -- {q} 2>/dev/null\ntrue\n")
+
+
+def parse_states(paths: Sequence[str], output: str) -> dict[str, str | None]:
+    """path -> "sha256 mode owner group" (mode in octal), None where no regular file."""
+    sums, _, stats = output.partition(f"{_MARK}\n")
     digests = {}
     for line in sums.splitlines():
         digest, _, path = line.partition("  ")
@@ -68,10 +62,21 @@ def stat_many(runner: Runner, paths: Sequence[str]) -> dict[str, str | None]:
     for line in stats.splitlines():
         head, _, path = line.partition("|")
         mode, owner, group, kind = head.split(" ", 3)
-        if kind == "regular file" or kind == "regular empty file":
-            if path in digests:
-                states[path] = f"{digests[path]} {int(mode, 8):o} {owner} {group}"
+        if kind in ("regular file", "regular empty file") and path in digests:
+            states[path] = f"{digests[path]} {int(mode, 8):o} {owner} {group}"
     return states
+
+
+def stat_many(runner: Runner, paths: Sequence[str]) -> dict[str, str | None]:
+    """The state of every path in one round trip (see `state_script`)."""
+    native = getattr(runner, "stat_many", None)
+    if native is not None:
+        result: dict[str, str | None] = native(paths)
+        return result
+    if not paths:
+        return {}
+    out = runner.run("sh -s", stdin=state_script(paths).encode()).stdout
+    return parse_states(paths, out)
 
 
 def differing(runner: Runner, files: Iterable[FileSpec]) -> list[FileSpec]:
@@ -126,11 +131,16 @@ def put_many(runner: Runner, files: Sequence[FileSpec]) -> None:
 
 
 def sync(runner: Runner, files: Sequence[FileSpec], dry_run: bool = False,
-         absent: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+         absent: Sequence[str] = (),
+         known: Mapping[str, str | None] | None = None) -> tuple[list[str], list[str]]:
     """Bring the files to spec and remove the `absent` paths that exist, learning the state
-    of both in one round trip. Returns (written, removed) paths; with dry_run, what would
-    be."""
-    states = stat_many(runner, [f.path for f in files] + list(absent))
+    of both in one round trip, or none when `known` (gathered with the facts) covers every
+    path. Returns (written, removed) paths; with dry_run, what would be."""
+    paths = [f.path for f in files] + list(absent)
+    if known is not None and all(p in known for p in paths):
+        states = dict(known)
+    else:
+        states = stat_many(runner, paths)
     todo = [f for f in files if states[f.path] != f.state()]
     present = [p for p in absent if states[p] is not None]
     if not dry_run:

@@ -166,3 +166,16 @@ def test_paths_with_spaces_and_quotes(tmp_path):
     assert hostfiles.sync(shell, [odd]) == ([odd.path], [])
     assert Path(odd.path).read_bytes() == odd.content
     assert hostfiles.sync(shell, [odd]) == ([], [])
+
+
+def test_states_gathered_earlier_save_the_round_trip(files):
+    shell = LocalShell()
+    hostfiles.sync(shell, files)
+    script = hostfiles.state_script([f.path for f in files])
+    known = hostfiles.parse_states([f.path for f in files], shell.run(script).stdout)
+    shell.commands.clear()
+    assert hostfiles.sync(shell, files, known=known) == ([], [])
+    assert shell.commands == []  # converged: nothing to ask, nothing to write
+    partial = {files[0].path: known[files[0].path]}
+    assert hostfiles.sync(shell, files, known=partial) == ([], [])
+    assert len(shell.commands) == 1  # paths not covered: asked again

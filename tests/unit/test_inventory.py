@@ -33,7 +33,7 @@ def test_example_loads_three_zones_three_control_planes_three_nodes():
     assert inv.ssh.bastion is not None
     assert inv.endpoints()[0] == inv.regional_endpoint
     assert inv.zone("eu-west-1b").endpoint.url == "https://api-b.mz-example.internal:6443"
-    with pytest.raises(dataclasses.FrozenInstanceError):  # frozen: nobody edits an inventory in place
+    with pytest.raises(dataclasses.FrozenInstanceError):  # nobody edits an inventory
         inv.cluster.name = "other"  # type: ignore[misc]
 
 

@@ -285,8 +285,11 @@ def test_whole_action_on_fake_hosts_second_run_is_empty(issued, monkeypatch):
     inv, result = issued
     import time
     now = int(time.time())
-    runners = {h.name: FakeHost(h.name).on("uname -s", FACTS_OUTPUT.format(now=now))
-               for h in inv.hosts}
+    def facts_answer(_command: str, stdin: bytes | None) -> Result:
+        assert stdin is not None and b"uname -s" in stdin
+        return Result(0, FACTS_OUTPUT.format(now=now), "")
+
+    runners = {h.name: FakeHost(h.name).on("sh -s", handler=facts_answer) for h in inv.hosts}
     action = steps.ACTION[:4]
     first = run_steps(inv, action, lambda h: runners[h.name], dry_run=False,
                       shared={"pki": result})
