@@ -325,7 +325,11 @@ class SSHRunner:
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             raise HostConnectionError(f"{self.name}: the SSH connection is closed; reconnect")
-        chan = transport.open_session(timeout=limit)
+        try:
+            chan = transport.open_session(timeout=limit)
+        except (OSError, paramiko.SSHException, EOFError) as err1:
+            raise HostConnectionError(f"{self.name}: cannot open a session ({err1}); "
+                                      "the connection was lost") from err1
         try:
             chan.settimeout(limit)
             chan.exec_command(self._wrap(command))
@@ -366,7 +370,10 @@ class SSHRunner:
             raise HostConnectionError(f"{self.name}: connection lost while running "
                                       f"{command[:80]!r} ({err2})") from err2
         finally:
-            chan.close()
+            try:
+                chan.close()
+            except (OSError, paramiko.SSHException, EOFError):
+                pass  # the connection is already gone; the error above says so
 
     def run(self, command: str, *, check: bool = True, timeout: float | None = None,
             stdin: bytes | None = None) -> Result:
@@ -620,7 +627,13 @@ class Connections:
             self._clients.clear()
             self._runners.clear()
             bastion, self._bastion = self._bastion, None
+        transports = [t for t in (c.get_transport() for c in clients) if t is not None]
         for client in clients:
             client.close()
+        # Each host's thread closes its tunnel through the bastion on the way out: let them
+        # finish before the bastion goes, or they die on a closed socket.
+        deadline = time.monotonic() + 2
+        for transport in transports:
+            transport.join(max(0.0, deadline - time.monotonic()))
         if bastion is not None:
             bastion.close()
