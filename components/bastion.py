@@ -30,10 +30,13 @@ class Bastion(Component):
         s = args.settings
         self.hostname = f"{s.cluster_name}-bastion"
         self.host_key = HostKey(self.child_name("host-key"), self.hostname, opts=self.opts())
-        self.user_data = pulumi.Output.secret(pulumi.Output.all(
-            self.host_key.private_key, self.host_key.public_key).apply(
-            lambda keys: host_user_data(self.hostname, args.zone, s.ssh.user, s.ssh.public_key,
-                                        keys[0], keys[1])))
+
+        def render(keys: list[str]) -> str:
+            return host_user_data(self.hostname, args.zone, s.ssh.user, s.ssh.public_key,
+                                  keys[0], keys[1])
+
+        self.user_data: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.all(
+            self.host_key.private_key, self.host_key.public_key).apply(render))
         self.instance = aws.ec2.Instance(
             self.child_name(args.zone), ami=s.image_id, instance_type=s.bastion_instance_type,
             subnet_id=args.subnet_id, vpc_security_group_ids=[args.security_group_id],

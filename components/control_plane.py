@@ -83,10 +83,13 @@ class ControlPlane(Component):
         hostname = host_name(s, suffix, i)
         key = HostKey(self.child_name(zone, str(i + 1), "host-key"), hostname, opts=self.opts())
         files = {"/etc/multizone/etcd-device": f"{ETCD_DEVICE}\n"}
-        user_data = pulumi.Output.secret(pulumi.Output.all(key.private_key, key.public_key)
-                                         .apply(lambda keys: host_user_data(
-                                             hostname, zone, s.ssh.user, s.ssh.public_key,
-                                             keys[0], keys[1], files)))
+
+        def render(keys: list[str]) -> str:
+            return host_user_data(hostname, zone, s.ssh.user, s.ssh.public_key, keys[0],
+                                  keys[1], files)
+
+        user_data: pulumi.Output[str] = pulumi.Output.secret(
+            pulumi.Output.all(key.private_key, key.public_key).apply(render))
         instance = aws.ec2.Instance(
             self.child_name(zone, str(i + 1)), ami=s.image_id,
             instance_type=s.control_plane_instance_type, subnet_id=subnet_id,

@@ -47,10 +47,11 @@ def inventory(settings: Settings, hosts: Sequence[ControlPlaneHost], bastion_nam
               regional: pulumi.Input[str],
               zonal: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[dict[str, Any]]:
     """The inventory as one Output; only public values flow into it."""
-    resolved_hosts = pulumi.Output.all(*[
-        pulumi.Output.all(h.instance.private_ip, h.host_key.public_key).apply(
-            lambda v, h=h: {"name": h.name, "zone": h.zone, "address": v[0], "host_key": v[1]})
-        for h in hosts])
+    def resolved(h: ControlPlaneHost) -> pulumi.Output[dict[str, str]]:
+        return pulumi.Output.all(h.instance.private_ip, h.host_key.public_key).apply(
+            lambda v: {"name": h.name, "zone": h.zone, "address": v[0], "host_key": v[1]})
+
+    resolved_hosts = pulumi.Output.all(*[resolved(h) for h in hosts])
     bastion = pulumi.Output.all(bastion_address, bastion_key).apply(
         lambda v: {"name": bastion_name, "address": v[0], "host_key": v[1]})
     return pulumi.Output.all(resolved_hosts, bastion, regional, pulumi.Output.all(**zonal)) \

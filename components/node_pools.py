@@ -21,8 +21,9 @@ from components.cloudinit import host_user_data
 from components.settings import Settings
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
-REFRESH = {"min_healthy_percentage": 90, "max_healthy_percentage": 110, "instance_warmup": "300",
-           "checkpoint_percentages": [10, 25, 50, 100], "checkpoint_delay": "600"}
+REFRESH = aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
+    min_healthy_percentage=90, max_healthy_percentage=110, instance_warmup="300",
+    checkpoint_percentages=[10, 25, 50, 100], checkpoint_delay="600")
 _ASSUME_EC2 = json.dumps({"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "ec2.amazonaws.com"},
 }]})
@@ -57,10 +58,13 @@ class NodePools(Component):
         self.groups: dict[str, aws.autoscaling.Group] = {}
         for zone in s.zones:
             z = zone.name
-            user_data = pulumi.Output.from_input(args.zone_endpoints[z]).apply(
-                lambda endpoint, z=z: base64.b64encode(host_user_data(
+
+            def render(endpoint: str, z: str = z) -> str:
+                return base64.b64encode(host_user_data(
                     f"{s.cluster_name}-node-{z}", z, s.ssh.user, s.ssh.public_key,
-                    files=node_files(z, endpoint, s.api_port)).encode()).decode())
+                    files=node_files(z, endpoint, s.api_port)).encode()).decode()
+
+            user_data = pulumi.Output.from_input(args.zone_endpoints[z]).apply(render)
             tags = {**self.tags(z, z), "multizone/role": "node"}
             template = aws.ec2.LaunchTemplate(
                 self.child_name(z), image_id=s.image_id, instance_type=pool.instance_type,
@@ -79,10 +83,12 @@ class NodePools(Component):
                 self.child_name(z), vpc_zone_identifiers=[args.private_subnet_ids[z]],
                 min_size=pool.min_size, max_size=pool.max_size,
                 desired_capacity=pool.desired,
-                launch_template={"id": template.id, "version": "$Latest"},
+                launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
+                    id=template.id, version="$Latest"),
                 health_check_type="EC2", protect_from_scale_in=False,
-                instance_refresh={"strategy": "Rolling", "preferences": REFRESH},
-                tags=[{"key": k, "value": v, "propagate_at_launch": True}
+                instance_refresh=aws.autoscaling.GroupInstanceRefreshArgs(
+                    strategy="Rolling", preferences=REFRESH),
+                tags=[aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
                       for k, v in group_tags.items()],
                 opts=self.opts(ignore_changes=["desiredCapacity"]))
         self.register_outputs({"groups": {z: g.name for z, g in self.groups.items()}})

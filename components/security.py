@@ -109,14 +109,19 @@ class Security(Component):
         for rule in self.rules:
             short = "in" if rule.direction == "ingress" else "out"
             name = self.child_name(rule.group, short, str(rule.port), rule.peer)
-            common = dict(
-                security_group_id=self.groups[rule.group].id, ip_protocol="tcp",
-                from_port=rule.port, to_port=rule.port, description=rule.why,
-                tags=self.tags(None, rule.group, short, str(rule.port)), opts=self.opts())
-            peer = ({"referenced_security_group_id": self.groups[rule.peer].id}
-                    if rule.peer_is_group else {"cidr_ipv4": rule.peer})
+            peer_group = self.groups[rule.peer].id if rule.peer_is_group else None
+            peer_cidr = None if rule.peer_is_group else rule.peer
+            tags = self.tags(None, rule.group, short, str(rule.port))
             if rule.direction == "ingress":
-                aws.vpc.SecurityGroupIngressRule(name, **common, **peer)  # type: ignore[arg-type]
+                aws.vpc.SecurityGroupIngressRule(name, aws.vpc.SecurityGroupIngressRuleArgs(
+                    security_group_id=self.groups[rule.group].id, ip_protocol="tcp",
+                    from_port=rule.port, to_port=rule.port, description=rule.why, tags=tags,
+                    referenced_security_group_id=peer_group, cidr_ipv4=peer_cidr),
+                    opts=self.opts())
             else:
-                aws.vpc.SecurityGroupEgressRule(name, **common, **peer)  # type: ignore[arg-type]
+                aws.vpc.SecurityGroupEgressRule(name, aws.vpc.SecurityGroupEgressRuleArgs(
+                    security_group_id=self.groups[rule.group].id, ip_protocol="tcp",
+                    from_port=rule.port, to_port=rule.port, description=rule.why, tags=tags,
+                    referenced_security_group_id=peer_group, cidr_ipv4=peer_cidr),
+                    opts=self.opts())
         self.register_outputs({g: sg.id for g, sg in self.groups.items()})
