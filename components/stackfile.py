@@ -1,0 +1,106 @@
+"""Check stack files without the Pulumi engine: `python -m components.stackfile FILE...`.
+
+`pulumi preview` stops on bad settings too, but needs the CLI, a backend and credentials,
+and exits with Pulumi's own code. This reads `stacks/Pulumi.<stack>.yaml` the way the engine
+hands it to the program and runs the same validation (`settings.from_config`), so a pull
+request can be checked anywhere: one line per mistake, exit code 2. The zones are checked
+against the region's naming only; AWS's list of available zones needs credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.settings import NS, SettingsError, from_config
+
+_STACK_FILE = re.compile(r"^Pulumi\.([A-Za-z0-9_.-]+)\.ya?ml$")
+
+
+class StackFileError(ValueError):
+    """A stack file that cannot be read as one: the message is the whole line."""
+
+
+def stack_name(path: Path) -> str:
+    match = _STACK_FILE.match(path.name)
+    if not match:
+        raise StackFileError(f"{path}: not a stack file; name it Pulumi.<stack>.yaml")
+    return match.group(1)
+
+
+def config_values(path: Path) -> dict[str, Any]:
+    """The file's `config:` mapping, as YAML values."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise StackFileError(f"{path}: cannot read it ({err.strerror}); check the path") \
+            from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise StackFileError(f"{path}: not valid YAML{where}; fix the syntax") from err
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise StackFileError(f"{path}: config: missing; put the settings under a top-level "
+                             "'config:' mapping")
+    return dict(data["config"])
+
+
+def as_engine_config(values: dict[str, Any]) -> dict[str, str]:
+    """Values as the engine passes them to a program: JSON for structures and booleans'
+    text for booleans, plain text for other scalars."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict | list):
+            out[key] = json.dumps(value)
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        else:
+            out[key] = str(value)
+    return out
+
+
+def check(path: Path) -> list[str]:
+    """Every problem of one stack file, one line each; empty when it is valid."""
+    try:
+        stack = stack_name(path)
+        values = config_values(path)
+    except StackFileError as err:
+        return [str(err)]
+    secret = [k for k, v in values.items() if isinstance(v, dict) and "secure" in v]
+    if secret:
+        return [f"{path}: {k}: stored encrypted, which only the Pulumi engine can read; "
+                f"keep settings in plain text (no setting here is a secret)" for k in secret]
+    config = {k: v for k, v in as_engine_config(values).items()
+              if k.startswith(f"{NS}:") or k == "aws:region"}
+    try:
+        from_config(config, stack)
+    except SettingsError as err:
+        return [f"{path}: {line}" for line in err.problems]
+    return []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    paths = [Path(p) for p in (sys.argv[1:] if argv is None else argv)]
+    if not paths:
+        print("usage: python -m components.stackfile stacks/Pulumi.<stack>.yaml ...",
+              file=sys.stderr)
+        return 2
+    failed = False
+    for path in paths:
+        problems = check(path)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if not problems:
+            print(f"{path}: valid")
+        failed = failed or bool(problems)
+    return 2 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
