@@ -36,7 +36,7 @@ ETCD_RELEASE = Release(
 )
 
 
-def install_script(release: Release) -> str:
+def install_script(release: Release, install_dir: str = INSTALL_DIR) -> str:
     """Download, verify the sha256 before anything is unpacked, install atomically."""
     q = shlex.quote
     top = release.url.rsplit("/", 1)[1].removesuffix(".tar.gz")
@@ -46,8 +46,8 @@ def install_script(release: Release) -> str:
              f"{{ echo '{release.name}: archive sha256 mismatch' >&2; exit 1; }}",
              "tar -xzf \"$work/a.tgz\" -C \"$work\""]
     for member in release.members:
-        lines += [f"install -m 0755 \"$work/{top}/{member}\" {INSTALL_DIR}/.{member}.mzk",
-                  f"mv -f {INSTALL_DIR}/.{member}.mzk {INSTALL_DIR}/{member}"]
+        temp, final = q(f"{install_dir}/.{member}.mzk"), q(f"{install_dir}/{member}")
+        lines += [f"install -m 0755 \"$work/{top}/{member}\" {temp}", f"mv -f {temp} {final}"]
     return "\n".join(lines)
 
 
@@ -67,6 +67,11 @@ def ensure_etcd(ctx: HostContext) -> None:
     if ctx.facts.get("etcd_version") == ETCD_RELEASE.version \
             and bins.get("etcd") == ctx.facts["etcd"]:
         return
+    missing = [tool for tool in ("curl", "tar") if not bins.get(tool)]
+    if missing:
+        raise StepError(f"{ctx.name}: {' and '.join(missing)} not found, needed to install "
+                        f"etcd {ETCD_RELEASE.version}; install them (apt-get install "
+                        f"{' '.join(missing)}) or use an image that has them")
     ctx.note(f"install etcd {ETCD_RELEASE.version} from the pinned release archive")
     if not ctx.dry_run:
         ctx.runner.run(install_script(ETCD_RELEASE), timeout=300)

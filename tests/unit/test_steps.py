@@ -134,7 +134,8 @@ def test_binaries_lab_uses_the_machines_etcd_and_changes_nothing():
 def test_binaries_real_host_installs_the_pinned_release_once():
     inv = inventory()
     real = facts.parse(FACTS_OUTPUT.format(now=0).replace("lab 1", "lab 0")
-                       .replace("systemd 0", "systemd 1"))
+                       .replace("systemd 0", "systemd 1").replace("bin.curl -",
+                                                                   "bin.curl /usr/bin/curl"))
     host = FakeHost("cp-a")
     ctx = context(inv, "cp-a", host, dry_run=True, facts_=copy.deepcopy(real))
     binaries.ensure_etcd(ctx)
@@ -151,6 +152,17 @@ def test_binaries_real_host_installs_the_pinned_release_once():
     ctx = context(inv, "cp-a", host, facts_=installed)
     binaries.ensure_etcd(ctx)
     assert ctx.changes == []
+
+
+def test_binaries_real_host_without_curl_is_named_before_anything_runs():
+    inv = inventory()
+    real = facts.parse(FACTS_OUTPUT.format(now=0).replace("lab 1", "lab 0"))
+    assert real["bin"]["curl"] is None or not real["bin"]["curl"]
+    host = FakeHost("cp-a", strict=True)
+    ctx = context(inv, "cp-a", host, facts_=real)
+    with pytest.raises(StepError, match=r"cp-a: curl not found.*apt-get install curl"):
+        binaries.ensure_etcd(ctx)
+    assert host.commands == []
 
 
 # --------------------------------------------------------------------------- pki placement
