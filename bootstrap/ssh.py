@@ -303,6 +303,21 @@ def same_file(stat_line: str, content: bytes, mode: int, owner: str, group: str)
             and got_owner == owner and got_group == group)
 
 
+def _send_eof_in_order(chan: paramiko.Channel) -> None:
+    """Send EOF on `chan` while holding its lock.
+
+    paramiko's `shutdown_write` builds the EOF under the channel lock but sends it after
+    releasing it, so the transport thread can answer the server's CLOSE in between. OpenSSH
+    has then freed the channel and drops the whole connection on the late EOF ("ieof packet
+    referred to nonexistent channel"), taking every other session on it along. Holding the
+    lock keeps our EOF ahead of our CLOSE.
+    """
+    with chan.lock:
+        message = chan._send_eof()  # type: ignore[attr-defined]  # paramiko is pinned
+        if message is not None and chan.transport is not None:
+            chan.transport._send_user_message(message)  # type: ignore[attr-defined]
+
+
 class SSHRunner:
     """A `Runner` over one open SSH connection; `sudo -n` when the user is not root."""
 
@@ -332,7 +347,9 @@ class SSHRunner:
                                       "the connection was lost") from err1
         try:
             chan.settimeout(limit)
-            chan.exec_command(self._wrap(command))
+            # Without input, stdin is /dev/null on the host and no EOF is sent at all.
+            chan.exec_command(self._wrap(command) if stdin else
+                              f"exec </dev/null\n{self._wrap(command)}")
             if stdin:
                 offset = 0
                 try:
@@ -343,8 +360,8 @@ class SSHRunner:
                         offset += sent
                 except (OSError, paramiko.SSHException):
                     pass  # the command stopped reading; its exit status and stderr say why
-            if not chan.closed:
-                chan.shutdown_write()
+            if stdin:
+                _send_eof_in_order(chan)
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + limit
             while True:

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -168,6 +169,42 @@ def test_a_put_cut_short_by_a_dead_sshd_leaves_no_partial_file(
     finally:
         monkeypatch.undo()
         build.restart_sshd(lab.dir, "cp-c")
+
+
+def test_many_sessions_at_once_share_one_connection_without_losing_it(lab: Lab) -> None:
+    # Commands that finish at once, from several threads, and commands that exit before
+    # reading all their input: the server closes those channels while we still send.
+    # OpenSSH drops the whole connection on an EOF for a channel it has freed, so any EOF
+    # sent after our CLOSE would fail every thread here.
+    errors: list[BaseException] = []
+
+    with _connections(lab) as conns:
+        runner = conns.runner("cp-a")
+        transport = runner.client.get_transport()
+
+        def quick(n: int) -> None:
+            try:
+                for i in range(n):
+                    assert runner.run(f"echo {i}").stdout == f"{i}\n"
+            except BaseException as err:  # noqa: BLE001 - examined below
+                errors.append(err)
+
+        def early_exit(n: int) -> None:
+            try:
+                for _ in range(n):
+                    got = runner.run("head -c 1 >/dev/null; echo read-one", stdin=b"x" * 4096)
+                    assert got.stdout == "read-one\n"
+            except BaseException as err:  # noqa: BLE001 - examined below
+                errors.append(err)
+
+        threads = [threading.Thread(target=quick, args=(60,)) for _ in range(3)]
+        threads += [threading.Thread(target=early_exit, args=(60,))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert errors == []
+        assert runner.client.get_transport() is transport and transport.is_active()
 
 
 def test_one_dead_host_fails_alone_and_is_named(lab: Lab) -> None:
