@@ -15,10 +15,13 @@ unit was written with.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shlex
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from bootstrap import ports
@@ -192,10 +195,15 @@ def probe(ctx: HostContext, cluster: EtcdCluster) -> Probe:
     return Probe(has_data=first.strip() == "data", unit=rest.encode() if rest else None)
 
 
+_MANAGER_LOCK = threading.Lock()  # both clusters' threads may ask for a host's manager
+
+
 def _manager(ctx: HostContext) -> ServiceManager:
     manager = ctx.facts.get("service_manager")
     if manager is None:
-        manager = ctx.facts["service_manager"] = manager_for(ctx.runner)
+        found = manager_for(ctx.runner)
+        with _MANAGER_LOCK:
+            manager = ctx.facts.setdefault("service_manager", found)
     return manager  # type: ignore[no-any-return]
 
 
@@ -349,10 +357,19 @@ def _not_etcd_hosts(inventory: Inventory) -> tuple[Host, ...]:
 
 
 def converge_both(group: list[HostContext]) -> None:
-    """Main, then events. (Side by side they would share each host's SSH connection from
-    two threads; in the lab that intermittently lost connections, so one after the other.)"""
+    """Main and events are independent clusters: converge them side by side (two threads
+    share each host's SSH connection). Each notes its changes apart, and they are reported
+    main first, so the output does not depend on which finished first."""
+    views = {c.service: [dataclasses.replace(ctx, changes=[]) for ctx in group]
+             for c in CLUSTERS}
+    with ThreadPoolExecutor(max_workers=len(CLUSTERS)) as pool:
+        futures = [pool.submit(converge, c, views[c.service]) for c in CLUSTERS]
+        wait(futures)
     for cluster in CLUSTERS:
-        converge(cluster, group)
+        for ctx, view in zip(group, views[cluster.service], strict=True):
+            ctx.changes.extend(view.changes)
+    for future in futures:
+        future.result()  # the first failure, after every change was noted
 
 
 ETCD = Step("etcd", _etcd_hosts, run_together=converge_both)
