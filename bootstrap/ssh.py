@@ -360,7 +360,6 @@ class SSHRunner:
                         offset += sent
                 except (OSError, paramiko.SSHException):
                     pass  # the command stopped reading; its exit status and stderr say why
-            if stdin:
                 _send_eof_in_order(chan)
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + limit
