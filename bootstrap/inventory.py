@@ -100,6 +100,10 @@ class PKISettings:
     ca_keys_on_hosts: bool
 
 
+PKI_DEFAULTS = PKISettings(key_type="rsa", rsa_bits=2048, ca_validity_days=3650,
+                           validity_days=365, renew_before_days=30, ca_keys_on_hosts=True)
+
+
 @dataclass(frozen=True)
 class Cluster:
     name: str
@@ -482,15 +486,18 @@ def _pki(r: _Reader, raw: Any) -> PKISettings:
     p = r.mapping(raw, "pki", optional=("key_type", "rsa_bits", "ca_validity_days",
                                         "validity_days", "renew_before_days",
                                         "ca_keys_on_hosts"))
+    d = PKI_DEFAULTS
     settings = PKISettings(
-        key_type=r.choice(p.get("key_type", "rsa"), "pki.key_type", KEY_TYPES),
-        rsa_bits=r.choice(p.get("rsa_bits", 2048), "pki.rsa_bits", (2048, 3072, 4096)),  # type: ignore[arg-type]
-        ca_validity_days=r.integer(p.get("ca_validity_days", 3650), "pki.ca_validity_days",
-                                   1, 36500),
-        validity_days=r.integer(p.get("validity_days", 365), "pki.validity_days", 1, 3650),
-        renew_before_days=r.integer(p.get("renew_before_days", 30), "pki.renew_before_days",
-                                    0, 3650),
-        ca_keys_on_hosts=r.boolean(p.get("ca_keys_on_hosts", True), "pki.ca_keys_on_hosts"),
+        key_type=r.choice(p.get("key_type", d.key_type), "pki.key_type", KEY_TYPES),
+        rsa_bits=r.choice(p.get("rsa_bits", d.rsa_bits), "pki.rsa_bits", (2048, 3072, 4096)),  # type: ignore[arg-type]
+        ca_validity_days=r.integer(p.get("ca_validity_days", d.ca_validity_days),
+                                   "pki.ca_validity_days", 1, 36500),
+        validity_days=r.integer(p.get("validity_days", d.validity_days), "pki.validity_days",
+                                1, 3650),
+        renew_before_days=r.integer(p.get("renew_before_days", d.renew_before_days),
+                                    "pki.renew_before_days", 0, 3650),
+        ca_keys_on_hosts=r.boolean(p.get("ca_keys_on_hosts", d.ca_keys_on_hosts),
+                                   "pki.ca_keys_on_hosts"),
     )
     settings = PKISettings(**{**settings.__dict__, "rsa_bits": int(settings.rsa_bits)})
     if settings.renew_before_days >= settings.validity_days:

@@ -240,14 +240,19 @@ class LabSupervisor:
         return state.supervisor_pid is not None and state.main_pid is not None
 
 
-def manager_for(runner: Runner) -> ServiceManager:
+def manager_from(host: str, lab: bool, systemd: bool) -> ServiceManager:
     """The lab marker wins; else systemd if the host was booted with it; else an error."""
+    if lab:
+        return LabSupervisor()
+    if systemd:
+        return SystemdManager()
+    raise StepError(f"{host}: neither systemd (/run/systemd/system) nor the lab marker "
+                    f"({LAB_MARKER}) found; boot the host with systemd")
+
+
+def manager_for(runner: Runner) -> ServiceManager:
+    """Ask the host which manager applies (the facts step asks the same in its batch)."""
     kind = runner.run(f"if [ -f {LAB_MARKER} ]; then echo lab; "
                       "elif [ -d /run/systemd/system ]; then echo systemd; "
                       "else echo none; fi").stdout.strip()
-    if kind == "lab":
-        return LabSupervisor()
-    if kind == "systemd":
-        return SystemdManager()
-    raise StepError(f"{runner.name}: neither systemd (/run/systemd/system) nor the lab marker "
-                    f"({LAB_MARKER}) found; boot the host with systemd")
+    return manager_from(runner.name, kind == "lab", kind == "systemd")

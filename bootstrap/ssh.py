@@ -303,6 +303,10 @@ def same_file(stat_line: str, content: bytes, mode: int, owner: str, group: str)
             and got_owner == owner and got_group == group)
 
 
+# What paramiko raises when the connection under a channel is gone.
+CONNECTION_LOST = (OSError, paramiko.SSHException, EOFError)
+
+
 def _send_eof_in_order(chan: paramiko.Channel) -> None:
     """Send EOF on `chan` while holding its lock.
 
@@ -342,7 +346,7 @@ class SSHRunner:
             raise HostConnectionError(f"{self.name}: the SSH connection is closed; reconnect")
         try:
             chan = transport.open_session(timeout=limit)
-        except (OSError, paramiko.SSHException, EOFError) as err1:
+        except CONNECTION_LOST as err1:
             raise HostConnectionError(f"{self.name}: cannot open a session ({err1}); "
                                       "the connection was lost") from err1
         try:
@@ -382,13 +386,13 @@ class SSHRunner:
                 chan.status_event.wait(0.05)
             code = chan.recv_exit_status() if chan.exit_status_ready() else -1
             return code, bytes(out), bytes(err)
-        except (OSError, paramiko.SSHException, EOFError) as err2:
+        except CONNECTION_LOST as err2:
             raise HostConnectionError(f"{self.name}: connection lost while running "
                                       f"{command[:80]!r} ({err2})") from err2
         finally:
             try:
                 chan.close()
-            except (OSError, paramiko.SSHException, EOFError):
+            except CONNECTION_LOST:
                 pass  # the connection is already gone; the error above says so
 
     def run(self, command: str, *, check: bool = True, timeout: float | None = None,

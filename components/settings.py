@@ -9,6 +9,7 @@ round.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
@@ -19,6 +20,7 @@ from typing import Any
 
 from bootstrap import ports
 from bootstrap.errors import ConfigError
+from bootstrap.inventory import PKI_DEFAULTS, PKISettings
 
 NS = "multizone"
 
@@ -83,16 +85,6 @@ class SSHSettings:
     user: str
     private_key_path: str
     public_key: str
-
-
-@dataclass(frozen=True)
-class PKISettings:
-    key_type: str = "rsa"
-    rsa_bits: int = 2048
-    ca_validity_days: int = 3650
-    validity_days: int = 365
-    renew_before_days: int = 30
-    ca_keys_on_hosts: bool = True
 
 
 @dataclass(frozen=True)
@@ -500,12 +492,12 @@ def _ssh(c: _Checker, value: Any) -> SSHSettings | None:
 
 
 def _pki(c: _Checker, value: Any) -> PKISettings:
-    fields = PKISettings.__dataclass_fields__
+    """Types only; the inventory (bootstrap/inventory.py) checks the ranges."""
     camel = {"keyType": "key_type", "rsaBits": "rsa_bits",
              "caValidityDays": "ca_validity_days", "validityDays": "validity_days",
              "renewBeforeDays": "renew_before_days", "caKeysOnHosts": "ca_keys_on_hosts"}
     p = c.mapping(value, "pki", tuple(camel))
-    base = PKISettings()
+    base = PKI_DEFAULTS
     values = {camel[k]: v for k, v in p.items() if k in camel}
     for key, v in p.items():
         expected = type(getattr(base, camel.get(key, "key_type")))
@@ -513,5 +505,4 @@ def _pki(c: _Checker, value: Any) -> PKISettings:
             c.bad(f"pki.{key}", f"expected {expected.__name__}, got {v!r}; see "
                                 "bootstrap/inventory.py for the allowed values")
             return base
-    assert set(values) <= set(fields)  # noqa: S101
-    return PKISettings(**values)
+    return dataclasses.replace(base, **values)

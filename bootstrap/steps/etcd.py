@@ -19,7 +19,6 @@ import dataclasses
 import json
 import re
 import shlex
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from bootstrap.errors import StepError
 from bootstrap.hostfiles import FileSpec, differing
 from bootstrap.inventory import Host, Inventory
 from bootstrap.pki.table import LEAF_BY_NAME, flags_for
-from bootstrap.services import Service, ServiceManager, manager_for, render_unit, unit_path
+from bootstrap.services import Service, ServiceManager, manager_from, render_unit, unit_path
 from bootstrap.ssh import Result, run_on_hosts
 
 HEALTH_TIMEOUT_S = 60.0
@@ -195,16 +194,9 @@ def probe(ctx: HostContext, cluster: EtcdCluster) -> Probe:
     return Probe(has_data=first.strip() == "data", unit=rest.encode() if rest else None)
 
 
-_MANAGER_LOCK = threading.Lock()  # both clusters' threads may ask for a host's manager
-
-
 def _manager(ctx: HostContext) -> ServiceManager:
-    manager = ctx.facts.get("service_manager")
-    if manager is None:
-        found = manager_for(ctx.runner)
-        with _MANAGER_LOCK:
-            manager = ctx.facts.setdefault("service_manager", found)
-    return manager  # type: ignore[no-any-return]
+    """From the facts, which already record the lab marker and systemd."""
+    return manager_from(ctx.name, bool(ctx.facts.get("lab")), bool(ctx.facts.get("systemd")))
 
 
 def _ensure(ctx: HostContext, svc: Service, cluster: EtcdCluster,

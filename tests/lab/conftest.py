@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +41,32 @@ class Lab:
     inventory: Inventory
 
 
+@contextmanager
+def running_lab(factory: pytest.TempPathFactory, name: str, workers: int) -> Iterator[Lab]:
+    """A lab in a fresh temp dir, brought down whatever happens."""
+    lab_dir = factory.mktemp(name) / "lab"
+    try:
+        layout = build.up(lab_dir, workers=workers, say=lambda _m: None)
+        yield Lab(lab_dir, layout, load(lab_dir / "inventory.yaml"))
+    finally:
+        build.down(lab_dir, say=lambda _m: None)
+
+
+def netns_pids(netns: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
+                         check=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def sshd_pids(netns: str) -> list[int]:
+    return [p for p in netns_pids(netns)
+            if Path(f"/proc/{p}/comm").read_text().strip() == "sshd"]
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = lab_unavailable()
     if reason:
         pytest.skip(reason)
-    lab_dir = tmp_path_factory.mktemp("lab") / "lab"
-    try:
-        layout = build.up(lab_dir, workers=2, say=lambda _m: None)
-        yield Lab(lab_dir, layout, load(lab_dir / "inventory.yaml"))
-    finally:
-        build.down(lab_dir, say=lambda _m: None)
+    with running_lab(tmp_path_factory, "lab", workers=2) as running:
+        yield running

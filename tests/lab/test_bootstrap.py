@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paramiko
@@ -24,13 +24,13 @@ import yaml
 from bootstrap import hostfiles
 from bootstrap.apply_command import execute
 from bootstrap.engine import ActionFailed
-from bootstrap.inventory import Inventory, load, parse
+from bootstrap.inventory import Inventory, parse
 from bootstrap.lab import build
 from bootstrap.lab.build import ensure_keypair
-from bootstrap.ssh import Connections
+from bootstrap.ssh import Connections, Result
 from bootstrap.steps.etcd import EVENTS, MAIN, EtcdCluster
 
-from .conftest import Lab, lab_unavailable
+from .conftest import Lab, lab_unavailable, netns_pids, running_lab, sshd_pids
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,14 +46,9 @@ def blab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = lab_unavailable()
     if reason:
         pytest.fail(reason)
-    lab_dir = tmp_path_factory.mktemp("blab") / "lab"
-    try:
-        layout = build.up(lab_dir, workers=3, say=lambda _m: None)
-        inventory = load(lab_dir / "inventory.yaml")
-        execute(inventory, lab_dir / "pki", dry_run=False)
-        yield Lab(lab_dir, layout, inventory)
-    finally:
-        build.down(lab_dir, say=lambda _m: None)
+    with running_lab(tmp_path_factory, "blab", workers=3) as running:
+        execute(running.inventory, running.dir / "pki", dry_run=False)
+        yield running
 
 
 @pytest.fixture(autouse=True)
@@ -87,13 +82,15 @@ def on(lab: Lab, host: str, command: str, check: bool = True):
         return conns.runner(host).run(command, check=check)
 
 
-def eventually(lab: Lab, host: str, command: str, within: float = 10.0):
-    """Run `command` on `host` until it succeeds or `within` seconds have passed; the last
-    result. (A cluster that lost its leader needs an election first.)"""
+def eventually(lab: Lab, host: str, command: str, within: float = 10.0,
+               until: Callable[[Result], bool] = lambda r: r.ok) -> Result:
+    """Run `command` on `host` until `until` holds for its result (by default: it succeeds)
+    or `within` seconds have passed; the last result. (A cluster that lost its leader needs
+    an election first; a rejoined member needs to catch up.)"""
     deadline = time.monotonic() + within
     while True:
         result = on(lab, host, command, check=False)
-        if result.ok or time.monotonic() > deadline:
+        if until(result) or time.monotonic() > deadline:
             return result
         time.sleep(0.2)
 
@@ -215,24 +212,18 @@ def test_a_write_in_zone_a_is_read_back_in_zone_c(blab: Lab) -> None:
         assert got.stdout.strip() == "written-in-a"
 
 
-def _netns_pids(netns: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
-                         check=True).stdout
-    return [int(p) for p in out.split()]
-
-
 def _kill_zone(lab: Lab, host: str) -> None:
     """Every process of the zone's host: etcd, etcd-events, supervisors, sshd."""
     netns = lab.layout.host(host).netns
-    for pid in _netns_pids(netns):
+    for pid in netns_pids(netns):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + 5
-    while _netns_pids(netns) and time.monotonic() < deadline:
+    while netns_pids(netns) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _netns_pids(netns)
+    assert not netns_pids(netns)
 
 
 def test_zone_loss_drill(blab: Lab) -> None:
@@ -263,13 +254,9 @@ def test_zone_loss_drill(blab: Lab) -> None:
     changed = {line.split(":")[0] for line in report.lines()}
     assert changed == {"cp-c"}
     c = blab.inventory.host("cp-c").address
-    got = on(blab, "cp-c", f"{etcd_at(c, MAIN)} get /drill/during --print-value-only "
-                           "--consistency=s")
-    deadline = time.monotonic() + 10
-    while got.stdout.strip() != "written" and time.monotonic() < deadline:
-        time.sleep(0.2)
-        got = on(blab, "cp-c", f"{etcd_at(c, MAIN)} get /drill/during --print-value-only "
-                               "--consistency=s")
+    got = eventually(blab, "cp-c", f"{etcd_at(c, MAIN)} get /drill/during "
+                                   "--print-value-only --consistency=s",
+                     until=lambda r: r.stdout.strip() == "written")
     assert got.stdout.strip() == "written"
     assert member_names(blab, "cp-c", MAIN) == ["cp-a", "cp-b", "cp-c"]
     assert not apply(blab).changed
@@ -297,9 +284,8 @@ def test_ssh_drop_mid_apply_names_the_host_and_leaves_no_partial_file(
         sent = real_send(channel, data)
         if getattr(sending_for, "host", None) == "cp-b" and not killed.is_set():
             killed.set()
-            for pid in _netns_pids(netns):
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
-                    os.kill(pid, signal.SIGKILL)
+            for pid in sshd_pids(netns):
+                os.kill(pid, signal.SIGKILL)
         return sent
 
     monkeypatch.setattr(hostfiles, "put_many", put_many)
@@ -380,6 +366,6 @@ def test_a_fourth_member_joins_and_a_removed_one_leaves_first(blab: Lab) -> None
     for cluster in (MAIN, EVENTS):
         assert member_names(blab, "cp-b", cluster) == ["cp-a", "cp-b", "cp-c"]
     node1 = blab.layout.host("node-1").netns
-    comms = [Path(f"/proc/{p}/comm").read_text().strip() for p in _netns_pids(node1)]
+    comms = [Path(f"/proc/{p}/comm").read_text().strip() for p in netns_pids(node1)]
     assert "etcd" not in comms
     assert not apply(blab).changed

@@ -22,7 +22,7 @@ from bootstrap.lab.build import ensure_keypair, lab_namespaces
 from bootstrap.services import LabSupervisor, Service, manager_for
 from bootstrap.ssh import Connections, HostsFailed, fingerprint
 
-from .conftest import Lab, lab_unavailable
+from .conftest import Lab, lab_unavailable, sshd_pids
 
 pytestmark = pytest.mark.lab
 
@@ -52,12 +52,6 @@ def _gone(pid: int, wait: float = 3.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
-
-
-def _sshd_pids(netns: str) -> list[int]:
-    pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
-                          check=True).stdout.split()
-    return [int(p) for p in pids if Path(f"/proc/{p}/comm").read_text().strip() == "sshd"]
 
 
 def test_every_host_is_reached_through_the_bastion_only(lab: Lab) -> None:
@@ -147,7 +141,7 @@ def test_a_put_cut_short_by_a_dead_sshd_leaves_no_partial_file(
         sent = real_send(channel, data)
         before, sent_total[0] = sent_total[0], sent_total[0] + sent
         if before < cut_after <= sent_total[0]:
-            for pid in _sshd_pids(host.netns):
+            for pid in sshd_pids(host.netns):
                 os.kill(pid, signal.SIGKILL)
         return sent
 
@@ -210,7 +204,7 @@ def test_many_sessions_at_once_share_one_connection_without_losing_it(lab: Lab) 
 def test_one_dead_host_fails_alone_and_is_named(lab: Lab) -> None:
     node = lab.layout.host("node-1")
     try:
-        for pid in _sshd_pids(node.netns):
+        for pid in sshd_pids(node.netns):
             os.kill(pid, signal.SIGKILL)
         with _connections(lab) as conns, pytest.raises(HostsFailed) as caught:
             conns.run_on_hosts(lab.inventory.hosts,
