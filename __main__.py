@@ -56,7 +56,7 @@ def main() -> dict[str, Any]:
     control_plane = ControlPlane("control-plane", ControlPlaneArgs(s, private, sg[CONTROL_PLANE]))
     lbs = LoadBalancers("lb", LoadBalancersArgs(
         s, network.vpc.id, private, public, sg[LB_ZONAL], sg[LB_REGIONAL], control_plane.hosts))
-    zone_endpoints = {z: lb.dns_name for z, lb in lbs.zonal.items()}
+    zone_endpoints = lbs.zone_endpoints
     NodePools("nodes", NodePoolsArgs(s, private, sg[NODES], zone_endpoints))
     storage = StorageClasses("storage", StorageClassesArgs(s))
     return {

@@ -18,9 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bootstrap import inventory as inventory_module
+from bootstrap import k8s_bin
+from bootstrap.control_plane import encryption
 from bootstrap.engine import ActionFailed, HostContext, Report, run_steps
-from bootstrap.errors import MultizoneError
+from bootstrap.errors import ConfigError, MultizoneError
 from bootstrap.inventory import Host, Inventory
+from bootstrap.k8s_bin import LocalBinaries
+from bootstrap.k8s_releases import release_for, supported_versions
 from bootstrap.pki import generate
 from bootstrap.ssh import Connections
 from bootstrap.steps import ACTION
@@ -33,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     if name != "check":
         parser.add_argument("--pki-dir", metavar="DIR", default=None,
                             help="the PKI directory (default: pki/ beside the inventory)")
+    parser.add_argument("--k8s-bin-dir", metavar="DIR", default=None,
+                        help=f"Kubernetes binaries for lab hosts (default: ${k8s_bin.ENV}); "
+                             "real hosts install the pinned official release")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -63,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
         return check(inventory, quiet=args.quiet)
     dry_run = args.command == "plan"
     pki_dir = pki_dir_for(args, args.inventory)
+    binaries = local_binaries(inventory, args.k8s_bin_dir)
     try:
-        report = execute(inventory, pki_dir, dry_run=dry_run,
+        report = execute(inventory, pki_dir, dry_run=dry_run, binaries=binaries,
                          progress=ProgressPrinter(args.quiet))
     except ActionFailed as err:
         for line in err.report.lines():
@@ -80,7 +88,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def local_binaries(inventory: Inventory, given: str | None) -> LocalBinaries | None:
+    """The local binaries directory, checked against the inventory's version; without
+    one, the version must be a pinned official release. Checked before any host."""
+    directory = k8s_bin.resolve_dir(given)
+    if directory is not None:
+        return k8s_bin.load(directory, inventory.cluster.kubernetes_version)
+    version = inventory.cluster.kubernetes_version
+    if release_for(version) is None:
+        raise ConfigError(f"{inventory.source}: cluster.kubernetes_version: {version} has no "
+                          f"pinned release checksums; use one of "
+                          f"{', '.join(supported_versions())} (or, for the lab, give "
+                          f"--k8s-bin-dir / ${k8s_bin.ENV})")
+    return None
+
+
 def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
+            binaries: LocalBinaries | None = None,
             progress: Callable[[str, str, str], None] | None = None) -> Report:
     """The whole action; with dry_run nothing is written, locally or on any host."""
     with tempfile.TemporaryDirectory(prefix="mzk-plan-") as scratch:
@@ -91,7 +115,10 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
         else:
             work = pki_dir
         pki = generate(inventory, work)
+        encryption_config, made_key = encryption.ensure(work)
         report = Report()
+        if made_key:
+            report.add("local", "pki", f"write {encryption.path_in(work).relative_to(work)}")
         for path in pki.local.written:
             report.add("local", "pki", f"write {Path(path).relative_to(work)}")
         for line in pki.local.issued:
@@ -99,7 +126,9 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
         with Connections(inventory, progress=progress) as connections:
             try:
                 host_report = run_steps(inventory, ACTION, connections.runner,
-                                        dry_run=dry_run, shared={"pki": pki},
+                                        dry_run=dry_run,
+                                        shared={"pki": pki, "k8s_bin": binaries,
+                                                "encryption": encryption_config},
                                         progress=progress)
             except ActionFailed as err:
                 err.report = _merge(report, err.report)

@@ -9,6 +9,7 @@ any host is touched.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import ipaddress
 import re
@@ -35,6 +36,7 @@ HOST_KEY_TYPES = (
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _VERSION = re.compile(r"^1\.(\d+)\.(\d+)$")
 _MIN_MINOR = 28  # oldest Kubernetes minor release whose flags we render
+MAX_NODES = 5000  # seed 004: at most 5,000 nodes
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class Cluster:
     dns_domain: str
     api_port: int
     egress: str
+    max_nodes: int  # the scale the control plane is sized for (in-flight request limits)
 
     @property
     def kubernetes_service_ip(self) -> str:
@@ -199,6 +202,9 @@ def parse(data: Any, source: str = "<memory>") -> Inventory:
     ssh = _ssh(r, top["ssh"], hosts)
     pki = _pki(r, top.get("pki") or {})
     _check_topology(r, zones, hosts)
+    if cluster.max_nodes == 0:
+        cluster = dataclasses.replace(cluster, max_nodes=max(1, sum(h.has("node")
+                                                                    for h in hosts)))
     return Inventory(cluster=cluster, regional_endpoint=regional, zones=zones, hosts=hosts,
                      ssh=ssh, pki=pki, source=source)
 
@@ -301,7 +307,8 @@ def _join(where: str, key: str) -> str:
 
 def _cluster(r: _Reader, raw: Any) -> Cluster:
     c = r.mapping(raw, "cluster", required=("name", "kubernetes_version"),
-                  optional=("service_cidr", "pod_cidr", "dns_domain", "api_port", "egress"))
+                  optional=("service_cidr", "pod_cidr", "dns_domain", "api_port", "egress",
+                            "max_nodes"))
     name = r.string(c["name"], "cluster.name", _DNS_LABEL,
                     "use lower-case letters, digits and '-', at most 63 characters")
     version = r.string(c["kubernetes_version"], "cluster.kubernetes_version", _VERSION,
@@ -328,6 +335,8 @@ def _cluster(r: _Reader, raw: Any) -> Cluster:
         dns_domain=domain,
         api_port=r.integer(c.get("api_port", 6443), "cluster.api_port", 1, 65535),
         egress=r.choice(c.get("egress", "konnectivity"), "cluster.egress", EGRESS_MODES),
+        # 0 until the hosts are read: then the number of nodes in the inventory.
+        max_nodes=r.integer(c.get("max_nodes", 0), "cluster.max_nodes", 0, MAX_NODES),
     )
 
 

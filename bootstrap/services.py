@@ -240,6 +240,56 @@ class LabSupervisor:
         return state.supervisor_pid is not None and state.main_pid is not None
 
 
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What one round trip learns of a service, whichever keeper runs it: whether it runs,
+    and the sha256 of the unit it runs with (None when not running)."""
+
+    running: bool
+    loaded_sha256: str | None
+
+    def current(self, unit: bytes) -> bool:
+        return self.running and self.loaded_sha256 == hashlib.sha256(unit).hexdigest()
+
+
+def status_script(names: Sequence[str]) -> str:
+    """Shell printing `service NAME RUNNING LOADED` per service (see `parse_status`), for
+    the lab supervisor and for systemd alike, so the facts step can ask in its batch."""
+    lines = [f"if [ -f {LAB_MARKER} ]; then"]
+    for name in names:
+        lines += [f"( {_status_script(name)}) | tr '\\n' ' ' | "
+                  f"sed 's/^/service {name} lab /'; echo"]
+    lines.append("else")
+    for name in names:
+        unit = shlex.quote(unit_path(name))
+        q = shlex.quote(f"{name}.service")
+        lines.append(f"if systemctl is-enabled --quiet {q} 2>/dev/null && "
+                     f"systemctl is-active --quiet {q}; then echo \"service {name} systemd "
+                     f"$(sha256sum < {unit} | cut -d' ' -f1)\"; "
+                     f"else echo \"service {name} systemd -\"; fi")
+    lines.append("fi")
+    return "\n".join(lines) + "\n"
+
+
+def parse_status(text: str) -> dict[str, ServiceStatus]:
+    """The `service ...` lines of `status_script`'s output."""
+    found: dict[str, ServiceStatus] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 3 or words[0] != "service":
+            continue
+        name, kind = words[1], words[2]
+        if kind == "lab":
+            state = SupervisorState.parse("\n".join(
+                " ".join(words[i:i + 2]) for i in range(3, len(words) - 1, 2)))
+            running = state.supervisor_pid is not None and state.main_pid is not None
+            found[name] = ServiceStatus(running, state.loaded_sha256 if running else None)
+        else:
+            sha = words[3] if len(words) > 3 and words[3] != "-" else None
+            found[name] = ServiceStatus(sha is not None, sha)
+    return found
+
+
 def manager_from(host: str, lab: bool, systemd: bool) -> ServiceManager:
     """The lab marker wins; else systemd if the host was booted with it; else an error."""
     if lab:

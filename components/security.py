@@ -7,6 +7,9 @@ Konnectivity or SSH-tunnel egress only as the chosen mode needs; SSH only from t
 and to the bastion only from admin CIDRs. Security groups are stateful, so every ingress row
 from another group gets its mirrored egress row; nothing else is open (the default
 allow-all egress rule is removed by the provider when a group is created in a VPC).
+The balancers' HTTPS `/readyz` health checks go to the API port itself ("traffic-port"), so
+the same rows carry them: a network load balancer's health checks obey its group's egress
+rules, and the control plane admits the API port from both balancer groups.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def matrix(s: Settings) -> tuple[Rule, ...]:
     admit(CONTROL_PLANE, SSH_PORT, [BASTION], "bootstrap through the bastion")
     admit(NODES, SSH_PORT, [BASTION], "bootstrap through the bastion")
     admit(CONTROL_PLANE, api, [NODES, LB_ZONAL, LB_REGIONAL], "API server")
-    admit(LB_ZONAL, api, [NODES, CONTROL_PLANE], "kubelets to their zone's API servers")
+    admit(LB_ZONAL, api, [NODES, CONTROL_PLANE], "kubelets and pods to the zone endpoints")
     users = tuple(dict.fromkeys((*s.admin_cidrs, *s.api_allowed_cidrs)))
     admit(LB_REGIONAL, api, users, "users and admins to the regional endpoint")
     for port, why in ((ETCD_CLIENT_PORT, "etcd client"), (ETCD_PEER_PORT, "etcd peer"),

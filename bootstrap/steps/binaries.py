@@ -1,8 +1,11 @@
-"""Binaries: on real hosts, official release archives pinned by sha256; on lab hosts, the
-ones installed on this machine (Debian's etcd), which the lab cannot download.
+"""Binaries: on real hosts, official release archives pinned by checksum; on lab hosts, the
+ones on this machine (Debian's etcd; Kubernetes from the local binaries directory), which
+the lab cannot download.
 
-The facts record which etcd a host ended up with (`facts["etcd"]`, `facts["etcdctl"]`), so
-later steps render the same command line whichever way it came.
+The facts record which binaries a host ended up with (`facts["etcd"]`, `facts["etcdctl"]`,
+`facts["k8s"]`: name -> path, `facts["k8s_id"]`: name -> identity), so later steps render
+the same command line whichever way they came, and a unit names the identity of its binary:
+a new binary changes the unit, and a changed unit restarts its service.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from dataclasses import dataclass
 
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
-from bootstrap.inventory import Inventory
+from bootstrap.inventory import Host, Inventory
+from bootstrap.k8s_bin import CONTROL_PLANE_BINARIES, LocalBinaries
+from bootstrap.k8s_releases import SERVER_BIN_DIR, K8sRelease, release_for, supported_versions
 
 INSTALL_DIR = "/usr/local/bin"
 
@@ -77,8 +82,78 @@ def ensure_etcd(ctx: HostContext) -> None:
         ctx.runner.run(install_script(ETCD_RELEASE), timeout=300)
 
 
-def _etcd_hosts(inventory: Inventory):  # type: ignore[no-untyped-def]
-    return inventory.etcd_members
+K8S_RELEASE_MARK = "/var/lib/mzk/kubernetes-release"  # "<version> <archive sha512>"
 
 
-BINARIES = Step("binaries", _etcd_hosts, run=ensure_etcd)
+def kubernetes_install_script(release: K8sRelease, arch: str, names: tuple[str, ...],
+                              install_dir: str = INSTALL_DIR) -> str:
+    """Download the server archive, check its sha512 before unpacking, install the named
+    binaries atomically, then record the release (last, so a cut run installs again)."""
+    q = shlex.quote
+    archive = release.archive("server", arch)
+    lines = ["set -e", "work=$(mktemp -d)", "trap 'rm -rf \"$work\"' EXIT",
+             f"curl -fsSL --retry 3 -o \"$work/k.tgz\" {q(release.url('server', arch))}",
+             f"[ \"$(sha512sum < \"$work/k.tgz\" | cut -d' ' -f1)\" = {archive.sha512} ] || "
+             f"{{ echo 'kubernetes {release.version}: archive sha512 mismatch' >&2; exit 1; }}",
+             "tar -xzf \"$work/k.tgz\" -C \"$work\" "
+             + " ".join(q(f"{SERVER_BIN_DIR}/{n}") for n in names)]
+    for name in names:
+        temp, final = q(f"{install_dir}/.{name}.mzk"), q(f"{install_dir}/{name}")
+        lines += [f"install -m 0755 \"$work/{SERVER_BIN_DIR}/{name}\" {temp}",
+                  f"mv -f {temp} {final}"]
+    mark = q(K8S_RELEASE_MARK)
+    lines += [f"mkdir -p $(dirname {mark})",
+              f"echo {q(release.version + ' ' + archive.sha512)} > {mark}.tmp",
+              f"mv -f {mark}.tmp {mark}"]
+    return "\n".join(lines)
+
+
+def ensure_kubernetes(ctx: HostContext) -> None:
+    """The control plane's binaries: the local directory's on lab hosts, the pinned
+    official release on real hosts."""
+    names = CONTROL_PLANE_BINARIES
+    local: LocalBinaries | None = ctx.shared.get("k8s_bin")
+    if ctx.facts.get("lab"):
+        if local is None:
+            raise StepError(f"{ctx.name}: a lab host needs Kubernetes binaries from this "
+                            "machine: give --k8s-bin-dir DIR or set MZK_K8S_BIN_DIR")
+        ctx.facts["k8s"] = {n: local.path(n) for n in names}
+        ctx.facts["k8s_id"] = {n: f"sha256:{local.digests[n]}" for n in names}
+        return
+    version = ctx.inventory.cluster.kubernetes_version
+    release = release_for(version)
+    if release is None:
+        raise StepError(f"{ctx.name}: Kubernetes {version} has no pinned release; use one "
+                        f"of {', '.join(supported_versions())}")
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64"}.get(
+        str(ctx.facts.get("arch")))
+    if arch is None:
+        raise StepError(f"{ctx.name}: architecture {ctx.facts.get('arch')} has no pinned "
+                        "Kubernetes release; use amd64 or arm64 hosts")
+    sha512 = release.archive("server", arch).sha512
+    ctx.facts["k8s"] = {n: f"{INSTALL_DIR}/{n}" for n in names}
+    ctx.facts["k8s_id"] = {n: f"v{release.version}/sha512:{sha512[:32]}" for n in names}
+    if ctx.facts.get("k8s_release") == f"{release.version} {sha512}":
+        return
+    missing = [tool for tool in ("curl", "tar") if not ctx.facts["bin"].get(tool)]
+    if missing:
+        raise StepError(f"{ctx.name}: {' and '.join(missing)} not found, needed to install "
+                        f"Kubernetes {release.version}; install them")
+    ctx.note(f"install Kubernetes {release.version} ({', '.join(names)}) from the pinned "
+             "release archive")
+    if not ctx.dry_run:
+        ctx.runner.run(kubernetes_install_script(release, arch, names), timeout=900)
+
+
+def ensure_all(ctx: HostContext) -> None:
+    if ctx.host.has("etcd"):
+        ensure_etcd(ctx)
+    if ctx.host.has("control-plane"):
+        ensure_kubernetes(ctx)
+
+
+def _binary_hosts(inventory: Inventory) -> tuple[Host, ...]:
+    return tuple(h for h in inventory.hosts if h.has("etcd") or h.has("control-plane"))
+
+
+BINARIES = Step("binaries", _binary_hosts, run=ensure_all)

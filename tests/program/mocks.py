@@ -3,14 +3,18 @@
 The mocks hand out IDs and ARNs in AWS's formats, addresses inside the subnet a host was
 placed in, the subnet's zone, and load balancer DNS names; they also refuse what AWS refuses
 (a subnet outside its VPC or overlapping another, a zone not in the region, a volume attached
-across zones, a load balancer with two subnets in one zone). A recording monitor keeps what
-the engine would see besides inputs: `protect` and which inputs are secret.
+across zones, a load balancer with two subnets in one zone, a DNS routing policy or health
+check AWS does not take, a record outside its hosted zone or a second value on a CNAME).
+Route 53 hosted zones get `Z...` IDs and records the `<zone>_<name>_<type>` ID and `fqdn`
+the provider reports. A recording monitor keeps what the engine would see besides inputs:
+`protect` and which inputs are secret.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import re
 import secrets
 import sys
 from dataclasses import dataclass, field
@@ -181,6 +185,15 @@ class AwsMocks(pulumi.runtime.Mocks):
         zones = [s.outputs["availabilityZone"] for s in subnets]
         if not zones or len(set(zones)) != len(zones):
             raise AWSError("InvalidConfigurationRequest: at most one subnet per zone")
+        if len({s.inputs["vpcId"] for s in subnets}) != 1:
+            raise AWSError("InvalidConfigurationRequest: subnets must be in one VPC")
+        policy = inputs.get("dnsRecordClientRoutingPolicy")
+        if policy is not None and policy not in CLIENT_ROUTING_POLICIES:
+            raise AWSError(f"ValidationError: dns_record.client_routing_policy {policy!r} "
+                           f"must be one of {', '.join(CLIENT_ROUTING_POLICIES)}")
+        if policy is not None and inputs.get("loadBalancerType") != "network":
+            raise AWSError("InvalidConfigurationRequest: dns_record.client_routing_policy "
+                           "is only valid for network load balancers")
         for sg in inputs.get("securityGroups", []):
             self._lookup(sg, "aws:ec2/securityGroup:SecurityGroup")
         arn = self._arn("elasticloadbalancing", f"loadbalancer/net/{lb_name}/{_hex(16)}")
@@ -191,6 +204,32 @@ class AwsMocks(pulumi.runtime.Mocks):
     def target_group(self, name: str, inputs: dict) -> tuple[str, dict]:
         tg_name = self._autoname(name, inputs, 32)
         self._lookup(inputs.get("vpcId"), "aws:ec2/vpc:Vpc")
+        hc = inputs.get("healthCheck", {})
+        protocol = hc.get("protocol", "HTTP")
+        if protocol not in ("TCP", "HTTP", "HTTPS"):
+            raise AWSError(f"ValidationError: health check protocol {protocol!r} is not one "
+                           "of TCP, HTTP, HTTPS")
+        if protocol == "TCP" and (hc.get("path") or hc.get("matcher")):
+            raise AWSError("InvalidConfigurationRequest: a TCP health check takes no path "
+                           "and no matcher")
+        if protocol != "TCP" and not str(hc.get("path", "/")).startswith("/"):
+            raise AWSError("ValidationError: health check path must begin with '/'")
+        if "interval" in hc and not 5 <= int(hc["interval"]) <= 300:
+            raise AWSError("ValidationError: health check interval must be 5-300 seconds")
+        if "timeout" in hc and int(hc["timeout"]) > int(hc.get("interval", 30)):
+            raise AWSError("ValidationError: health check timeout must not exceed the interval")
+        for key in ("healthyThreshold", "unhealthyThreshold"):
+            if key in hc and not 2 <= int(hc[key]) <= 10:
+                raise AWSError(f"ValidationError: health check {key} must be 2-10")
+        cross = inputs.get("loadBalancingCrossZoneEnabled", "use_load_balancer_configuration")
+        if cross not in ("true", "false", "use_load_balancer_configuration"):
+            raise AWSError(f"ValidationError: load_balancing.cross_zone.enabled {cross!r}")
+        failover = inputs.get("targetGroupHealth", {}).get("dnsFailover", {})
+        for key in ("minimumHealthyTargetsCount", "minimumHealthyTargetsPercentage"):
+            value = str(failover.get(key, "off"))
+            if value != "off" and not (value.isdigit() and int(value) >= 1):
+                raise AWSError(f"ValidationError: target_group_health.dns_failover {key} "
+                               f"{value!r} must be 'off' or a whole number from 1")
         arn = self._arn("elasticloadbalancing", f"targetgroup/{tg_name}/{_hex(16)}")
         return arn, {"arn": arn, "name": tg_name}
 
@@ -205,6 +244,59 @@ class AwsMocks(pulumi.runtime.Mocks):
             self._lookup(action.get("targetGroupArn"), "aws:lb/targetGroup:TargetGroup")
         arn = lb.id.replace(":loadbalancer/", ":listener/") + f"/{_hex(16)}"
         return arn, {"arn": arn}
+
+    def hosted_zone(self, name: str, inputs: dict) -> tuple[str, dict]:
+        domain = str(inputs.get("name", "")).rstrip(".").lower()
+        if not _dns_name(domain):
+            raise AWSError(f"InvalidDomainName: {inputs.get('name')!r} is not a domain name")
+        for vpc in inputs.get("vpcs", []):
+            self._lookup(vpc.get("vpcId"), "aws:ec2/vpc:Vpc")
+            if vpc.get("vpcRegion", self.region) != self.region:
+                raise AWSError("InvalidVPCId: the VPC is not in region "
+                               f"{vpc.get('vpcRegion')}")
+        for other in self.of_type("aws:route53/zone:Zone"):
+            shared = {v["vpcId"] for v in other.inputs.get("vpcs", [])} & \
+                {v["vpcId"] for v in inputs.get("vpcs", [])}
+            if other.outputs["name"] == domain and shared:
+                raise AWSError(f"ConflictingDomainExists: {domain} is already associated "
+                               "with the VPC")
+        zone_id = "Z" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+                                for _ in range(20))
+        servers = [f"ns-{secrets.randbelow(2048)}.awsdns-{i:02d}.{tld}"
+                   for i, tld in enumerate(("com", "net", "org", "co.uk"))]
+        return zone_id, {"zoneId": zone_id, "name": domain, "nameServers": servers,
+                         "primaryNameServer": servers[0],
+                         "arn": f"arn:aws:route53:::hostedzone/{zone_id}"}
+
+    def record(self, name: str, inputs: dict) -> tuple[str, dict]:
+        zone = self._lookup(inputs.get("zoneId"), "aws:route53/zone:Zone")
+        domain = zone.outputs["name"]
+        given = str(inputs.get("name", "")).rstrip(".").lower()
+        fqdn = given if given == domain or given.endswith("." + domain) \
+            else f"{given}.{domain}"
+        if not _dns_name(fqdn):
+            raise AWSError(f"InvalidChangeBatch: {given!r} is not a DNS name")
+        typ = inputs.get("type")
+        values = inputs.get("records", [])
+        if bool(values) == bool(inputs.get("aliases")):
+            raise AWSError("InvalidChangeBatch: give either records (with a TTL) or an alias")
+        if values and "ttl" not in inputs:
+            raise AWSError("InvalidChangeBatch: a record with values needs a TTL")
+        if typ == "CNAME":
+            if fqdn == domain:
+                raise AWSError(f"InvalidChangeBatch: RRSet of type CNAME with DNS name "
+                               f"{fqdn}. is not permitted at apex in zone {domain}.")
+            if len(values) > 1:
+                raise AWSError("InvalidChangeBatch: a CNAME record holds one value")
+            if not all(_dns_name(str(v).rstrip(".").lower()) for v in values):
+                raise AWSError("InvalidChangeBatch: a CNAME value must be a DNS name")
+        for other in self.of_type("aws:route53/record:Record"):
+            if (other.inputs["zoneId"], other.outputs["fqdn"]) == (zone.id, fqdn) and \
+                    (typ == "CNAME" or other.inputs["type"] == "CNAME"):
+                raise AWSError(f"InvalidChangeBatch: RRSet of type {typ} with DNS name "
+                               f"{fqdn}. is not permitted because a conflicting RRSet "
+                               "exists")
+        return f"{zone.id}_{fqdn}_{typ}", {"fqdn": fqdn}
 
     def autoscaling_group(self, name: str, inputs: dict) -> tuple[str, dict]:
         group = self._autoname(name, inputs)
@@ -223,6 +315,17 @@ class AwsMocks(pulumi.runtime.Mocks):
             arn = f"arn:aws:iam::{ACCOUNT}:{kind}/{chosen}"
             return chosen, {"name": chosen, "arn": arn, "uniqueId": f"AROA{_hex(17).upper()}"}
         return make
+
+
+CLIENT_ROUTING_POLICIES = ("any_availability_zone", "availability_zone_affinity",
+                           "partial_availability_zone_affinity")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _dns_name(name: str) -> bool:
+    """A lower-case DNS name of two or more RFC 1123 labels, at most 253 characters."""
+    labels = name.split(".")
+    return len(name) <= 253 and len(labels) >= 2 and all(_LABEL.match(x) for x in labels)
 
 
 def _simple(prefix: str, service: str = "ec2", kind: str = "") -> Any:
@@ -249,6 +352,8 @@ _HANDLERS = {
     "aws:lb/targetGroup:TargetGroup": AwsMocks.target_group,
     "aws:lb/targetGroupAttachment:TargetGroupAttachment": AwsMocks.attachment,
     "aws:lb/listener:Listener": AwsMocks.listener,
+    "aws:route53/zone:Zone": AwsMocks.hosted_zone,
+    "aws:route53/record:Record": AwsMocks.record,
     "aws:autoscaling/group:Group": AwsMocks.autoscaling_group,
     "aws:iam/role:Role": AwsMocks.iam(None, "role"),  # type: ignore[arg-type]
     "aws:iam/instanceProfile:InstanceProfile": AwsMocks.iam(None, "instance-profile"),  # type: ignore[arg-type]

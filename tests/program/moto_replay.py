@@ -3,7 +3,8 @@
 The same inputs the mocks recorded are sent, in declaration order, as the boto3 calls the
 AWS provider makes; mock IDs are mapped to the IDs moto hands out. moto refuses what AWS
 refuses where it models it (subnets outside their VPC or overlapping, unknown zones, unknown
-references, a group with min > desired). The AMI is the one thing not replayed as declared:
+references, a group with min > desired, a record outside its hosted zone). A record naming
+a load balancer by its DNS name is replayed with the name moto gave that balancer. The AMI is the one thing not replayed as declared:
 moto only knows its own catalogue, so its first Amazon-owned image stands in.
 """
 
@@ -29,6 +30,8 @@ class Replay:
         self.ec2 = boto3.client("ec2", region_name=region)
         self.elbv2 = boto3.client("elbv2", region_name=region)
         self.asg = boto3.client("autoscaling", region_name=region)
+        self.route53 = boto3.client("route53", region_name=region)
+        self.region = region
         self.ids: dict[str, str] = {}
         self.image = self.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
         self.skipped: list[str] = []
@@ -164,26 +167,43 @@ class Replay:
             Subnets=[self.m(s) for s in i["subnets"]],
             SecurityGroups=[self.m(g) for g in i["securityGroups"]],
             Tags=[{"Key": k, "Value": v} for k, v in i["tags"].items()])["LoadBalancers"][0]
+        attributes = [
+            {"Key": "load_balancing.cross_zone.enabled",
+             "Value": str(i["enableCrossZoneLoadBalancing"]).lower()},
+            {"Key": "deletion_protection.enabled",
+             "Value": str(i["enableDeletionProtection"]).lower()}]
+        if "dnsRecordClientRoutingPolicy" in i:
+            attributes.append({"Key": "dns_record.client_routing_policy",
+                               "Value": i["dnsRecordClientRoutingPolicy"]})
         self.elbv2.modify_load_balancer_attributes(LoadBalancerArn=lb["LoadBalancerArn"],
-                                                   Attributes=[{
-            "Key": "load_balancing.cross_zone.enabled",
-            "Value": str(i["enableCrossZoneLoadBalancing"]).lower()}, {
-            "Key": "deletion_protection.enabled",
-            "Value": str(i["enableDeletionProtection"]).lower()}])
+                                                   Attributes=attributes)
+        self.ids[reg.outputs["dnsName"]] = lb["DNSName"]  # records name the balancer by it
         return lb["LoadBalancerArn"]
 
     def _TargetGroup(self, reg: Registered, i: dict) -> str:  # noqa: N802
         hc = i["healthCheck"]
+        http: dict[str, Any] = {}
+        if hc["protocol"] != "TCP":
+            http = {"HealthCheckPath": hc["path"], "Matcher": {"HttpCode": hc["matcher"]}}
         tg = self.elbv2.create_target_group(
             Name=reg.outputs["name"], Protocol=i["protocol"], Port=int(i["port"]),
             VpcId=self.m(i["vpcId"]), TargetType=i["targetType"],
             HealthCheckProtocol=hc["protocol"], HealthCheckPort=hc["port"],
             HealthCheckIntervalSeconds=int(hc["interval"]),
+            HealthCheckTimeoutSeconds=int(hc["timeout"]),
             HealthyThresholdCount=int(hc["healthyThreshold"]),
-            UnhealthyThresholdCount=int(hc["unhealthyThreshold"]))["TargetGroups"][0]
-        self.elbv2.modify_target_group_attributes(TargetGroupArn=tg["TargetGroupArn"], Attributes=[
-            {"Key": "load_balancing.cross_zone.enabled",
-             "Value": i["loadBalancingCrossZoneEnabled"]}])
+            UnhealthyThresholdCount=int(hc["unhealthyThreshold"]), **http)["TargetGroups"][0]
+        attributes = [{"Key": "load_balancing.cross_zone.enabled",
+                       "Value": i["loadBalancingCrossZoneEnabled"]}]
+        failover = i.get("targetGroupHealth", {}).get("dnsFailover", {})
+        for key, attribute in (("minimumHealthyTargetsCount", "count"),
+                               ("minimumHealthyTargetsPercentage", "percentage")):
+            if key in failover:
+                attributes.append({
+                    "Key": f"target_group_health.dns_failover.minimum_healthy_targets.{attribute}",
+                    "Value": failover[key]})
+        self.elbv2.modify_target_group_attributes(TargetGroupArn=tg["TargetGroupArn"],
+                                                  Attributes=attributes)
         return tg["TargetGroupArn"]
 
     def _TargetGroupAttachment(self, reg: Registered, i: dict) -> None:  # noqa: N802
@@ -196,6 +216,31 @@ class Replay:
             Port=int(i["port"]), DefaultActions=[
                 {"Type": a["type"], "TargetGroupArn": self.m(a["targetGroupArn"])}
                 for a in i["defaultActions"]])["Listeners"][0]["ListenerArn"]
+
+    # ------------------------------------------------------------------ Route 53
+    def _Zone(self, reg: Registered, i: dict) -> str:  # noqa: N802
+        (first, *others) = i["vpcs"]
+        zone = self.route53.create_hosted_zone(
+            Name=i["name"], CallerReference=reg.name, HostedZoneConfig={
+                "Comment": i["comment"], "PrivateZone": True},
+            VPC={"VPCRegion": first.get("vpcRegion", self.region),
+                 "VPCId": self.m(first["vpcId"])})["HostedZone"]
+        zone_id = zone["Id"].removeprefix("/hostedzone/")
+        for vpc in others:
+            self.route53.associate_vpc_with_hosted_zone(HostedZoneId=zone_id, VPC={
+                "VPCRegion": vpc.get("vpcRegion", self.region), "VPCId": self.m(vpc["vpcId"])})
+        self.route53.change_tags_for_resource(
+            ResourceType="hostedzone", ResourceId=zone_id,
+            AddTags=[{"Key": k, "Value": v} for k, v in i["tags"].items()])
+        return zone_id
+
+    def _Record(self, reg: Registered, i: dict) -> None:  # noqa: N802
+        self.route53.change_resource_record_sets(
+            HostedZoneId=self.m(i["zoneId"]), ChangeBatch={"Changes": [{
+                "Action": "CREATE", "ResourceRecordSet": {
+                    "Name": i["name"], "Type": i["type"], "TTL": int(i["ttl"]),
+                    "ResourceRecords": [{"Value": self.m(v)} for v in i["records"]],
+                }}]})
 
     # ------------------------------------------------------------------ Auto Scaling
     def _Group(self, reg: Registered, i: dict) -> str:  # noqa: N802

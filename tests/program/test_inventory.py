@@ -3,10 +3,15 @@ and the host keys it pins are the ones the hosts are given (no trust on first us
 
 from __future__ import annotations
 
+import base64
+import re
+from urllib.parse import urlsplit
+
 import yaml
 from cryptography.hazmat.primitives import serialization
 
 from bootstrap.inventory import parse
+from bootstrap.pki.table import Context, apiserver_sans
 from tests.program.mocks import Evaluation
 
 
@@ -53,6 +58,23 @@ def test_pinned_host_keys_are_the_keys_installed_by_user_data(prod: Evaluation) 
         derived = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                     serialization.PublicFormat.OpenSSH).decode()
         assert pinned[config["hostname"]] == derived == keys["ed25519_public"]
+
+
+def test_every_name_a_client_is_given_is_in_the_api_server_certificate(
+        stacks: list[Evaluation], two_per_zone: Evaluation) -> None:
+    """Nodes are told their zone's name and users the regional one; the API server
+    certificate's SANs, built from the inventory, must hold every one of them."""
+    for ev in (*stacks, two_per_zone):
+        inv = parse(ev.outputs["inventory"])
+        given = {ev.outputs["regionalEndpoint"]}
+        for lt in ev.of_type("aws:ec2/launchTemplate:LaunchTemplate"):
+            user_data = base64.b64decode(lt.inputs["userData"]).decode()
+            (url,) = re.findall(r"API_ENDPOINT=(\S+)", user_data)
+            given.add(urlsplit(url).hostname)
+        assert len(given) == 4  # the regional name and one name per zone
+        for host in inv.control_plane:
+            sans = apiserver_sans(Context(inventory=inv, host=host))
+            assert given <= set(sans.dns), (host.name, given - set(sans.dns))
 
 
 def test_inventory_is_plain_data(prod: Evaluation) -> None:

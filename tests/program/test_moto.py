@@ -1,5 +1,5 @@
-"""Cross-check against an AWS model: the prod stack's EC2, ELBv2 and Auto Scaling resources,
-replayed into moto from the same inputs, are all accepted and consistent."""
+"""Cross-check against an AWS model: the prod stack's EC2, ELBv2, Route 53 and Auto Scaling
+resources, replayed into moto from the same inputs, are all accepted and consistent."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from moto import mock_aws  # noqa: E402
 from tests.program.mocks import Evaluation  # noqa: E402
 from tests.program.moto_replay import Replay  # noqa: E402
 
-NOT_REPLAYED = {  # IAM and Pulumi's own types: outside the three services under test
+NOT_REPLAYED = {  # IAM and Pulumi's own types: outside the services under test
     "aws:iam/role:Role", "aws:iam/rolePolicy:RolePolicy",
     "aws:iam/instanceProfile:InstanceProfile", "pulumi-python:dynamic/multizone:HostKey",
 }
@@ -44,31 +44,72 @@ def test_subnets_lie_inside_the_vpc_one_pair_per_zone(replay: Replay) -> None:
         ["eu-west-1a", "eu-west-1b", "eu-west-1c"] * 2)
 
 
-def test_zonal_targets_sit_in_their_balancers_zone(replay: Replay) -> None:
+def _behind(replay: Replay, lb: dict) -> tuple[dict, dict[str, str], set[str]]:
+    """A balancer's one listener's target group, that group's attributes, and the zones of
+    the instances registered in it."""
     elb, ec2 = replay.elbv2, replay.ec2
+    (listener,) = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
+    assert listener["Port"] == 6443 and listener["Protocol"] == "TCP"
+    (action,) = listener["DefaultActions"]
+    (group,) = elb.describe_target_groups(TargetGroupArns=[action["TargetGroupArn"]])[
+        "TargetGroups"]
+    assert group["VpcId"] == lb["VpcId"] and group["Port"] == 6443
+    attrs = {a["Key"]: a["Value"] for a in elb.describe_target_group_attributes(
+        TargetGroupArn=group["TargetGroupArn"])["Attributes"]}
+    health = elb.describe_target_health(TargetGroupArn=group["TargetGroupArn"])[
+        "TargetHealthDescriptions"]
+    ids = [t["Target"]["Id"] for t in health]
+    instances = [i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
+                 for i in r["Instances"]]
+    assert len(instances) == len(ids) == 3
+    return group, attrs, {i["Placement"]["AvailabilityZone"] for i in instances}
+
+
+def test_balancers_health_check_readyz_and_fail_over_across_zones(replay: Replay) -> None:
+    elb = replay.elbv2
     lbs = elb.describe_load_balancers()["LoadBalancers"]
-    assert len(lbs) == 4
+    assert len(lbs) == 2
+    policies = {}
     for lb in lbs:
         lb_zones = {z["ZoneName"] for z in lb["AvailabilityZones"]}
-        (listener,) = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
-        assert listener["Port"] == 6443 and listener["Protocol"] == "TCP"
-        (action,) = listener["DefaultActions"]
-        group = elb.describe_target_groups(TargetGroupArns=[action["TargetGroupArn"]])[
-            "TargetGroups"][0]
-        assert group["VpcId"] == lb["VpcId"] and group["Port"] == 6443
-        health = elb.describe_target_health(TargetGroupArn=group["TargetGroupArn"])[
-            "TargetHealthDescriptions"]
-        ids = [t["Target"]["Id"] for t in health]
-        instances = [i for r in ec2.describe_instances(InstanceIds=ids)["Reservations"]
-                     for i in r["Instances"]]
-        target_zones = {i["Placement"]["AvailabilityZone"] for i in instances}
-        attrs = {a["Key"]: a["Value"] for a in elb.describe_load_balancer_attributes(
+        assert lb_zones == {"eu-west-1a", "eu-west-1b", "eu-west-1c"}
+        lb_attrs = {a["Key"]: a["Value"] for a in elb.describe_load_balancer_attributes(
             LoadBalancerArn=lb["LoadBalancerArn"])["Attributes"]}
-        if len(lb_zones) == 1:
-            assert target_zones == lb_zones and len(ids) == 1
+        group, attrs, target_zones = _behind(replay, lb)
+        assert target_zones == lb_zones  # every zone's hosts, so failover has somewhere to go
+        assert (group["HealthCheckProtocol"], group["HealthCheckPath"],
+                group["Matcher"]["HttpCode"]) == ("HTTPS", "/readyz", "200")
+        policy = lb_attrs.get("dns_record.client_routing_policy", "any_availability_zone")
+        policies[policy] = lb
+        if policy == "availability_zone_affinity":
+            assert lb["Scheme"] == "internal"
+            assert lb_attrs["load_balancing.cross_zone.enabled"] == "false"
             assert attrs["load_balancing.cross_zone.enabled"] == "false"
+            assert attrs["target_group_health.dns_failover.minimum_healthy_targets.count"] \
+                == "1"
         else:
-            assert target_zones == lb_zones and len(ids) == 3
+            assert lb_attrs["load_balancing.cross_zone.enabled"] == "true"
+    assert set(policies) == {"availability_zone_affinity", "any_availability_zone"}
+
+
+def test_each_zone_name_resolves_to_the_zone_endpoint_balancer(replay: Replay) -> None:
+    r53, elb = replay.route53, replay.elbv2
+    (zone,) = r53.list_hosted_zones()["HostedZones"]
+    assert zone["Name"] == "mz-prod.internal." and zone["Config"]["PrivateZone"] is True
+    (vpc,) = replay.ec2.describe_vpcs(Filters=[{"Name": "cidr", "Values": ["10.0.0.0/16"]}])[
+        "Vpcs"]
+    assert r53.get_hosted_zone(Id=zone["Id"])["VPCs"] == [
+        {"VPCRegion": "eu-west-1", "VPCId": vpc["VpcId"]}]
+    records = {r["Name"]: r for r in r53.list_resource_record_sets(
+        HostedZoneId=zone["Id"])["ResourceRecordSets"] if r["Type"] == "CNAME"}
+    assert sorted(records) == [f"api-{z}.mz-prod.internal." for z in "abc"]
+    affine = {lb["DNSName"] for lb in elb.describe_load_balancers()["LoadBalancers"]
+              if {"Key": "dns_record.client_routing_policy",
+                  "Value": "availability_zone_affinity"} in elb.describe_load_balancer_attributes(
+                  LoadBalancerArn=lb["LoadBalancerArn"])["Attributes"]}
+    assert len(affine) == 1
+    for record in records.values():
+        assert [v["Value"] for v in record["ResourceRecords"]] == list(affine)
 
 
 def test_etcd_volumes_are_encrypted_and_attached_in_zone(replay: Replay) -> None:
@@ -121,3 +162,17 @@ def test_moto_refuses_a_subnet_outside_the_vpc(prod: Evaluation) -> None:
     subnet.inputs["cidrBlock"] = "10.9.0.0/24"
     with mock_aws(), pytest.raises(ClientError, match="InvalidSubnet.Range"):
         Replay(tampered).run()
+
+
+def test_moto_refuses_a_zone_name_outside_the_hosted_zone(replay: Replay) -> None:
+    """Route 53 in the model checks the records: the replay of a zone's record, renamed to
+    a name outside the private hosted zone, is refused."""
+    import copy
+
+    from botocore.exceptions import ClientError
+
+    record = copy.deepcopy(next(r for r in replay.ev.resources
+                                if r.typ == "aws:route53/record:Record"))
+    record.inputs["name"] = "api-a.elsewhere.internal"
+    with pytest.raises(ClientError, match="InvalidChangeBatch"):
+        replay._Record(record, record.inputs)

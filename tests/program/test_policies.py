@@ -13,6 +13,7 @@ UNTAGGABLE = {
     "aws:ec2/route:Route", "aws:ec2/routeTableAssociation:RouteTableAssociation",
     "aws:iam/rolePolicy:RolePolicy", "aws:lb/targetGroupAttachment:TargetGroupAttachment",
     "aws:ec2/volumeAttachment:VolumeAttachment", "pulumi-python:dynamic/multizone:HostKey",
+    "aws:route53/record:Record",
 }
 STATEFUL = {"aws:ec2/vpc:Vpc", "aws:ec2/instance:Instance", "aws:ebs/volume:Volume",
             "aws:lb/loadBalancer:LoadBalancer"}

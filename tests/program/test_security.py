@@ -91,6 +91,39 @@ def test_instances_and_balancers_use_their_own_group(prod: Evaluation) -> None:
         assert [names[g] for g in inst.inputs["vpcSecurityGroupIds"]] == [f"security-{role}"]
     for lt in prod.of_type("aws:ec2/launchTemplate:LaunchTemplate"):
         assert [names[g] for g in lt.inputs["vpcSecurityGroupIds"]] == ["security-nodes"]
-    for lb in prod.of_type("aws:lb/loadBalancer:LoadBalancer"):
-        kind = LBR if lb.inputs["tags"]["multizone/zone"] == "regional" else LBZ
+    lbs = prod.of_type("aws:lb/loadBalancer:LoadBalancer")
+    assert sorted(lb.inputs["tags"]["multizone/endpoint"] for lb in lbs) == ["regional",
+                                                                             "zonal"]
+    for lb in lbs:
+        kind = {"regional": LBR, "zonal": LBZ}[lb.inputs["tags"]["multizone/endpoint"]]
         assert [names[g] for g in lb.inputs["securityGroups"]] == [f"security-{kind}"]
+
+
+def test_health_checks_and_api_traffic_pass_every_balancer(stacks: list[Evaluation],
+                                                           two_per_zone: Evaluation) -> None:
+    """For each balancer, the port its targets are checked and reached on is open from the
+    balancer's group to the control plane both ways (a network load balancer's health checks
+    obey its group's egress rules; the targets' ingress must admit the group), and its
+    listener port admits its clients."""
+    for ev in (*stacks, two_per_zone):
+        ingress, egress = declared(ev, INGRESS), declared(ev, EGRESS)
+        groups = {sg.id: sg.name.removeprefix("security-")
+                  for sg in ev.of_type("aws:ec2/securityGroup:SecurityGroup")}
+        listeners = ev.of_type("aws:lb/listener:Listener")
+        for lb in ev.of_type("aws:lb/loadBalancer:LoadBalancer"):
+            (group,) = [groups[g] for g in lb.inputs["securityGroups"]]
+            (listener,) = [li for li in listeners if li.inputs["loadBalancerArn"] == lb.id]
+            port = int(listener.inputs["port"])
+            clients = {peer for g, p, peer in ingress if (g, p) == (group, port)}
+            assert clients == ({NODES, CP} if group == LBZ else {ADMIN})
+            for action in listener.inputs["defaultActions"]:
+                tg = ev.by_id(action["targetGroupArn"])
+                hc = tg.inputs["healthCheck"]
+                checked = int(tg.inputs["port"]) if hc["port"] == "traffic-port" \
+                    else int(hc["port"])
+                for p in {checked, int(tg.inputs["port"])}:
+                    assert (CP, p, group) in ingress and (group, p, CP) in egress
+                for att in ev.of_type("aws:lb/targetGroupAttachment:TargetGroupAttachment"):
+                    if att.inputs["targetGroupArn"] == tg.id:
+                        host = ev.by_id(att.inputs["targetId"])
+                        assert [groups[g] for g in host.inputs["vpcSecurityGroupIds"]] == [CP]

@@ -1,16 +1,22 @@
-"""Policies on placement: three zones, hosts in their own zone, zonal load balancers."""
+"""Policies on placement: three zones, hosts in their own zone, API endpoints that prefer
+the client's zone and fail over to the others."""
 
 from __future__ import annotations
 
 import ipaddress
 
+import pulumi
 import pytest
 
-from tests.program.mocks import Evaluation
+from tests.program.mocks import AwsMocks, Evaluation, program
+from tests.program.stackconfig import stack_config
 
 INSTANCE, SUBNET = "aws:ec2/instance:Instance", "aws:ec2/subnet:Subnet"
 LB, TG = "aws:lb/loadBalancer:LoadBalancer", "aws:lb/targetGroup:TargetGroup"
 ATTACH, LISTENER = "aws:lb/targetGroupAttachment:TargetGroupAttachment", "aws:lb/listener:Listener"
+HOSTED_ZONE, RECORD = "aws:route53/zone:Zone", "aws:route53/record:Record"
+ZONES = ("eu-west-1a", "eu-west-1b", "eu-west-1c")
+ALL_STACKS = ["prod", "test_stack", "dev", "two_per_zone"]
 
 
 def control_plane(ev: Evaluation) -> list:
@@ -18,10 +24,21 @@ def control_plane(ev: Evaluation) -> list:
             == "control-plane"]
 
 
+def balancers(ev: Evaluation, endpoint: str) -> list:
+    """The load balancers serving `endpoint` ("zonal" or "regional"), by their tag."""
+    return [lb for lb in ev.of_type(LB) if lb.inputs["tags"]["multizone/endpoint"] == endpoint]
+
+
+def target_groups(ev: Evaluation, lb) -> list:
+    """The target groups a load balancer's listeners forward to."""
+    arns = {a["targetGroupArn"] for li in ev.of_type(LISTENER)
+            if li.inputs["loadBalancerArn"] == lb.id for a in li.inputs["defaultActions"]}
+    return [ev.by_id(arn) for arn in sorted(arns)]
+
+
 def targets(ev: Evaluation, lb) -> list:
     """The instances behind a load balancer: listener -> target group -> attachments."""
-    groups = {a["targetGroupArn"] for li in ev.of_type(LISTENER)
-              if li.inputs["loadBalancerArn"] == lb.id for a in li.inputs["defaultActions"]}
+    groups = {tg.id for tg in target_groups(ev, lb)}
     return [ev.by_id(a.inputs["targetId"]) for a in ev.of_type(ATTACH)
             if a.inputs["targetGroupArn"] in groups]
 
@@ -64,37 +81,95 @@ def test_only_the_bastion_has_a_public_address(prod: Evaluation) -> None:
     assert prod.by_id(public[0].inputs["subnetId"]).inputs["tags"]["kubernetes.io/role/elb"]
 
 
-@pytest.mark.parametrize("name", ["prod", "two_per_zone"])
-def test_each_zonal_load_balancer_targets_only_its_zone(name: str, request) -> None:
+@pytest.mark.parametrize("name", ALL_STACKS)
+def test_the_zone_endpoint_balancer_keeps_clients_in_their_zone_and_fails_over(
+        name: str, request) -> None:
+    """One internal NLB with a node in every zone's private subnet; cross-zone off (balancer
+    and target group), so a node forwards only to its zone's hosts; DNS answers a client
+    with its own zone's node; a zone without a ready target is taken out of DNS."""
     ev: Evaluation = request.getfixturevalue(name)
-    zonal = [lb for lb in ev.of_type(LB) if lb.inputs["tags"]["multizone/zone"] != "regional"]
-    assert len(zonal) == 3
-    per_zone = ev.outputs["inventory"]["hosts"].__len__() // 3
-    for lb in zonal:
-        zone = lb.inputs["tags"]["multizone/zone"]
-        assert lb_zones(ev, lb) == {zone}
-        assert lb.inputs["internal"] is True
-        assert lb.inputs["enableCrossZoneLoadBalancing"] is False
-        behind = targets(ev, lb)
-        assert len(behind) == per_zone
-        assert {t.outputs["availabilityZone"] for t in behind} == {zone}
+    (lb,) = balancers(ev, "zonal")
+    assert lb.inputs["loadBalancerType"] == "network" and lb.inputs["internal"] is True
+    assert lb_zones(ev, lb) == set(ZONES)
+    for subnet in lb.inputs["subnets"]:
+        assert ev.by_id(subnet).inputs["tags"].get("kubernetes.io/role/internal-elb") == "1"
+    assert lb.inputs["enableCrossZoneLoadBalancing"] is False
+    assert lb.inputs["dnsRecordClientRoutingPolicy"] == "availability_zone_affinity"
+    (tg,) = target_groups(ev, lb)
+    assert tg.inputs["loadBalancingCrossZoneEnabled"] == "false"
+    assert tg.inputs["targetGroupHealth"]["dnsFailover"]["minimumHealthyTargetsCount"] == "1"
 
 
-def test_zonal_target_groups_forward_to_the_api_port_without_cross_zone(prod: Evaluation) -> None:
-    for tg in prod.of_type(TG):
+@pytest.mark.parametrize(("name", "per_zone"), [("prod", 1), ("two_per_zone", 2)])
+def test_every_control_plane_host_is_a_target_of_the_zone_endpoint_balancer(
+        name: str, per_zone: int, request) -> None:
+    """Failover needs somewhere to go: each zone has its own hosts behind the balancer (so
+    it is preferred) and the other zones' hosts too (so losing it is survivable)."""
+    ev: Evaluation = request.getfixturevalue(name)
+    (lb,) = balancers(ev, "zonal")
+    behind = targets(ev, lb)
+    assert sorted(t.id for t in behind) == sorted(h.id for h in control_plane(ev))
+    for zone in lb_zones(ev, lb):
+        here = [t for t in behind if t.outputs["availabilityZone"] == zone]
+        elsewhere = [t for t in behind if t.outputs["availabilityZone"] != zone]
+        assert len(here) == per_zone and len(elsewhere) == 2 * per_zone
+    # With cross-zone off, a target in a zone where the balancer has no node gets nothing.
+    assert {t.outputs["availabilityZone"] for t in behind} <= lb_zones(ev, lb)
+
+
+@pytest.mark.parametrize("name", ALL_STACKS)
+def test_every_api_target_group_health_checks_https_readyz(name: str, request) -> None:
+    """An API server that accepts TCP but is not ready is out; `/readyz` answers 200 only
+    when it is ready."""
+    ev: Evaluation = request.getfixturevalue(name)
+    groups = ev.of_type(TG)
+    assert len(groups) == 2
+    behind = [tg.id for lb in ev.of_type(LB) for tg in target_groups(ev, lb)]
+    assert sorted(behind) == sorted(tg.id for tg in groups)  # each group serves a balancer
+    for tg in groups:
         assert tg.inputs["port"] == 6443 and tg.inputs["protocol"] == "TCP"
-        zonal = tg.inputs["tags"]["multizone/zone"] != "regional"
-        assert tg.inputs["loadBalancingCrossZoneEnabled"] == ("false" if zonal else "true")
-    for att in prod.of_type(ATTACH):
+        hc = tg.inputs["healthCheck"]
+        assert (hc["protocol"], hc["path"], hc["matcher"], hc["port"]) == \
+            ("HTTPS", "/readyz", "200", "traffic-port")
+        assert hc.get("enabled", True) is True
+    for att in ev.of_type(ATTACH):
         assert att.inputs["port"] == 6443
+
+
+@pytest.mark.parametrize("name", ALL_STACKS)
+def test_each_zone_endpoint_name_resolves_to_the_zone_endpoint_balancer(
+        name: str, request) -> None:
+    """Zone X's kubelets are told zone X's name; that name is a record, in a private zone
+    the VPC resolves, whose answer is the zone-endpoint balancer (not a zonal name of it,
+    which would pin the zone and lose the failover)."""
+    ev: Evaluation = request.getfixturevalue(name)
+    (vpc,) = ev.of_type("aws:ec2/vpc:Vpc")
+    (hosted,) = ev.of_type(HOSTED_ZONE)
+    assert hosted.outputs["name"] == f"mz-{ev.stack}.internal"
+    assert [v["vpcId"] for v in hosted.inputs["vpcs"]] == [vpc.id]
+    (lb,) = balancers(ev, "zonal")
+    endpoints = ev.outputs["zoneEndpoints"]
+    assert sorted(endpoints) == list(ZONES)
+    assert len(set(endpoints.values())) == len(ZONES)
+    records = {r.outputs["fqdn"]: r for r in ev.of_type(RECORD)}
+    assert len(records) == len(ZONES)
+    for zone, endpoint in endpoints.items():
+        assert endpoint == f"api-{zone[-1]}.{hosted.outputs['name']}"
+        record = records[endpoint]
+        assert record.inputs["zoneId"] == hosted.id
+        assert record.inputs["type"] == "CNAME"
+        assert record.inputs["records"] == [lb.outputs["dnsName"]]
 
 
 @pytest.mark.parametrize("name", ["prod", "two_per_zone"])
 def test_the_regional_load_balancer_targets_every_control_plane_host(name: str, request) -> None:
     ev: Evaluation = request.getfixturevalue(name)
-    (regional,) = [lb for lb in ev.of_type(LB) if lb.inputs["tags"]["multizone/zone"] ==
-                   "regional"]
-    assert lb_zones(ev, regional) == {"eu-west-1a", "eu-west-1b", "eu-west-1c"}
+    (regional,) = balancers(ev, "regional")
+    assert lb_zones(ev, regional) == set(ZONES)
+    assert regional.inputs["enableCrossZoneLoadBalancing"] is True
+    assert regional.inputs.get("dnsRecordClientRoutingPolicy") is None
+    (tg,) = target_groups(ev, regional)
+    assert tg.inputs["loadBalancingCrossZoneEnabled"] == "true"
     assert sorted(t.id for t in targets(ev, regional)) == sorted(h.id for h in control_plane(ev))
 
 
@@ -144,3 +219,37 @@ def test_node_pools_one_group_per_zone_labelled_and_sized(prod: Evaluation) -> N
         assert f"NODE_LABELS=topology.kubernetes.io/zone={zone}" in user_data
         endpoint = prod.outputs["zoneEndpoints"][zone]
         assert f"API_ENDPOINT=https://{endpoint}:6443" in user_data
+
+
+@pytest.fixture
+def prod_under_fresh_mocks() -> AwsMocks:
+    """Fresh AWS mocks and the prod stack's config, for a test that runs the program itself."""
+    from pulumi.runtime import settings as runtime_settings
+
+    mocks = AwsMocks()
+    runtime_settings.ROOT.set(None)
+    pulumi.runtime.set_mocks(mocks, project="multizone-k8s", stack="prod", preview=False)
+    pulumi.runtime.set_all_config(stack_config("prod"))
+    return mocks
+
+
+@pulumi.runtime.test
+def test_zone_endpoint_outputs_are_the_names_of_records_on_the_balancer(
+        prod_under_fresh_mocks: AwsMocks) -> pulumi.Output:
+    """A decorated test on the program's own Outputs: the asserts run inside `apply`, and
+    the Output is returned so that a failing assert fails the test."""
+    mocks = prod_under_fresh_mocks
+    outputs = program().main()
+
+    def check(values: list) -> None:
+        zone_endpoints, inventory = values
+        (lb,) = [r for r in mocks.of_type(LB)
+                 if r.inputs["tags"]["multizone/endpoint"] == "zonal"]
+        records = {r.outputs["fqdn"]: r for r in mocks.of_type(RECORD)}
+        assert sorted(zone_endpoints) == list(ZONES)
+        for zone, name in zone_endpoints.items():
+            assert records[name].inputs["records"] == [lb.outputs["dnsName"]]
+            assert inventory["endpoints"]["zones"][zone] == {"name": name, "port": 6443}
+        assert inventory["endpoints"]["regional"]["name"] != lb.outputs["dnsName"]
+
+    return pulumi.Output.all(outputs["zoneEndpoints"], outputs["inventory"]).apply(check)

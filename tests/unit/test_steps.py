@@ -15,6 +15,7 @@ from bootstrap import engine, steps
 from bootstrap.engine import ActionFailed, HostContext, Step, all_hosts, run_steps
 from bootstrap.errors import StepError
 from bootstrap.inventory import parse
+from bootstrap.k8s_bin import LocalBinaries
 from bootstrap.pki import generate
 from bootstrap.services import render_unit
 from bootstrap.ssh import FakeFile, FakeRunner, Result
@@ -261,7 +262,8 @@ def test_member_list_parser():
 
 def test_the_action_order_removes_members_before_retiring_hosts():
     titles = [s.title for s in steps.ACTION]
-    assert titles == ["facts", "preflight", "binaries", "pki", "etcd", "etcd-retire"]
+    assert titles == ["facts", "preflight", "binaries", "pki", "etcd", "etcd-retire",
+                      "control-plane", "cluster-objects"]
 
 
 # --------------------------------------------------------------------------- engine
@@ -303,10 +305,13 @@ def test_whole_action_on_fake_hosts_second_run_is_empty(issued, monkeypatch):
 
     runners = {h.name: FakeHost(h.name).on("sh -s", handler=facts_answer) for h in inv.hosts}
     action = steps.ACTION[:4]
-    first = run_steps(inv, action, lambda h: runners[h.name], dry_run=False,
-                      shared={"pki": result})
+    names = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+    local = LocalBinaries(dir=Path("/k8s"), paths={n: f"/k8s/{n}" for n in names},
+                          versions=dict.fromkeys(names, "1.31.2"),
+                          digests=dict.fromkeys(names, "0" * 64))
+    shared = {"pki": result, "k8s_bin": local}
+    first = run_steps(inv, action, lambda h: runners[h.name], dry_run=False, shared=shared)
     assert first.changed
-    second = run_steps(inv, action, lambda h: runners[h.name], dry_run=False,
-                       shared={"pki": result})
+    second = run_steps(inv, action, lambda h: runners[h.name], dry_run=False, shared=shared)
     assert not second.changed, second.lines()
     assert engine.Report().lines() == []

@@ -1,0 +1,218 @@
+"""The control plane on every control-plane host: kube-apiserver, then (once it is ready)
+kube-controller-manager and kube-scheduler, rolled out without downtime.
+
+Each unit carries `MZK_INPUTS`, a digest of its binary's identity and of every file its
+command line names (certificates, kubeconfigs, configuration): a new binary, certificate
+or flag changes the unit, and a changed unit restarts its service. What a host needs is
+decided from the facts (file states and service states gathered in the facts round trip),
+so a converged control plane costs no round trip here.
+
+Rolling: hosts whose API server is not running (a new cluster, a new host) start together;
+hosts whose API server runs are changed one at a time, the next only after the changed
+one answers `/readyz` again, so there is never a moment without a ready API server. The
+controller-manager and the scheduler start only after their own API server is ready.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from bootstrap.control_plane import config
+from bootstrap.engine import HostContext, Step
+from bootstrap.errors import StepError
+from bootstrap.hostfiles import FileSpec, put_many, stat_many
+from bootstrap.inventory import Host, Inventory
+from bootstrap.pki.table import CA_BY_NAME
+from bootstrap.services import Service, ServiceStatus, manager_from, render_unit, unit_path
+from bootstrap.ssh import run_on_hosts
+from bootstrap.steps.etcd import etcd_servers, etcd_servers_overrides
+
+APISERVER = "kube-apiserver"
+CONTROLLER_MANAGER = "kube-controller-manager"
+SCHEDULER = "kube-scheduler"
+SERVICES = (APISERVER, CONTROLLER_MANAGER, SCHEDULER)
+READY_TIMEOUT_S = 120
+CA_CERT = CA_BY_NAME["kubernetes-ca"].cert_path
+HEALTH_PORTS = {CONTROLLER_MANAGER: config.CONTROLLER_MANAGER_PORT,
+                SCHEDULER: config.SCHEDULER_PORT}
+
+
+def _control_plane(inventory: Inventory) -> tuple[Host, ...]:
+    return inventory.control_plane
+
+
+def watched_paths(ctx: HostContext) -> list[str]:
+    """Files whose state the facts step gathers for this step."""
+    if not ctx.host.has("control-plane") or "encryption" not in ctx.shared:
+        return []
+    return [f.path for f in config.files(ctx.inventory, b"")] + [unit_path(s) for s in SERVICES]
+
+
+def _values(command: list[str]) -> set[str]:
+    """Every value on a command line (`--flag=a,b` gives a and b): the files it names."""
+    return {part for word in command for part in re.split(r"[=,#;]", word)}
+
+
+def _inputs_digest(binary_id: str, command: list[str], contents: dict[str, bytes]) -> str:
+    named = _values(command)
+    digest = hashlib.sha256(binary_id.encode())
+    for path in sorted(p for p in contents if p in named):
+        digest.update(f"\n{path} {hashlib.sha256(contents[path]).hexdigest()}".encode())
+    return digest.hexdigest()
+
+
+def services(ctx: HostContext) -> list[Service]:
+    """The three services of this host, in start order."""
+    inventory, host = ctx.inventory, ctx.host
+    binaries, ids = ctx.facts["k8s"], ctx.facts["k8s_id"]
+    contents = {f.path: f.content for f in ctx.shared["pki"].hosts[host.name].files}
+    contents.update({f.path: f.content
+                     for f in config.files(inventory, ctx.shared["encryption"])})
+    commands = {
+        APISERVER: config.apiserver_command(inventory, host, binaries[APISERVER],
+                                            etcd_servers(inventory),
+                                            etcd_servers_overrides(inventory)),
+        CONTROLLER_MANAGER: config.controller_manager_command(inventory,
+                                                              binaries[CONTROLLER_MANAGER]),
+        SCHEDULER: config.scheduler_command(binaries[SCHEDULER]),
+    }
+    after = {APISERVER: ("etcd",) if host.has("etcd") else (),
+             CONTROLLER_MANAGER: (APISERVER,), SCHEDULER: (APISERVER,)}
+    described = {APISERVER: "Kubernetes API server", CONTROLLER_MANAGER:
+                 "Kubernetes controller manager", SCHEDULER: "Kubernetes scheduler"}
+    return [Service(name=name, command_line=commands[name],
+                    env={"MZK_INPUTS": _inputs_digest(ids[name], commands[name], contents)},
+                    after=after[name], description=described[name]) for name in SERVICES]
+
+
+@dataclass
+class HostPlan:
+    """What one host needs: config files to write, services to (re)start and why."""
+
+    ctx: HostContext
+    files: list[FileSpec]
+    services: list[Service]
+    restart: dict[str, str] = field(default_factory=dict)  # name -> reason
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.files or self.restart)
+
+
+def plan_host(ctx: HostContext) -> HostPlan:
+    wanted = services(ctx)
+    files = [FileSpec(f.path, f.content, f.mode)
+             for f in config.files(ctx.inventory, ctx.shared["encryption"])]
+    units = {s.name: render_unit(s).encode() for s in wanted}
+    paths = [f.path for f in files] + [unit_path(s.name) for s in wanted]
+    known = ctx.facts.get("file_states") or {}
+    states = ({p: known[p] for p in paths} if all(p in known for p in paths)
+              else stat_many(ctx.runner, paths))
+    status: dict[str, ServiceStatus] = ctx.facts.get("services", {})
+    plan = HostPlan(ctx, [f for f in files if states[f.path] != f.state()], wanted)
+    for svc in wanted:
+        unit = FileSpec(unit_path(svc.name), units[svc.name], 0o644)
+        current = status.get(svc.name, ServiceStatus(False, None))
+        if states[unit.path] is None:
+            plan.restart[svc.name] = f"start {svc.name}"
+        elif states[unit.path] != unit.state():
+            plan.restart[svc.name] = f"restart {svc.name}: " + _why(ctx, svc, unit.path)
+        elif not current.current(units[svc.name]):
+            plan.restart[svc.name] = f"start {svc.name} (not running)"
+    return plan
+
+
+def _why(ctx: HostContext, svc: Service, path: str) -> str:
+    """The flags that differ between the unit on the host and ours, for plan and apply."""
+    old = ctx.runner.read(path) or b""
+    old_words = next((shlex.split(line[len("ExecStart="):])
+                      for line in old.decode("utf-8", "replace").splitlines()
+                      if line.startswith("ExecStart=")), [])
+    new_words = list(svc.command_line)
+    changes = [f"-{w}" for w in old_words if w not in new_words]
+    changes += [f"+{w}" for w in new_words if w not in old_words]
+    if not changes:
+        return "its inputs changed (binary, certificates or configuration)"
+    shown = ", ".join(changes[:6]) + (f" and {len(changes) - 6} more" if len(changes) > 6 else "")
+    return f"flags {shown}"
+
+
+def wait_ready(ctx: HostContext, timeout: float = READY_TIMEOUT_S) -> None:
+    """Poll the API server's /readyz on the host itself, verifying its certificate."""
+    url = config.readyz_url(ctx.inventory, ctx.host)
+    _poll(ctx, f"curl -sf --max-time 2 --cacert {shlex.quote(CA_CERT)} {shlex.quote(url)}",
+          timeout, f"{APISERVER} not ready")
+
+
+def wait_healthy(ctx: HostContext, name: str, timeout: float = READY_TIMEOUT_S) -> None:
+    """The controller-manager and scheduler serve /healthz on loopback only, with a
+    certificate of their own making: the check is liveness, not identity."""
+    url = f"https://127.0.0.1:{HEALTH_PORTS[name]}/healthz"
+    _poll(ctx, f"curl -skf --max-time 2 {shlex.quote(url)}", timeout, f"{name} not healthy")
+
+
+def _poll(ctx: HostContext, probe: str, timeout: float, what: str) -> None:
+    tries = int(timeout / 0.2)
+    out = ctx.runner.run(f"for i in $(seq 1 {tries}); do {probe} >/dev/null 2>&1 && exit 0; "
+                         "sleep 0.2; done; exit 1", check=False, timeout=timeout + 30)
+    if not out.ok:
+        raise StepError(f"{ctx.name}: {what} after {timeout:.0f} s; see "
+                        f"/var/lib/mzk/log/<service>.log or journalctl -u <service>")
+
+
+def roll_host(plan: HostPlan) -> None:
+    """Bring one host to its plan: files, then the API server (waiting for /readyz), then
+    the controller-manager and scheduler (waiting for /healthz)."""
+    ctx = plan.ctx
+    for f in plan.files:
+        ctx.note(f"write {f.path}")
+    for name in SERVICES:
+        if name in plan.restart:
+            ctx.note(plan.restart[name])
+    if ctx.dry_run:
+        return
+    if plan.files:
+        put_many(ctx.runner, plan.files)
+    manager = manager_from(ctx.name, bool(ctx.facts.get("lab")), bool(ctx.facts.get("systemd")))
+    by_name = {s.name: s for s in plan.services}
+    if APISERVER in plan.restart:
+        ctx.runner.run(f"install -d -m 0700 {shlex.quote(config.AUDIT_LOG.rsplit('/', 1)[0])}")
+        manager.ensure(ctx.runner, by_name[APISERVER])
+    wait_ready(ctx)
+    for name in (CONTROLLER_MANAGER, SCHEDULER):
+        if name in plan.restart:
+            manager.ensure(ctx.runner, by_name[name])
+    for name in (CONTROLLER_MANAGER, SCHEDULER):
+        if name in plan.restart:
+            wait_healthy(ctx, name)
+
+
+def converge(group: list[HostContext]) -> None:
+    if not group:
+        return
+    limit = group[0].inventory.ssh.parallel
+    plans = run_on_hosts(group, plan_host, limit, title="control-plane (plan)",
+                         progress=_quiet)
+    todo = [plans[c.name] for c in group if plans[c.name].changed]
+    fresh = [p for p in todo if not _api_running(p.ctx)]
+    running = [p for p in todo if p not in fresh]
+    if fresh:  # nothing serves from these hosts yet: start them side by side
+        run_on_hosts([p.ctx for p in fresh], lambda c: roll_host(plans[c.name]), limit,
+                     title="control-plane", progress=_quiet)
+    for plan in running:  # one at a time: the others keep serving
+        roll_host(plan)
+
+
+def _api_running(ctx: HostContext) -> bool:
+    status: dict[str, ServiceStatus] = ctx.facts.get("services", {})
+    return status.get(APISERVER, ServiceStatus(False, None)).running
+
+
+def _quiet(_host: str, _title: str, _state: str) -> None:
+    pass
+
+
+CONTROL_PLANE = Step("control-plane", _control_plane, run_together=converge)
