@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bootstrap import inventory as inventory_module
 from bootstrap import k8s_bin
-from bootstrap.control_plane import encryption
+from bootstrap.control_plane import encryption, health
 from bootstrap.engine import ActionFailed, HostContext, Report, run_steps
 from bootstrap.errors import ConfigError, MultizoneError
 from bootstrap.inventory import Host, Inventory
@@ -67,7 +67,9 @@ class ProgressPrinter:
 def run(args: argparse.Namespace) -> int:
     inventory = inventory_module.load(args.inventory)
     if args.command == "check":
-        return check(inventory, quiet=args.quiet)
+        directory = k8s_bin.resolve_dir(args.k8s_bin_dir)
+        return check(inventory, quiet=args.quiet,
+                     kubectl=str(directory / "kubectl") if directory else None)
     dry_run = args.command == "plan"
     pki_dir = pki_dir_for(args, args.inventory)
     binaries = local_binaries(inventory, args.k8s_bin_dir)
@@ -143,8 +145,9 @@ def _merge(first: Report, second: Report) -> Report:
     return first
 
 
-def check(inventory: Inventory, quiet: bool = False) -> int:
-    """One line per host; exit 1 if any host is unreachable or any etcd member unhealthy."""
+def check(inventory: Inventory, quiet: bool = False, kubectl: str | None = None) -> int:
+    """One line per host; exit 1 if any host is unreachable, any etcd member unhealthy,
+    or any control-plane service or endpoint not answering."""
     failed = False
     lines: dict[str, str] = {}
     lock = threading.Lock()
@@ -157,6 +160,13 @@ def check(inventory: Inventory, quiet: bool = False) -> int:
         parts = [f"{host.zone}", host.address, "ssh ok"]
         if host.has("etcd"):
             parts += [status(ctx, cluster) for cluster in CLUSTERS]
+        if host.has("control-plane"):
+            tool = kubectl if ctx.facts.get("lab") and kubectl else "/usr/local/bin/kubectl"
+            found = health.parse(runner.run(health.script(inventory, host, tool)).stdout,
+                                 host.name)
+            parts.append(found.phrase())
+            if not found.healthy:
+                parts.append("PROBLEM")
         with lock:
             lines[host.name] = ", ".join(parts)
 
@@ -170,8 +180,9 @@ def check(inventory: Inventory, quiet: bool = False) -> int:
                 lines[name] = f"UNREACHABLE or failing: {reason}"
     for host in inventory.hosts:
         line = lines.get(host.name, "no answer")
-        failed = failed or "DOWN" in line or "unreadable" in line
+        failed = failed or any(word in line for word in ("DOWN", "unreadable", "PROBLEM"))
         print(f"{host.name}: {line}")
-    print("check: " + ("problems found" if failed else "all hosts and etcd members healthy"),
+    print("check: " + ("problems found" if failed else
+                       "all hosts, etcd members, control-plane services and endpoints healthy"),
           file=sys.stderr if failed else sys.stdout)
     return 1 if failed else 0

@@ -27,7 +27,11 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from bootstrap import k8s_bin
 from bootstrap.errors import MultizoneError
+from bootstrap.inventory import load as load_inventory
+from bootstrap.k8s_releases import supported_versions
+from bootstrap.lab import balancers
 from bootstrap.lab.layout import (
     HOST_DIRS,
     LAB_NET,
@@ -35,9 +39,11 @@ from bootstrap.lab.layout import (
     LINK_SLOTS,
     LabHost,
     Layout,
+    hosts_file,
     inventory_data,
     plan,
 )
+from bootstrap.pki import generate
 
 STATE_FILE = "lab-state.json"
 GUARD_METRIC = 4000
@@ -240,16 +246,24 @@ def _prepare_host_files(layout: Layout, host: LabHost | None, authorized: Path) 
     address = host.address if host else "0.0.0.0"  # noqa: S104 - bastion: both links
     (home / "sshd" / "sshd_config").write_text(_sshd_config(home, address, authorized))
     (home / "sshd" / "sshd.pid").unlink(missing_ok=True)
-    binds: list[tuple[Path, str]] = []
     for target in HOST_DIRS if host is not None else ("/root",):
         src = home / "fs" / target.lstrip("/")
         src.mkdir(parents=True, exist_ok=True)
         os.chmod(src, 0o700 if target == "/root" else 0o755)  # noqa: S103
-        binds.append((src, target))
     if host is not None:
         (home / "fs" / "etc" / "mzk" / "lab-host").write_text(
             f"lab host {name} of {layout.dir}\n")
-    return public, binds
+        _write_private(home / "hosts", hosts_file(layout, host).encode(), 0o644)
+    return public, _binds(home, host is not None)
+
+
+def _binds(home: Path, cluster_host: bool) -> list[tuple[Path, str]]:
+    """What a host's mount namespace gets from DIR/hosts/<name>: its directories and, for
+    cluster hosts, its own /etc/hosts (the endpoints' names)."""
+    if not cluster_host:
+        return [(home / "fs" / "root", "/root")]
+    return [*((home / "fs" / t.lstrip("/"), t) for t in HOST_DIRS),
+            (home / "hosts", "/etc/hosts")]
 
 
 def _network(layout: Layout, state: State) -> None:
@@ -266,11 +280,14 @@ def _network(layout: Layout, state: State) -> None:
             bridges.add(host.bridge)
             net = layout.zone_net(host.zone)
             r += [f"link add {host.bridge} type bridge", f"link set {host.bridge} up",
-                  f"addr add {net[1]}/{net.prefixlen} dev {host.bridge}"]
+                  f"addr add {net[1]}/{net.prefixlen} dev {host.bridge}",
+                  f"addr add {layout.zone_endpoint(host.zone)}/{net.prefixlen} "
+                  f"dev {host.bridge}"]
         r += [f"link add {host.router_if} type veth peer name eth0 netns {host.netns}",
               f"link set {host.router_if} master {host.bridge}", f"link set {host.router_if} up"]
     r += [f"link add to-bastion type veth peer name eth1 netns {layout.bastion_ns}",
-          f"addr add {layout.router_inner}/24 dev to-bastion", "link set to-bastion up"]
+          f"addr add {layout.router_inner}/24 dev to-bastion",
+          f"addr add {layout.regional_endpoint}/24 dev to-bastion", "link set to-bastion up"]
     _ip(["-n", layout.router_ns], r)
     subprocess.run(["ip", "netns", "exec", layout.router_ns, "sysctl", "-qw",
                     "net.ipv4.ip_forward=1"], check=True)
@@ -350,6 +367,7 @@ def up(lab_dir: Path, workers: int = 3, say: Say = print) -> Layout:
                 say(f"lab {layout.prefix}: restarting sshd on {host.name}")
                 restart_sshd(lab_dir, host.name)
         _write_inventory(layout)
+        _balancers(layout)
         say(f"lab {layout.prefix} is up ({len(layout.hosts)} hosts)")
         return layout
     if lab_namespaces(layout.prefix) or state.data.get("namespaces"):
@@ -370,6 +388,7 @@ def up(lab_dir: Path, workers: int = 3, say: Say = print) -> Layout:
         say(f"lab {layout.prefix}: up failed; tearing down what was made")
         down(lab_dir, remove_files=False, say=lambda _m: None)
         raise
+    state = State.load(lab_dir)  # the build saved more (host keys, version, pids)
     state.data["complete"] = True
     state.save()
     say(f"lab {layout.prefix} up: bastion {layout.bastion_address}, {len(layout.hosts)} hosts "
@@ -400,7 +419,9 @@ def _build(layout: Layout, state: State) -> None:
     _wait_for_sshd(layout, pids)
     keys = {"bastion": prepared[None][0], **{h.name: prepared[h.name][0] for h in layout.hosts}}
     state.data["host_keys"] = keys
+    state.save()
     _write_inventory(layout, keys)
+    _balancers(layout)
 
 
 def restart_sshd(lab_dir: Path, name: str) -> int:
@@ -417,11 +438,8 @@ def restart_sshd(lab_dir: Path, name: str) -> int:
         while _pid_alive(pid, str(home)) and time.monotonic() < deadline:
             time.sleep(0.01)
     (home / "sshd" / "sshd.pid").unlink(missing_ok=True)
-    if name == "bastion":
-        netns, binds = layout.bastion_ns, [(home / "fs" / "root", "/root")]
-    else:
-        netns = layout.host(name).netns
-        binds = [(home / "fs" / t.lstrip("/"), t) for t in HOST_DIRS]
+    netns = layout.bastion_ns if name == "bastion" else layout.host(name).netns
+    binds = _binds(home, name != "bastion")
     new = _start_sshd(netns, home, binds, name)
     state.data["pids"][name] = new
     state.save()
@@ -448,16 +466,43 @@ def _wait_for_sshd(layout: Layout, pids: dict[str, int], limit: float = 10.0) ->
             time.sleep(0.02)
 
 
+def _kubernetes_version() -> str:
+    """The version of the local binaries (MZK_K8S_BIN_DIR) if any, else the newest pinned
+    official release."""
+    directory = k8s_bin.resolve_dir(None)
+    found = k8s_bin.version_of(directory) if directory is not None else None
+    return found or supported_versions()[0]
+
+
 def _write_inventory(layout: Layout, keys: dict[str, str] | None = None) -> Path:
     state = State.load(layout.dir)
     keys = keys or state.data["host_keys"]
-    data = inventory_data(layout, keys, layout.dir / "id_ed25519")
     path = layout.dir / "inventory.yaml"
-    text = ("# Written by `python -m bootstrap lab up`. The lab has no load balancers: each "
-            "zone's\n# endpoint is its control-plane host (in a real cluster, a load "
-            "balancer).\n" + yaml.safe_dump(data, sort_keys=False))
+    version = state.data.get("kubernetes_version") or _kubernetes_version()
+    state.data["kubernetes_version"] = version
+    state.save()
+    data = inventory_data(layout, keys, layout.dir / "id_ed25519", version)
+    text = ("# Written by `python -m bootstrap lab up`. Endpoints are the lab's haproxy "
+            "frontends\n# (one per zone, one regional) in the router namespace.\n"
+            + yaml.safe_dump(data, sort_keys=False))
     _write_private(path, text.encode(), 0o644)
     return path
+
+
+def _balancers(layout: Layout) -> None:
+    """Issue the PKI (DIR/pki, where apply looks by default) so the load balancers can
+    verify API servers against the cluster CA, then run them."""
+    state = State.load(layout.dir)
+    inventory = load_inventory(layout.dir / "inventory.yaml")
+    pki = generate(inventory, layout.dir / "pki")
+    ca_file = pki.out_dir / "local" / "pki" / "ca.crt"
+    pid = state.data.get("pids", {}).get("haproxy")
+    try:
+        new = balancers.ensure(layout, ca_file, pid)
+    except RuntimeError as err:
+        raise LabError(f"lab load balancers: {err}") from err
+    state.data.setdefault("pids", {})["haproxy"] = new
+    state.save()
 
 
 # --------------------------------------------------------------------------- down
@@ -508,8 +553,8 @@ def down(lab_dir: Path, remove_files: bool = True, say: Say = print) -> list[str
         raise LabError(f"lab {prefix}: namespaces left after down: {', '.join(left)}")
     if remove_files:
         _remove_mountpoints(state)
-        for name in ("hosts", "id_ed25519", "id_ed25519.pub", "authorized_keys",
-                     "inventory.yaml", STATE_FILE):
+        for name in ("hosts", "balancers", "pki", "id_ed25519", "id_ed25519.pub",
+                     "authorized_keys", "inventory.yaml", STATE_FILE):
             path = lab_dir / name
             if path.is_dir():
                 shutil.rmtree(path)

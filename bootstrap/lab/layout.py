@@ -26,7 +26,9 @@ ZONES = ("lab-a", "lab-b", "lab-c")
 # Directories the bootstrap writes; each host gets its own copy, bind-mounted in place.
 # /root too: a clean home per host (the machine's own shell start-up files stay out).
 HOST_DIRS = ("/etc/kubernetes", "/var/lib/etcd", "/var/lib/kubelet", "/etc/systemd/system",
-             "/etc/mzk", "/var/lib/mzk", "/run/mzk", "/root")
+             "/etc/mzk", "/var/lib/mzk", "/run/mzk", "/var/log/kubernetes", "/root")
+ENDPOINT_INDEX = 5  # each zone's load balancer frontend: 10.213.<zone>.5; regional 10.213.0.5
+DOMAIN = "lab.internal"
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,20 @@ class Layout:
     def zone_net(self, zone: str) -> ipaddress.IPv4Network:
         return zone_subnet(ZONES.index(zone))
 
+    def zone_endpoint(self, zone: str) -> str:
+        """The zone's API load balancer frontend (haproxy in the router namespace)."""
+        return str(self.zone_net(zone)[ENDPOINT_INDEX])
+
+    @property
+    def regional_endpoint(self) -> str:
+        return str(BASTION_NET[ENDPOINT_INDEX])
+
+    def endpoint_names(self) -> dict[str, str]:
+        """DNS name -> address of every endpoint (each lab host's /etc/hosts lists them)."""
+        names = {f"api.{DOMAIN}": self.regional_endpoint}
+        names.update({f"api-{z[-1]}.{DOMAIN}": self.zone_endpoint(z) for z in ZONES})
+        return names
+
     def host(self, name: str) -> LabHost:
         return next(h for h in self.hosts if h.name == name)
 
@@ -119,20 +135,27 @@ def plan(lab_dir: Path, workers: int = 3, link_slot: int | None = None) -> Layou
                   hosts=tuple(hosts))
 
 
-def inventory_data(layout: Layout, host_keys: dict[str, str], private_key: Path) -> dict:
+def hosts_file(layout: Layout, host: LabHost) -> str:
+    """A lab host's /etc/hosts: the endpoints' names (real clusters get them from DNS)."""
+    lines = ["127.0.0.1 localhost", f"{host.address} {host.name}"]
+    lines += [f"{address} {name}" for name, address in layout.endpoint_names().items()]
+    return "\n".join(lines) + "\n"
+
+
+def inventory_data(layout: Layout, host_keys: dict[str, str], private_key: Path,
+                   kubernetes_version: str) -> dict:
     """The inventory the lab hands to `bootstrap apply` (plain data for YAML).
 
-    The lab has no load balancers: each zone's endpoint is its control-plane host, and the
-    regional endpoint is cp-a. In a real cluster these are load balancers.
+    Endpoints are the lab's load balancers (`bootstrap.lab.balancers`): one per zone,
+    inside the zone, and a regional one.
     """
-    by_zone = {h.zone: h for h in layout.hosts if "control-plane" in h.roles}
     return {
-        "cluster": {"name": "mzk-lab", "kubernetes_version": "1.31.2",
+        "cluster": {"name": "mzk-lab", "kubernetes_version": kubernetes_version,
                     "service_cidr": "10.96.0.0/12", "pod_cidr": "10.244.0.0/16",
                     "dns_domain": "cluster.local", "api_port": 6443, "egress": "konnectivity"},
         "endpoints": {
-            "regional": {"name": "api.lab.internal", "address": by_zone[ZONES[0]].address},
-            "zones": {z: {"name": f"api-{z[-1]}.lab.internal", "address": by_zone[z].address}
+            "regional": {"name": f"api.{DOMAIN}", "address": layout.regional_endpoint},
+            "zones": {z: {"name": f"api-{z[-1]}.{DOMAIN}", "address": layout.zone_endpoint(z)}
                       for z in ZONES},
         },
         "zones": [{"name": z, "subnets": [str(zone_subnet(i))]} for i, z in enumerate(ZONES)],

@@ -1,0 +1,107 @@
+"""The lab's API load balancers: one haproxy in the router namespace, with the topology
+the AWS program builds (seed 004, part 1).
+
+- One frontend per zone, at an address inside that zone: its backend is the zone's own
+  control-plane host, with the other zones' hosts as backups, so zone A's kubelets and pods
+  reach cp-a, and reach cp-b or cp-c only while cp-a has no ready API server.
+- One regional frontend over every control-plane host (the admin kubeconfig's endpoint).
+- Health checks call `/readyz` over TLS and verify the API server's certificate against the
+  cluster CA and the host's name: a host that answers TCP but is not ready, or presents a
+  certificate our CA did not sign, takes no traffic.
+- TCP passthrough: the API server itself authenticates clients by their certificates.
+  A connection refused during a restart is retried on another server (`redispatch`).
+
+Checks run every 300 ms, one failure marks a server down and two successes bring it back:
+a restarted API server takes traffic only once it is ready again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from bootstrap.lab.layout import Layout
+
+HAPROXY = "/usr/sbin/haproxy"
+CONFIG = "haproxy.cfg"
+CHECK_INTERVAL_MS = 300
+
+
+def render(layout: Layout, ca_file: Path, api_port: int = 6443) -> str:
+    cps = [h for h in layout.hosts if "control-plane" in h.roles]
+    lines = [
+        "# Written by `python -m bootstrap lab up`: the lab's API load balancers.",
+        "global",
+        "    maxconn 4096",
+        "defaults",
+        "    mode tcp",
+        "    timeout connect 2s",
+        "    timeout client 1h",
+        "    timeout server 1h",
+        "    timeout check 2s",
+        "    retries 3",
+        "    option redispatch",
+        f"    default-server inter {CHECK_INTERVAL_MS}ms fall 1 rise 2 check check-ssl "
+        f"verify required ca-file {ca_file}",
+        "",
+    ]
+
+    def listen(name: str, address: str, servers: list[tuple[str, str, bool]]) -> None:
+        nonlocal lines
+        lines += [f"listen {name}", f"    bind {address}:{api_port}",
+                  "    option httpchk", "    http-check send meth GET uri /readyz",
+                  "    http-check expect status 200", "    option allbackups"]
+        lines += [f"    server {server} {addr}:{api_port} verifyhost {server}"
+                  f"{' backup' if backup else ''}" for server, addr, backup in servers]
+        lines.append("")
+
+    for zone in sorted({h.zone for h in cps}):
+        listen(f"api-{zone}", layout.zone_endpoint(zone),
+               [(h.name, h.address, h.zone != zone) for h in cps])
+    listen("api-regional", layout.regional_endpoint, [(h.name, h.address, False) for h in cps])
+    return "\n".join(lines)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        return "haproxy" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def ensure(layout: Layout, ca_file: Path, pid: int | None) -> int:
+    """Run haproxy with the current configuration in the router namespace; restart it only
+    if the configuration changed or it died. Returns its pid."""
+    path = layout.dir / "balancers" / CONFIG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = render(layout, ca_file)
+    changed = not path.exists() or path.read_text() != text
+    if not changed and _alive(pid):
+        assert pid is not None
+        return pid
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    if _alive(pid):
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    log = open(path.parent / "haproxy.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(["ip", "netns", "exec", layout.router_ns, HAPROXY, "-db",
+                                 "-f", str(path)], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, start_new_session=True)
+    finally:
+        log.close()
+    time.sleep(0.1)
+    if proc.poll() is not None:
+        tail = (path.parent / "haproxy.log").read_text(errors="replace")[-400:]
+        raise RuntimeError(f"haproxy exited at start: {tail}")
+    return proc.pid
