@@ -1,5 +1,8 @@
-"""Time `apply` on the lab: cold (fresh hosts, PKI issued, etcd main + events formed) and
-a no-op re-apply, with 3 control-plane hosts and 12, then 48, workers. Needs root.
+"""Time `apply` on the lab: cold (fresh hosts, PKI issued, etcd main + events formed, the
+control plane started and ready), a no-op re-apply, and a flag change rolled over the three
+control-plane hosts (one at a time, each ready before the next), with 3 control-plane hosts
+and 12, then 48, workers. Needs root and the Kubernetes binaries (MZK_K8S_BIN_DIR, as
+`bin/mzk` sets it).
 
     .venv/bin/python bench/bootstrap.py [--workers 12,48] [--runs 3]
 
@@ -12,6 +15,7 @@ start and imports of `python -m bootstrap`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -21,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bootstrap.apply_command import execute  # noqa: E402
+from bootstrap.apply_command import execute, local_binaries  # noqa: E402
 from bootstrap.inventory import load  # noqa: E402
 from bootstrap.lab import build  # noqa: E402
 
@@ -51,22 +55,32 @@ def one(workers: int, runs: int) -> None:
             build.up(lab_dir, workers=workers, say=lambda _m: None)
             lab_up = time.perf_counter() - started
             inventory = load(lab_dir / "inventory.yaml")
+            binaries = local_binaries(inventory, None)
             started = time.perf_counter()
-            execute(inventory, lab_dir / "pki", dry_run=False)
+            execute(inventory, lab_dir / "pki", dry_run=False, binaries=binaries)
             cold = time.perf_counter() - started
             noops, written = [], []
             for _ in range(runs):
                 before = host_files(lab_dir)
                 started = time.perf_counter()
-                report = execute(inventory, lab_dir / "pki", dry_run=False)
+                report = execute(inventory, lab_dir / "pki", dry_run=False, binaries=binaries)
                 noops.append(time.perf_counter() - started)
                 assert not report.changed, report.lines()
                 written.append(bytes_written(before, host_files(lab_dir)))
+            # A flag change on every control-plane host (the in-flight limits follow
+            # cluster.max_nodes), rolled one host at a time.
+            scaled = dataclasses.replace(inventory, cluster=dataclasses.replace(
+                inventory.cluster, max_nodes=3000))
+            started = time.perf_counter()
+            report = execute(scaled, lab_dir / "pki", dry_run=False, binaries=binaries)
+            rolled = time.perf_counter() - started
+            restarts = sum("restart kube-apiserver" in line for line in report.lines())
             hosts = len(inventory.hosts)
             print(f"3 cp + {workers:2d} workers ({hosts} hosts): lab up {lab_up:5.2f} s, "
                   f"cold apply {cold:5.2f} s, no-op re-apply median {statistics.median(noops):5.2f}"
                   f" s (min {min(noops):.2f}, max {max(noops):.2f}), bytes written "
-                  f"{max(written)}", flush=True)
+                  f"{max(written)}, flag change rolled over {restarts} API servers "
+                  f"{rolled:5.2f} s", flush=True)
         finally:
             build.down(lab_dir, say=lambda _m: None)
 

@@ -35,7 +35,6 @@ REASON_KEY = "multizone-k8s/pod-security"
 KUBE_SYSTEM_REASON = ("privileged: control-plane and node add-ons (network, storage, proxy) "
                       "need host namespaces and host paths; only cluster operators deploy "
                       "here")
-MARK = "MZK_OBJECTS"
 
 
 def kubectl_path(ctx: HostContext) -> str:
@@ -47,28 +46,23 @@ def _kubectl(kubectl: str) -> str:
     return (f"{shlex.quote(kubectl)} --kubeconfig={ADMIN_CONF} --request-timeout=5s")
 
 
-def probe_script(ctx: HostContext) -> str:
-    """For the facts round trip of the first control-plane host: the namespaces and the
-    binding as JSON, or nothing when no API server answers yet."""
+def probe_scripts(ctx: HostContext) -> dict[str, str]:
+    """Two commands (run side by side by the facts step): the namespaces and the binding
+    as JSON; nothing when no API server answers yet."""
     local = ctx.shared.get("k8s_bin")
     lab_kubectl = shlex.quote(local.path("kubectl")) if local is not None else "/nonexistent"
-    return (f"echo {MARK}\n"
-            f"if [ -f {LAB_MARKER} ]; then k={lab_kubectl}; else k=/usr/local/bin/kubectl; fi\n"
-            f"if [ -x \"$k\" ] && [ -f {ADMIN_CONF} ]; then\n"
-            f"  \"$k\" --kubeconfig={ADMIN_CONF} --request-timeout=3s get namespaces "
-            f"-o json 2>/dev/null && echo {MARK} && \"$k\" --kubeconfig={ADMIN_CONF} "
-            f"--request-timeout=3s get clusterrolebinding {BINDING} -o json "
-            f"--ignore-not-found 2>/dev/null\n"
-            "fi\ntrue\n")
+    k = (f"if [ -f {LAB_MARKER} ]; then k={lab_kubectl}; else k=/usr/local/bin/kubectl; fi; "
+         f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" --kubeconfig={ADMIN_CONF} "
+         "--request-timeout=3s")
+    return {"namespaces": f"{k} get namespaces -o json",
+            "binding": f"{k} get clusterrolebinding {BINDING} -o json --ignore-not-found"}
 
 
-def parse_probe(text: str) -> dict[str, Any] | None:
+def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
     """{"namespaces": [...], "binding": {...} | None}, or None if the API did not answer."""
-    namespaces, marked, binding = text.partition(f"{MARK}\n")
-    if not marked:
-        return None
     try:
-        found = json.loads(namespaces)["items"]
+        found = json.loads(outputs.get("namespaces", ""))["items"]
+        binding = outputs.get("binding", "")
         bound = json.loads(binding) if binding.strip() else None
     except (ValueError, KeyError, TypeError):
         return None
@@ -135,8 +129,8 @@ def converge(group: list[HostContext]) -> None:
     errors = []
     for ctx in group:
         if state is None or ctx is not first:
-            out = ctx.runner.run(probe_script(ctx), check=False)
-            state = parse_probe(out.stdout.partition(f"{MARK}\n")[2])
+            state = parse_probe({name: ctx.runner.run(script, check=False).stdout
+                                 for name, script in probe_scripts(ctx).items()})
             if state is None:
                 errors.append(ctx.name)
                 continue

@@ -219,6 +219,19 @@ def _ensure(ctx: HostContext, svc: Service, cluster: EtcdCluster,
     return changed
 
 
+def _running(ctx: HostContext, cluster: EtcdCluster) -> bool:
+    """From the facts' service states (gathered with the facts on etcd hosts)."""
+    found = ctx.facts.get("services", {}).get(cluster.service)
+    return found is not None and found.running
+
+
+def _current(ctx: HostContext, svc: Service, found: Probe) -> bool:
+    """The member runs with exactly this unit (no round trip: facts and probe)."""
+    unit = render_unit(svc).encode()
+    state = ctx.facts.get("services", {}).get(svc.name)
+    return found.unit == unit and state is not None and state.current(unit)
+
+
 def _set_aside(ctx: HostContext, cluster: EtcdCluster, why: str) -> None:
     """Stop the member and move its data away (kept, never deleted) so it can join anew."""
     ctx.note(f"stop {cluster.service} and move {cluster.data_dir} aside ({why})")
@@ -277,9 +290,19 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
                          title=f"{cluster.service} (health)", progress=_quiet)
         return
 
-    run_on_hosts(with_data, lambda c: _ensure(c, definition(c, desired, "existing"), cluster,
-                                              data_dir_exists=True),
+    # Members that do not run start together (a cluster that is down needs a quorum back
+    # at once); running members that need a change restart one at a time, each healthy
+    # again before the next, so the cluster never loses its quorum.
+    wanted = {c.name: definition(c, desired, "existing") for c in with_data}
+    stopped = [c for c in with_data if not _running(c, cluster)]
+    rolling = [c for c in with_data if c not in stopped
+               and not _current(c, wanted[c.name], probes[c.name])]
+    run_on_hosts(stopped, lambda c: _ensure(c, wanted[c.name], cluster, data_dir_exists=True),
                  limit, title=cluster.service, progress=_quiet)
+    for ctx in rolling:
+        _ensure(ctx, wanted[ctx.name], cluster, data_dir_exists=True)
+        if not dry_run:
+            wait_healthy(ctx, cluster)
     if dry_run and not any(healthy(c, cluster) for c in with_data):
         for ctx in group:
             if ctx not in with_data:

@@ -16,7 +16,7 @@ COMMANDS = ("etcd", "etcdctl", "python3", "sha256sum", "base64", "mktemp", "stat
 
 SCRIPT_ETCD = ('echo "etcd_version $( (etcd --version 2>/dev/null || echo x x -) | head -n1 '
                "| awk '{print $3}')\"")
-FILES_MARK = "MZK_FILE_STATES"
+SECTION_MARK = "MZK_SECTION"
 
 SCRIPT = "\n".join([
     'echo "kernel $(uname -s) $(uname -r)"',
@@ -57,27 +57,56 @@ def parse(text: str) -> dict[str, Any]:
     return facts
 
 
+def sections_script(base: str, sections: dict[str, str]) -> str:
+    """Run `base` and every section side by side (background subshells, each into its own
+    temp file), then print base's output followed by `MZK_SECTION <name>` and each
+    section's: the round trip costs its slowest part, not the sum."""
+    lines = ['t=$(mktemp -d)', f'( {base}\n) > "$t/base" 2>/dev/null &']
+    names = list(sections)
+    for i, name in enumerate(names):
+        lines.append(f'( {sections[name]}\n) > "$t/{i}" 2>/dev/null &')
+    lines += ["wait", 'cat "$t/base"']
+    for i, name in enumerate(names):
+        lines.append(f'echo "{SECTION_MARK} {name}"; cat "$t/{i}"')
+    lines.append('rm -rf "$t"')
+    return "\n".join(lines) + "\n"
+
+
+def split_sections(text: str) -> tuple[str, dict[str, str]]:
+    """(base output, section name -> output) of `sections_script`."""
+    base, *rest = text.split(f"{SECTION_MARK} ")
+    found = {}
+    for chunk in rest:
+        name, _, body = chunk.partition("\n")
+        found[name.strip()] = body
+    return base, found
+
+
 def gather(ctx: HostContext) -> None:
     """One round trip: the facts, etcd's version on etcd hosts (a Go binary's start-up is
-    not free), the state of the control plane's services, the state of the files later
-    steps compare, and on the first control-plane host the cluster objects' state."""
-    script = SCRIPT + ("\n" + SCRIPT_ETCD if ctx.host.has("etcd") else "")
-    if ctx.host.has("control-plane"):
-        script += "\n" + status_script(control_plane.SERVICES)
+    not free), the state of the services it runs, the state of the files later steps
+    compare, and on the first control-plane host the cluster objects' state."""
+    sections: dict[str, str] = {}
+    if ctx.host.has("etcd"):
+        sections["etcd"] = SCRIPT_ETCD
+    watched_services = (("etcd", "etcd-events") if ctx.host.has("etcd") else ()) + (
+        control_plane.SERVICES if ctx.host.has("control-plane") else ())
+    if watched_services:
+        sections["services"] = status_script(watched_services)
     watched = watched_paths(ctx) + control_plane.watched_paths(ctx)
-    script += f"\necho {FILES_MARK}\n" + (state_script(watched) if watched else "")
+    if watched:
+        sections["files"] = state_script(watched)
     objects = "pki" in ctx.shared and ctx.inventory.control_plane[:1] == (ctx.host,)
     if objects:
-        script += cluster_objects.probe_script(ctx)
-    out = ctx.runner.run("sh -s", stdin=script.encode()).stdout
-    head, marked, rest = out.partition(f"{FILES_MARK}\n")
-    files, _, probed = rest.partition(f"{cluster_objects.MARK}\n")
-    ctx.facts.update(parse(head))
-    ctx.facts["services"] = parse_status(head)
-    if watched and marked:
-        ctx.facts["file_states"] = parse_states(watched, files)
+        sections.update(cluster_objects.probe_scripts(ctx))
+    out = ctx.runner.run("sh -s", stdin=sections_script(SCRIPT, sections).encode()).stdout
+    base, found = split_sections(out)
+    ctx.facts.update(parse(base + found.get("etcd", "")))
+    ctx.facts["services"] = parse_status(found.get("services", ""))
+    if "files" in found:
+        ctx.facts["file_states"] = parse_states(watched, found["files"])
     if objects:
-        ctx.facts["objects"] = cluster_objects.parse_probe(probed)
+        ctx.facts["objects"] = cluster_objects.parse_probe(found)
 
 
 FACTS = Step("facts", all_hosts, run=gather)
