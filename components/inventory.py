@@ -3,6 +3,9 @@
 It carries the control-plane hosts and the bastion, with the public host keys the program
 generated, pinned. Node hosts come from auto scaling groups and are unknown at `pulumi up`
 time: they join later. Nothing secret is in it (the operator's private key is a path).
+The endpoints are the names clients are given (the regional balancer's DNS name, each
+zone's `api-<zone letter>.<cluster>.internal`): the bootstrap puts every one of them in the
+API server certificate.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ pointed elsewhere without touching a node. A CNAME to a zonal balancer name
 The regional balancer spans every zone with cross-zone balancing on and targets every
 control-plane host; it is what users' kubeconfigs name (internal, or public with
 `apiPublic`), and it health-checks HTTPS `/readyz` too.
+
+Targets keep the client's address (instance targets preserve it), and an internal network
+load balancer cannot carry a connection from a target back to itself: control-plane hosts
+reach their own API server directly, never through these balancers.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ READYZ = "/readyz"
 DNS_TTL = 60
 # Health checks: ready within 20 s, out within 20 s (two checks 10 s apart).
 HEALTH_CHECK: dict[str, Any] = {
-    "protocol": "HTTPS", "port": "traffic-port", "path": "/healthz", "matcher": "200",
+    "protocol": "HTTPS", "port": "traffic-port", "path": READYZ, "matcher": "200",
     "interval": 10, "timeout": 5, "healthy_threshold": 2, "unhealthy_threshold": 2,
 }
 

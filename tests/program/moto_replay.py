@@ -4,8 +4,9 @@ The same inputs the mocks recorded are sent, in declaration order, as the boto3 
 AWS provider makes; mock IDs are mapped to the IDs moto hands out. moto refuses what AWS
 refuses where it models it (subnets outside their VPC or overlapping, unknown zones, unknown
 references, a group with min > desired, a record outside its hosted zone). A record naming
-a load balancer by its DNS name is replayed with the name moto gave that balancer. The AMI is the one thing not replayed as declared:
-moto only knows its own catalogue, so its first Amazon-owned image stands in.
+a load balancer by its DNS name is replayed with the name moto gave that balancer. The AMI
+is the one thing not replayed as declared: moto only knows its own catalogue, so its first
+Amazon-owned image stands in.
 """
 
 from __future__ import annotations
