@@ -108,7 +108,10 @@ def local_binaries(inventory: Inventory, given: str | None) -> LocalBinaries | N
 def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
             binaries: LocalBinaries | None = None,
             progress: Callable[[str, str, str], None] | None = None) -> Report:
-    """The whole action; with dry_run nothing is written, locally or on any host."""
+    """The whole action; with dry_run nothing is written, locally or on any host.
+    `binaries` None: from $MZK_K8S_BIN_DIR if set (see `local_binaries`)."""
+    if binaries is None:
+        binaries = local_binaries(inventory, None)
     with tempfile.TemporaryDirectory(prefix="mzk-plan-") as scratch:
         if dry_run:
             work = Path(scratch) / "pki"

@@ -6,13 +6,13 @@ Each module holds one step (or two closely related ones); `ACTION` is what `appl
 
 from bootstrap.steps.binaries import BINARIES
 from bootstrap.steps.cluster_objects import CLUSTER_OBJECTS
-from bootstrap.steps.control_plane import CONTROL_PLANE
+from bootstrap.steps.control_plane import CONTROL_PLANE, CONTROL_PLANE_RETIRE
 from bootstrap.steps.etcd import ETCD, ETCD_RETIRE
 from bootstrap.steps.facts import FACTS
 from bootstrap.steps.pki import PLACE_PKI
 from bootstrap.steps.preflight import PREFLIGHT
 
 ACTION = (FACTS, PREFLIGHT, BINARIES, PLACE_PKI, ETCD, ETCD_RETIRE, CONTROL_PLANE,
-          CLUSTER_OBJECTS)
+          CLUSTER_OBJECTS, CONTROL_PLANE_RETIRE)
 
 __all__ = ["ACTION"]

@@ -206,6 +206,33 @@ def converge(group: list[HostContext]) -> None:
         roll_host(plan)
 
 
+def retire(ctx: HostContext) -> None:
+    """A host that lost the control-plane role: stop its services, remove their units and
+    the configuration files (the encryption key among them)."""
+    traces = ctx.facts.get("control_plane_traces")
+    if traces is not None and not traces:
+        return  # the facts saw no control-plane unit on this host
+    manager = manager_from(ctx.name, bool(ctx.facts.get("lab")), bool(ctx.facts.get("systemd")))
+    configs = [f.path for f in config.files(ctx.inventory, b"")]
+    present = {p for p, state in stat_many(ctx.runner, [unit_path(s) for s in SERVICES]
+                                           + configs).items() if state is not None}
+    for name in reversed(SERVICES):
+        if unit_path(name) in present:
+            ctx.note(f"stop {name} and remove its unit (no longer a control-plane host)")
+            if not ctx.dry_run:
+                manager.stop(ctx.runner, name)
+                ctx.runner.remove(unit_path(name))
+    for path in configs:
+        if path in present:
+            ctx.note(f"remove {path}")
+            if not ctx.dry_run:
+                ctx.runner.remove(path)
+
+
+def _not_control_plane(inventory: Inventory) -> tuple[Host, ...]:
+    return tuple(h for h in inventory.hosts if not h.has("control-plane"))
+
+
 def _api_running(ctx: HostContext) -> bool:
     status: dict[str, ServiceStatus] = ctx.facts.get("services", {})
     return status.get(APISERVER, ServiceStatus(False, None)).running
@@ -216,3 +243,6 @@ def _quiet(_host: str, _title: str, _state: str) -> None:
 
 
 CONTROL_PLANE = Step("control-plane", _control_plane, run_together=converge)
+CONTROL_PLANE_RETIRE = Step("control-plane-retire", _not_control_plane, run=retire)
+TRACES_SCRIPT = ('echo "control_plane_traces $(ls ' + " ".join(unit_path(s) for s in SERVICES)
+                 + ' 2>/dev/null | tr "\\n" " ")"')

@@ -46,7 +46,7 @@ def parse(text: str) -> dict[str, Any]:
             facts[key] = value == "1"
         elif key in ("uid", "time", "free_kb"):
             facts[key] = int(value) if value.isdigit() else None
-        elif key == "etcd_traces":
+        elif key in ("etcd_traces", "control_plane_traces"):
             facts[key] = tuple(value.split())
         elif key == "k8s_release":
             facts[key] = None if value in ("", "-") else value
@@ -99,7 +99,9 @@ def gather(ctx: HostContext) -> None:
     objects = "pki" in ctx.shared and ctx.inventory.control_plane[:1] == (ctx.host,)
     if objects:
         sections.update(cluster_objects.probe_scripts(ctx))
-    out = ctx.runner.run("sh -s", stdin=sections_script(SCRIPT, sections).encode()).stdout
+    base_script = SCRIPT if ctx.host.has("control-plane") else \
+        SCRIPT + "\n" + control_plane.TRACES_SCRIPT
+    out = ctx.runner.run("sh -s", stdin=sections_script(base_script, sections).encode()).stdout
     base, found = split_sections(out)
     ctx.facts.update(parse(base + found.get("etcd", "")))
     ctx.facts["services"] = parse_status(found.get("services", ""))

@@ -263,7 +263,7 @@ def test_member_list_parser():
 def test_the_action_order_removes_members_before_retiring_hosts():
     titles = [s.title for s in steps.ACTION]
     assert titles == ["facts", "preflight", "binaries", "pki", "etcd", "etcd-retire",
-                      "control-plane", "cluster-objects"]
+                      "control-plane", "cluster-objects", "control-plane-retire"]
 
 
 # --------------------------------------------------------------------------- engine
