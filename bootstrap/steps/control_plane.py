@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bootstrap.control_plane import config
@@ -122,6 +124,11 @@ def plan_host(ctx: HostContext) -> HostPlan:
             plan.restart[svc.name] = f"restart {svc.name}: " + _why(ctx, svc, unit.path)
         elif not current.current(units[svc.name]):
             plan.restart[svc.name] = f"start {svc.name} (not running)"
+    if APISERVER in plan.restart and _api_running(ctx):
+        # Their watches hold a stopping API server for many seconds: stop them first.
+        for name in (CONTROLLER_MANAGER, SCHEDULER):
+            plan.restart.setdefault(name, f"restart {name} (stopped while its API server "
+                                          "restarts)")
     return plan
 
 
@@ -179,15 +186,26 @@ def roll_host(plan: HostPlan) -> None:
     manager = manager_from(ctx.name, bool(ctx.facts.get("lab")), bool(ctx.facts.get("systemd")))
     by_name = {s.name: s for s in plan.services}
     if APISERVER in plan.restart:
+        if _api_running(ctx):
+            _both(lambda name: manager.stop(ctx.runner, name))
         ctx.runner.run(f"install -d -m 0700 {shlex.quote(config.AUDIT_LOG.rsplit('/', 1)[0])}")
         manager.ensure(ctx.runner, by_name[APISERVER])
     wait_ready(ctx)
-    for name in (CONTROLLER_MANAGER, SCHEDULER):
+    def start(name: str) -> None:
         if name in plan.restart:
             manager.ensure(ctx.runner, by_name[name])
-    for name in (CONTROLLER_MANAGER, SCHEDULER):
-        if name in plan.restart:
             wait_healthy(ctx, name)
+
+    _both(start)
+
+
+def _both(work: Callable[[str], object]) -> None:
+    """The controller-manager and the scheduler side by side (sessions share the host's
+    connection); the first error is raised after both finished."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(work, name) for name in (CONTROLLER_MANAGER, SCHEDULER)]
+    for future in futures:
+        future.result()
 
 
 def converge(group: list[HostContext]) -> None:
