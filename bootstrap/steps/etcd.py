@@ -219,6 +219,24 @@ def _ensure(ctx: HostContext, svc: Service, cluster: EtcdCluster,
     return changed
 
 
+def _hand_over_leadership(ctx: HostContext, cluster: EtcdCluster) -> None:
+    """If this member leads, move the leadership to another member before it restarts:
+    writes then wait for no election (etcd's own transfer on shutdown can come too late
+    for a client's deadline)."""
+    out = etcdctl(ctx, cluster, "endpoint status -w json", check=False)
+    try:
+        status = json.loads(out.stdout)[0]["Status"]
+        me = status["header"]["member_id"]
+        leads = status["leader"] == me
+    except (ValueError, KeyError, IndexError, TypeError):
+        return  # not answering: nothing to hand over
+    if not leads:
+        return
+    others = [m for m in members(ctx, cluster) if int(m.id_hex, 16) != me and m.name]
+    if others:
+        etcdctl(ctx, cluster, f"move-leader {others[0].id_hex}", client="admin", check=False)
+
+
 def _running(ctx: HostContext, cluster: EtcdCluster) -> bool:
     """From the facts' service states (gathered with the facts on etcd hosts)."""
     found = ctx.facts.get("services", {}).get(cluster.service)
@@ -300,6 +318,8 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
     run_on_hosts(stopped, lambda c: _ensure(c, wanted[c.name], cluster, data_dir_exists=True),
                  limit, title=cluster.service, progress=_quiet)
     for ctx in rolling:
+        if not dry_run:
+            _hand_over_leadership(ctx, cluster)
         _ensure(ctx, wanted[ctx.name], cluster, data_dir_exists=True)
         if not dry_run:
             wait_healthy(ctx, cluster)

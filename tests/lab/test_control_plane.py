@@ -1,0 +1,456 @@
+"""The control plane on the real lab: kube-apiserver, controller-manager and scheduler (the
+Kubernetes 1.36 binaries of MZK_K8S_BIN_DIR) in three zones, behind the lab's haproxy
+endpoints, bootstrapped by `apply`.
+
+The tests share one lab and run in file order, each leaving the lab converged.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+from bootstrap import k8s_bin
+from bootstrap.apply_command import execute
+from bootstrap.engine import ActionFailed, Report
+from bootstrap.inventory import Inventory
+from bootstrap.lab import build
+from bootstrap.pki.table import KUBECONFIGS, LEAF_BY_NAME
+from bootstrap.ssh import Connections, Result
+from bootstrap.steps import etcd as etcd_step
+
+from .conftest import Lab, lab_unavailable, netns_pids, running_lab
+
+pytestmark = pytest.mark.lab
+ROOT = Path(__file__).resolve().parents[2]
+PKI = "/etc/kubernetes/pki"
+ETCDCTL = (f"ETCDCTL_API=3 etcdctl --cacert={PKI}/etcd/ca.crt "
+           f"--cert={PKI}/apiserver-etcd-client.crt --key={PKI}/apiserver-etcd-client.key "
+           "--dial-timeout=2s --command-timeout=3s")
+
+
+def _binaries() -> k8s_bin.Path | None:
+    return k8s_bin.resolve_dir(None)
+
+
+@pytest.fixture(scope="module")
+def cplab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A lab of its own (3 control-plane hosts, 3 workers) with the control plane applied."""
+    reason = lab_unavailable()
+    if reason:
+        pytest.fail(reason)
+    if _binaries() is None:
+        pytest.skip(f"no Kubernetes binaries: set {k8s_bin.ENV} (bin/mzk test unpacks "
+                    "../shared/k8s-bin and sets it)")
+    with running_lab(tmp_path_factory, "cplab", workers=3) as running:
+        execute(running.inventory, running.dir / "pki", dry_run=False)
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def heal(request: pytest.FixtureRequest, cplab: Lab) -> Iterator[None]:
+    """After a failed test or a host left down: bring sshd back and re-apply."""
+    yield
+    down = [s.name for s in build.status(cplab.dir) if not s.sshd_up]
+    for name in down:
+        build.restart_sshd(cplab.dir, name)
+    report = getattr(request.node, "report_call", None)
+    if down or (report is not None and report.failed):
+        try:
+            execute(cplab.inventory, cplab.dir / "pki", dry_run=False)
+        except ActionFailed:
+            pass
+
+
+def apply(lab: Lab, inv: Inventory | None = None, dry_run: bool = False) -> Report:
+    return execute(inv or lab.inventory, lab.dir / "pki", dry_run=dry_run)
+
+
+def on(lab: Lab, host: str, command: str, check: bool = True, stdin: bytes | None = None
+       ) -> Result:
+    with Connections(lab.inventory) as conns:
+        return conns.runner(host).run(command, check=check, stdin=stdin)
+
+
+def kubectl(lab: Lab, host: str, args: str, kubeconfig: str = "/etc/kubernetes/admin.conf",
+            check: bool = True, stdin: bytes | None = None) -> Result:
+    tool = Path(str(_binaries())) / "kubectl"
+    return on(lab, host, f"{tool} --kubeconfig={kubeconfig} --request-timeout=10s {args}",
+              check=check, stdin=stdin)
+
+
+def in_host(lab: Lab, host: str, argv: list[str], timeout: float = 10
+            ) -> subprocess.CompletedProcess[str]:
+    """Run a command from this machine inside a lab host's network and mount namespaces
+    (its /etc/hosts names the endpoints), as a client in that host's zone would."""
+    pid = json.loads((lab.dir / "lab-state.json").read_text())["pids"][host]
+    return subprocess.run(["nsenter", "-t", str(pid), "-n", "-m", *argv], capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def curl_code(lab: Lab, host: str, url: str) -> str:
+    ca = str(lab.dir / "pki" / "local" / "pki" / "ca.crt")
+    out = in_host(lab, host, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                              "--max-time", "2", "--cacert", ca, url])
+    return out.stdout.strip()
+
+
+def served_by(lab: Lab, host: str, endpoint: str) -> str:
+    """Which control-plane host answered a TLS handshake on `endpoint`: the serving
+    certificate names its host."""
+    code = ("import socket,ssl,sys\n"
+            "c=ssl.create_default_context(cafile=sys.argv[2])\n"
+            "s=c.wrap_socket(socket.create_connection((sys.argv[1],6443),timeout=3),"
+            "server_hostname=sys.argv[1])\n"
+            "sys.stdout.buffer.write(s.getpeercert(binary_form=True))\n")
+    ca = str(lab.dir / "pki" / "local" / "pki" / "ca.crt")
+    out = subprocess.run(["nsenter", "-t", str(json.loads(
+        (lab.dir / "lab-state.json").read_text())["pids"][host]), "-n", "-m", "/usr/bin/python3",
+        "-c", code, endpoint, ca], capture_output=True, timeout=10, check=False)
+    assert out.returncode == 0, out.stderr
+    cert = x509.load_der_x509_certificate(out.stdout)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    hosts = [n for n in names.get_values_for_type(x509.DNSName) if n.startswith("cp-")]
+    return hosts[0]
+
+
+def service_pids(lab: Lab) -> dict[str, str]:
+    pids = {}
+    for host in ("cp-a", "cp-b", "cp-c"):
+        for svc in ("etcd", "etcd-events", "kube-apiserver", "kube-controller-manager",
+                    "kube-scheduler"):
+            path = lab.layout.host(host).home(lab.dir) / "fs" / "run" / "mzk" / f"{svc}.pid"
+            pids[f"{host}/{svc}"] = path.read_text().strip()
+    return pids
+
+
+# --------------------------------------------------------------------------- identities
+
+
+def test_every_kubeconfig_authenticates_as_its_table_row(cplab: Lab) -> None:
+    for kc in KUBECONFIGS:
+        host = "node-1" if "node" in kc.roles else "cp-a"
+        who = json.loads(kubectl(cplab, host, "auth whoami -o json",
+                                 kubeconfig=kc.path).stdout)["status"]["userInfo"]
+        assert who["username"] == kc.cn.format(node=host), kc.file
+        assert set(kc.orgs) <= set(who.get("groups", [])), kc.file
+    # The operator's admin.conf, from zone A, through the regional endpoint.
+    admin = str(cplab.dir / "pki" / "local" / "admin.conf")
+    out = in_host(cplab, "node-1", [str(Path(str(_binaries())) / "kubectl"),
+                                    f"--kubeconfig={admin}", "auth", "whoami", "-o", "json"])
+    assert json.loads(out.stdout)["status"]["userInfo"]["username"] == "kubernetes-admin"
+
+
+def test_client_certificates_authenticate_as_the_document_says(cplab: Lab) -> None:
+    url = f"https://{cplab.inventory.host('cp-a').address}:6443"
+
+    def whoami(leaf: str) -> Result:
+        row = LEAF_BY_NAME[leaf]
+        return kubectl(cplab, "cp-a", f"--server={url} --certificate-authority={PKI}/ca.crt "
+                                      f"--client-certificate={row.cert_path} "
+                                      f"--client-key={row.key_path} --kubeconfig=/dev/null "
+                                      "auth whoami -o json", kubeconfig="/dev/null",
+                       check=False)
+
+    kubelet_client = whoami("kube-apiserver-kubelet-client")
+    info = json.loads(kubelet_client.stdout)["status"]["userInfo"]
+    assert info["username"] == "kube-apiserver-kubelet-client"
+    assert "system:masters" in info["groups"]
+    # Signed by the front-proxy CA, not the cluster CA: not a client identity.
+    refused = whoami("front-proxy-client")
+    assert not refused.ok and "Unauthorized" in refused.stderr
+
+
+def test_anonymous_requests_are_refused_except_health(cplab: Lab) -> None:
+    base = "https://api-a.lab.internal:6443"
+    assert curl_code(cplab, "node-1", f"{base}/readyz") == "200"
+    assert curl_code(cplab, "node-1", f"{base}/livez") == "200"
+    for path in ("/api", "/version", "/api/v1/namespaces/default/pods", "/metrics"):
+        assert curl_code(cplab, "node-1", base + path) == "401", path
+
+
+def test_the_kubelet_client_may_use_the_kubelet_api(cplab: Lab) -> None:
+    allowed = kubectl(cplab, "cp-a", "auth can-i get nodes/proxy --as "
+                                     "kube-apiserver-kubelet-client", check=False)
+    assert allowed.stdout.strip() == "yes"
+    binding = json.loads(kubectl(cplab, "cp-a", "get clusterrolebinding "
+                                 "multizone-k8s:kube-apiserver-kubelet-client -o json").stdout)
+    assert binding["roleRef"]["name"] == "system:kubelet-api-admin"
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def test_a_secret_is_stored_encrypted_in_etcd(cplab: Lab) -> None:
+    kubectl(cplab, "cp-a", "create secret generic enc-test -n default "
+                           "--from-literal=password=plain-text-canary")
+    raw = on(cplab, "cp-b", f"{ETCDCTL} --endpoints=https://127.0.0.1:2379 get "
+                            "/registry/secrets/default/enc-test --print-value-only")
+    assert raw.stdout.startswith("k8s:enc:secretbox:v1:key-"), raw.stdout[:40]
+    assert "plain-text-canary" not in raw.stdout
+    assert base64.b64encode(b"plain-text-canary").decode() not in raw.stdout
+    got = kubectl(cplab, "cp-c", "get secret enc-test -n default -o jsonpath={.data.password}")
+    assert base64.b64decode(got.stdout) == b"plain-text-canary"
+    mode = on(cplab, "cp-a", "stat -c %a /etc/kubernetes/encryption.yaml").stdout.strip()
+    assert mode == "600"
+    keys = cplab.dir / "pki" / "local" / "encryption-keys.yaml"
+    assert oct(keys.stat().st_mode & 0o777) == "0o600"
+
+
+PRIVILEGED_POD = {
+    "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "priv"},
+    "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
+                             "securityContext": {"privileged": True}}]}}
+
+
+def test_pod_security_rejects_privileged_pods_except_in_kube_system(cplab: Lab) -> None:
+    pod = json.dumps(PRIVILEGED_POD).encode()
+    rejected = kubectl(cplab, "cp-a", "create --dry-run=server -n default -f -", check=False,
+                       stdin=pod)
+    assert not rejected.ok and "violates PodSecurity" in rejected.stderr, rejected.stderr
+    accepted = kubectl(cplab, "cp-a", "create --dry-run=server -n kube-system -f -",
+                       check=False, stdin=pod)
+    assert accepted.ok, accepted.stderr
+    labels = json.loads(kubectl(cplab, "cp-a", "get ns -o json").stdout)["items"]
+    for ns in labels:
+        found = ns["metadata"].get("labels", {})
+        want = "privileged" if ns["metadata"]["name"] == "kube-system" else "baseline"
+        assert found.get("pod-security.kubernetes.io/enforce") == want
+        assert found.get("pod-security.kubernetes.io/enforce-version") == "v1.36"
+    kube_system = next(n for n in labels if n["metadata"]["name"] == "kube-system")
+    assert "multizone-k8s/pod-security" in kube_system["metadata"]["annotations"]
+
+
+def test_only_the_api_server_listens_beyond_loopback(cplab: Lab) -> None:
+    listening = on(cplab, "cp-a", "ss -Hltnp").stdout
+    remote = {line.split()[3] for line in listening.splitlines()
+              if not line.split()[3].startswith(("127.0.0.1:", "[::1]:"))}
+    address = cplab.inventory.host("cp-a").address
+    assert remote == {f"{address}:22", f"{address}:6443", f"{address}:2379",
+                      f"{address}:2380", f"{address}:2382", f"{address}:2383"}, remote
+
+
+# --------------------------------------------------------------------------- converged
+
+
+def test_check_reports_every_service_and_endpoint(cplab: Lab) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bootstrap", "check",
+                           str(cplab.dir / "inventory.yaml")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {line.split(":")[0]: line for line in proc.stdout.splitlines()}
+    for host in ("cp-a", "cp-b", "cp-c"):
+        assert "apiserver ready v1.36" in lines[host]
+        assert "controller-manager healthy" in lines[host] and "scheduler healthy" in lines[host]
+        assert "api.lab.internal answers" in lines[host]
+    assert sum("holds controller-manager lease" in lines[h] for h in lines) == 1
+    assert sum("holds scheduler lease" in lines[h] for h in lines) == 1
+
+
+def test_second_apply_changes_nothing_and_plan_says_so(cplab: Lab) -> None:
+    pids = service_pids(cplab)
+    assert not apply(cplab).changed
+    assert service_pids(cplab) == pids
+    proc = subprocess.run([sys.executable, "-m", "bootstrap", "plan",
+                           str(cplab.dir / "inventory.yaml"), "--quiet"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines() == ["plan: no changes"], proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- rolling
+
+
+class Prober(threading.Thread):
+    """Calls `probe()` every 100 ms until stopped; records failures."""
+
+    def __init__(self, probe) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(daemon=True)
+        self.probe = probe
+        self.stopped = threading.Event()
+        self.results: list[tuple[float, bool, str]] = []
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            started = time.monotonic()
+            ok, detail = self.probe()
+            self.results.append((started, ok, detail))
+            self.stopped.wait(max(0.0, 0.1 - (time.monotonic() - started)))
+
+    def stop(self) -> list[tuple[float, bool, str]]:
+        self.stopped.set()
+        self.join(10)
+        return self.results
+
+
+def test_a_flag_change_rolls_one_api_server_at_a_time_without_a_failed_probe(
+        cplab: Lab) -> None:
+    def readyz() -> tuple[bool, str]:
+        code = curl_code(cplab, "node-1", "https://api.lab.internal:6443/readyz")
+        return code == "200", code
+
+    prober = Prober(readyz)
+    prober.start()
+    time.sleep(0.5)
+    scaled = dataclasses.replace(cplab.inventory, cluster=dataclasses.replace(
+        cplab.inventory.cluster, max_nodes=3000))
+    plan_lines = apply(cplab, scaled, dry_run=True).lines()
+    report = apply(cplab, scaled)
+    time.sleep(0.5)
+    results = prober.stop()
+    restarted = [line for line in report.lines() if "restart kube-apiserver" in line]
+    assert len(restarted) == 3, report.lines()
+    assert all("--max-requests-inflight=1800" in line for line in restarted)
+    assert plan_lines == report.lines()
+    failed = [r for r in results if not r[1]]
+    assert len(results) > 20 and not failed, failed
+    assert not apply(cplab, scaled).changed
+    apply(cplab)  # back to the lab's own inventory
+    assert not apply(cplab).changed
+
+
+def test_an_etcd_change_rolls_one_member_at_a_time_and_loses_no_write(
+        cplab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    addresses = ",".join(f"https://{cplab.inventory.host(h).address}:2379"
+                         for h in ("cp-a", "cp-b", "cp-c"))
+    pki = cplab.layout.host("node-1").home(cplab.dir).parent / "cp-a" / "fs" / "etc" / \
+        "kubernetes" / "pki"
+    written: list[str] = []
+    counter = iter(range(10**6))
+
+    def put() -> tuple[bool, str]:
+        key = f"/rolling/{next(counter):05d}"
+        out = in_host(cplab, "node-1", [
+            "etcdctl", f"--endpoints={addresses}", f"--cacert={pki}/etcd/ca.crt",
+            f"--cert={pki}/apiserver-etcd-client.crt", f"--key={pki}/apiserver-etcd-client.key",
+            "--dial-timeout=2s", "--command-timeout=5s", "put", key, "v"])
+        if out.returncode == 0:
+            written.append(key)
+        return out.returncode == 0, out.stderr.strip()[-120:]
+
+    original = etcd_step.service
+
+    def with_heartbeat(*args, **kwargs):  # type: ignore[no-untyped-def]
+        svc = original(*args, **kwargs)
+        return dataclasses.replace(svc, command_line=(*svc.command_line,
+                                                      "--heartbeat-interval=100"))
+
+    writer = Prober(put)
+    writer.start()
+    time.sleep(0.5)
+    monkeypatch.setattr(etcd_step, "service", with_heartbeat)
+    report = apply(cplab)
+    monkeypatch.setattr(etcd_step, "service", original)
+    report_back = apply(cplab)
+    time.sleep(0.5)
+    results = writer.stop()
+    started = [line for line in report.lines() if "etcd started with" in line
+               or "etcd-events started with" in line]
+    assert len(started) == 6, report.lines()
+    assert len([line for line in report_back.lines() if "started with" in line]) == 6
+    failed = [r for r in results if not r[1]]
+    assert len(results) > 20 and not failed, failed
+    listed = on(cplab, "cp-a", f"{ETCDCTL} --endpoints=https://127.0.0.1:2379 get /rolling/ "
+                               "--prefix --keys-only").stdout.split()
+    assert set(written) <= set(listed)
+    assert not apply(cplab).changed
+
+
+# --------------------------------------------------------------------------- zone drill
+
+
+def _kill_host(lab: Lab, host: str) -> None:
+    netns = lab.layout.host(host).netns
+    for pid in netns_pids(netns):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while netns_pids(netns) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not netns_pids(netns)
+
+
+def _lease_holders(lab: Lab, via: str) -> dict[str, str]:
+    out = kubectl(lab, via, "get lease -n kube-system kube-controller-manager kube-scheduler "
+                            "-o json", check=False)
+    if not out.ok:
+        return {}
+    return {i["metadata"]["name"]: i["spec"].get("holderIdentity", "").split("_")[0]
+            for i in json.loads(out.stdout)["items"]}
+
+
+FAILOVER_BOUND_S = 3.0  # haproxy checks every 300 ms; one failure marks a server down
+
+
+def test_losing_cp_a_moves_zone_a_to_another_zone_and_back(cplab: Lab) -> None:
+    assert served_by(cplab, "node-1", "api-a.lab.internal") == "cp-a"
+    holders = _lease_holders(cplab, "cp-b")
+    _kill_host(cplab, "cp-a")
+    killed = time.monotonic()
+
+    # Zone A's endpoint answers from another zone within the bound.
+    while curl_code(cplab, "node-1", "https://api-a.lab.internal:6443/readyz") != "200":
+        assert time.monotonic() - killed < FAILOVER_BOUND_S, "zone A endpoint did not fail over"
+        time.sleep(0.05)
+    failover = time.monotonic() - killed
+    assert served_by(cplab, "node-1", "api-a.lab.internal") in ("cp-b", "cp-c")
+
+    # Writes through the regional endpoint go on.
+    admin = str(cplab.dir / "pki" / "local" / "admin.conf")
+    tool = str(Path(str(_binaries())) / "kubectl")
+    made = in_host(cplab, "node-1", [tool, f"--kubeconfig={admin}", "create", "configmap",
+                                     "drill", "-n", "default", "--from-literal=zone=a-down"],
+                   timeout=30)
+    assert made.returncode == 0, made.stderr
+
+    # Leases held by cp-a move to a living host.
+    deadline = time.monotonic() + 60
+    while True:
+        now = _lease_holders(cplab, "cp-b")
+        if now and all(h != "cp-a" for h in now.values()):
+            break
+        assert time.monotonic() < deadline, f"leases still on cp-a: {now} (were {holders})"
+        time.sleep(1)
+
+    # cp-a comes back: apply restarts its services, and zone A is served by cp-a again.
+    build.restart_sshd(cplab.dir, "cp-a")
+    report = apply(cplab)
+    assert {line.split(":")[0] for line in report.lines()} == {"cp-a"}, report.lines()
+    deadline = time.monotonic() + 10
+    while served_by(cplab, "node-1", "api-a.lab.internal") != "cp-a":
+        assert time.monotonic() < deadline, "zone A endpoint not back on cp-a"
+        time.sleep(0.2)
+    assert not apply(cplab).changed
+    print(f"zone A endpoint failed over in {failover:.2f} s")
+
+
+def test_a_host_that_loses_the_control_plane_role_stops_its_services(cplab: Lab) -> None:
+    data = yaml.safe_load((cplab.dir / "inventory.yaml").read_text())
+    next(h for h in data["hosts"] if h["name"] == "node-2")["roles"] = ["control-plane", "node"]
+    from bootstrap.inventory import parse
+    grown = parse(data, source="test")
+    report = apply(cplab, grown)
+    assert "node-2: control-plane: start kube-apiserver" in report.lines()
+    assert curl_code(cplab, "node-2", f"https://{grown.host('node-2').address}:6443/readyz") \
+        == "200"
+    report = apply(cplab)
+    assert any(line.startswith("node-2: control-plane-retire: stop kube-apiserver")
+               for line in report.lines()), report.lines()
+    comms = [Path(f"/proc/{p}/comm").read_text().strip()
+             for p in netns_pids(cplab.layout.host("node-2").netns)]
+    assert not any(c.startswith("kube-") for c in comms), comms
+    assert not apply(cplab).changed
