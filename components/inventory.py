@@ -26,7 +26,8 @@ def build(settings: Settings, hosts: Sequence[dict[str, Any]], bastion: dict[str
     return {
         "cluster": {"name": s.cluster_name, "kubernetes_version": s.kubernetes_version,
                     "service_cidr": s.service_cidr, "pod_cidr": s.pod_cidr,
-                    "dns_domain": s.dns_domain, "api_port": s.api_port, "egress": s.egress},
+                    "dns_domain": s.dns_domain, "api_port": s.api_port, "egress": s.egress,
+                    "max_nodes": s.max_nodes},
         "endpoints": {
             "regional": {"name": regional, "port": s.api_port},
             "zones": {z: {"name": zonal[z], "port": s.api_port} for z in s.zone_names},

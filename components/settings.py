@@ -21,6 +21,7 @@ from typing import Any
 from bootstrap import ports
 from bootstrap.errors import ConfigError
 from bootstrap.inventory import PKI_DEFAULTS, PKISettings
+from bootstrap.k8s_releases import release_for, supported_versions
 
 NS = "multizone"
 
@@ -274,9 +275,12 @@ def from_config(config: Mapping[str, Any], stack: str,
     version = None
     if "kubernetesVersion" in raw:
         version = c.string(raw, "kubernetesVersion", "kubernetesVersion", pattern=_VERSION,
-                           hint="write a release such as \"1.31.2\"")
-        if version and int(_VERSION.match(version).group(1)) < 28:  # type: ignore[union-attr]
-            c.bad("kubernetesVersion", f"{version} is too old; use 1.28.0 or newer")
+                           hint=f"write a release such as \"{supported_versions()[0]}\"")
+        if version and release_for(version) is None:
+            # Real hosts install only releases whose checksums the project pins.
+            c.bad("kubernetesVersion", f"{version} has no pinned release checksums; use one "
+                                       f"of {', '.join(supported_versions())}")
+            version = None
 
     service = c.cidr(raw.get("serviceCidr", "10.96.0.0/12"), "serviceCidr")
     pod = c.cidr(raw.get("podCidr", "10.244.0.0/16"), "podCidr")

@@ -23,7 +23,11 @@ def test_parse_accepts_the_inventory_of_every_stack(stacks: list[Evaluation],
         per_zone = len(inv.control_plane) // 3
         for zone in inv.zones:
             assert len([h for h in inv.control_plane if h.zone == zone.name]) == per_zone
-        assert inv.cluster.kubernetes_version == "1.31.2"
+        assert inv.cluster.kubernetes_version == "1.36.0"
+        # The API servers are sized for every kubelet the stack can run, not today's count.
+        pools = ev.of_type("aws:autoscaling/group:Group")
+        assert pools and inv.cluster.max_nodes == sum(g.inputs["maxSize"] for g in pools) \
+            + len(inv.control_plane)
 
 
 def test_inventory_matches_what_was_declared(prod: Evaluation) -> None:

@@ -73,6 +73,8 @@ BAD = [
     ({"adminCidrs": ["0.0.0.0/1"]},
      "multizone:adminCidrs[0]: 0.0.0.0/1 admits a large part of the internet to SSH"),
     ({"kubernetesVersion": "1.31"}, "multizone:kubernetesVersion: '1.31' is not valid"),
+    ({"kubernetesVersion": "1.31.2"}, "multizone:kubernetesVersion: 1.31.2 has no pinned "
+                                      "release checksums; use one of 1.36.0"),
     ({"clusterName": "Prod_Cluster"}, "multizone:clusterName: 'Prod_Cluster' is not valid"),
     ({"controlPlanesPerZone": 1}, "multizone:controlPlanesPerZone: unknown key"),
     ({"imageId": None}, "multizone:imageId: missing; add it"),
