@@ -138,13 +138,30 @@ def _why(ctx: HostContext, svc: Service, path: str) -> str:
     old_words = next((shlex.split(line[len("ExecStart="):])
                       for line in old.decode("utf-8", "replace").splitlines()
                       if line.startswith("ExecStart=")), [])
-    new_words = list(svc.command_line)
-    changes = [f"-{w}" for w in old_words if w not in new_words]
-    changes += [f"+{w}" for w in new_words if w not in old_words]
+    changes = flag_changes(old_words, list(svc.command_line))
     if not changes:
         return "its inputs changed (binary, certificates or configuration)"
     shown = ", ".join(changes[:6]) + (f" and {len(changes) - 6} more" if len(changes) > 6 else "")
     return f"flags {shown}"
+
+
+def flag_changes(old: list[str], new: list[str]) -> list[str]:
+    """`--flag=a -> b` for a changed value, `+--flag=v` added, `-(--flag=v)` removed; the
+    binary path as `binary a -> b`."""
+    def split(words: list[str]) -> dict[str, str]:
+        found = {"binary": words[0]} if words else {}
+        for word in words[1:]:
+            name, _, value = word.partition("=")
+            found[name] = value
+        return found
+
+    before, after = split(old), split(new)
+    changes = [f"{name}={before[name]} -> {after[name]}" if name.startswith("--")
+               else f"{name} {before[name]} -> {after[name]}"
+               for name in after if name in before and before[name] != after[name]]
+    changes += [f"+{name}={after[name]}" for name in after if name not in before]
+    changes += [f"-({name}={before[name]})" for name in before if name not in after]
+    return changes
 
 
 def wait_ready(ctx: HostContext, timeout: float = READY_TIMEOUT_S) -> None:

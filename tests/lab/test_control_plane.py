@@ -312,7 +312,7 @@ def test_a_flag_change_rolls_one_api_server_at_a_time_without_a_failed_probe(
     results = prober.stop()
     restarted = [line for line in report.lines() if "restart kube-apiserver" in line]
     assert len(restarted) == 3, report.lines()
-    assert all("--max-requests-inflight=1800" in line for line in restarted)
+    assert all("--max-requests-inflight=400 -> 1800" in line for line in restarted)
     assert plan_lines == report.lines()
     failed = [r for r in results if not r[1]]
     assert len(results) > 20 and not failed, failed
