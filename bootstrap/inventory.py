@@ -131,6 +131,10 @@ class Inventory:
     hosts: tuple[Host, ...]
     ssh: SSHSettings
     pki: PKISettings
+    # How long a load balancer takes to stop sending new connections to an API server
+    # whose port refuses them (its health checks' interval x unhealthy threshold, plus a
+    # margin): an API server is drained that long before it restarts.
+    drain_seconds: float = 30.0
     source: str = field(default="<memory>", compare=False)
 
     @functools.cached_property
@@ -194,7 +198,8 @@ def parse(data: Any, source: str = "<memory>") -> Inventory:
     top = r.mapping(data, "", required=("cluster", "endpoints", "zones", "hosts", "ssh"),
                     optional=("pki",))
     cluster = _cluster(r, top["cluster"])
-    endpoints = r.mapping(top["endpoints"], "endpoints", required=("regional", "zones"))
+    endpoints = r.mapping(top["endpoints"], "endpoints", required=("regional", "zones"),
+                          optional=("drain_seconds",))
     regional = _endpoint(r, endpoints["regional"], "endpoints.regional", cluster.api_port)
     zonal_raw = r.mapping(endpoints["zones"], "endpoints.zones", optional=None)
     zones = _zones(r, top["zones"], zonal_raw, cluster)
@@ -205,8 +210,9 @@ def parse(data: Any, source: str = "<memory>") -> Inventory:
     if cluster.max_nodes == 0:
         cluster = dataclasses.replace(cluster, max_nodes=max(1, sum(h.has("node")
                                                                     for h in hosts)))
+    drain = r.number(endpoints.get("drain_seconds", 30), "endpoints.drain_seconds", 0, 600)
     return Inventory(cluster=cluster, regional_endpoint=regional, zones=zones, hosts=hosts,
-                     ssh=ssh, pki=pki, source=source)
+                     ssh=ssh, pki=pki, drain_seconds=drain, source=source)
 
 
 T = TypeVar("T")

@@ -31,6 +31,8 @@ def build(settings: Settings, hosts: Sequence[dict[str, Any]], bastion: dict[str
         "endpoints": {
             "regional": {"name": regional, "port": s.api_port},
             "zones": {z: {"name": zonal[z], "port": s.api_port} for z in s.zone_names},
+            # NLB health checks: 10 s interval x 2 unhealthy checks, plus a margin.
+            "drain_seconds": 30,
         },
         "zones": [{"name": z.name, "subnets": [z.private_subnet]} for z in s.zones],
         "hosts": [{"name": h["name"], "zone": h["zone"], "roles": ["control-plane", "etcd"],

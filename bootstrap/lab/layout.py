@@ -157,6 +157,8 @@ def inventory_data(layout: Layout, host_keys: dict[str, str], private_key: Path,
             "regional": {"name": f"api.{DOMAIN}", "address": layout.regional_endpoint},
             "zones": {z: {"name": f"api-{z[-1]}.{DOMAIN}", "address": layout.zone_endpoint(z)}
                       for z in ZONES},
+            # haproxy checks every 300 ms and one failure marks a server down.
+            "drain_seconds": 1,
         },
         "zones": [{"name": z, "subnets": [str(zone_subnet(i))]} for i, z in enumerate(ZONES)],
         "hosts": [{"name": h.name, "zone": h.zone, "roles": list(h.roles),

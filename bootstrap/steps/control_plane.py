@@ -99,9 +99,11 @@ class HostPlan:
     services: list[Service]
     restart: dict[str, str] = field(default_factory=dict)  # name -> reason
 
+    leftover_drain: bool = False  # a drain an interrupted run left behind
+
     @property
     def changed(self) -> bool:
-        return bool(self.files or self.restart)
+        return bool(self.files or self.restart or self.leftover_drain)
 
 
 def plan_host(ctx: HostContext) -> HostPlan:
@@ -124,6 +126,7 @@ def plan_host(ctx: HostContext) -> HostPlan:
             plan.restart[svc.name] = f"restart {svc.name}: " + _why(ctx, svc, unit.path)
         elif not current.current(units[svc.name]):
             plan.restart[svc.name] = f"start {svc.name} (not running)"
+    plan.leftover_drain = bool(ctx.facts.get("drained"))
     if APISERVER in plan.restart and _api_running(ctx):
         # Their watches hold a stopping API server for many seconds: stop them first.
         for name in (CONTROLLER_MANAGER, SCHEDULER):
@@ -187,6 +190,33 @@ def _poll(ctx: HostContext, probe: str, timeout: float, what: str) -> None:
                         f"/var/lib/mzk/log/<service>.log or journalctl -u <service>")
 
 
+DRAIN_TABLE = "mzk_drain"
+
+
+def drain(ctx: HostContext) -> bool:
+    """Take a running API server out of its load balancers before it stops: its port
+    refuses new connections from other hosts (a TCP reset, so a balancer retries
+    elsewhere at once) while existing ones finish, for `drain_seconds`, the time the
+    balancers' health checks need to mark it down. Without this, a stopping API server
+    answers /readyz with 500 to whoever the balancer still sends. Skipped (said in the
+    report) on a host without nftables."""
+    if not ctx.facts.get("bin", {}).get("nft"):
+        ctx.note("kube-apiserver not drained: nft not found; install nftables")
+        return False
+    port = ctx.inventory.cluster.api_port
+    t = DRAIN_TABLE
+    ctx.runner.run(f"nft add table inet {t} && nft add chain inet {t} input "
+                   f"'{{ type filter hook input priority -10; }}' && nft add rule inet {t} "
+                   f"input iifname != lo tcp dport {port} ct state new reject with tcp reset "
+                   f"&& sleep {ctx.inventory.drain_seconds:g}",
+                   timeout=ctx.inventory.drain_seconds + 30)
+    return True
+
+
+def undrain(ctx: HostContext) -> None:
+    ctx.runner.run(f"nft delete table inet {DRAIN_TABLE} 2>/dev/null; true")
+
+
 def roll_host(plan: HostPlan) -> None:
     """Bring one host to its plan: files, then the API server (waiting for /readyz), then
     the controller-manager and scheduler (waiting for /healthz)."""
@@ -196,18 +226,27 @@ def roll_host(plan: HostPlan) -> None:
     for name in SERVICES:
         if name in plan.restart:
             ctx.note(plan.restart[name])
+    if plan.leftover_drain:
+        ctx.note("remove the drain an interrupted run left on kube-apiserver's port")
     if ctx.dry_run:
         return
     if plan.files:
         put_many(ctx.runner, plan.files)
     manager = manager_from(ctx.name, bool(ctx.facts.get("lab")), bool(ctx.facts.get("systemd")))
     by_name = {s.name: s for s in plan.services}
-    if APISERVER in plan.restart:
-        if _api_running(ctx):
-            _both(lambda name: manager.stop(ctx.runner, name))
-        ctx.runner.run(f"install -d -m 0700 {shlex.quote(config.AUDIT_LOG.rsplit('/', 1)[0])}")
-        manager.ensure(ctx.runner, by_name[APISERVER])
-    wait_ready(ctx)
+    drained = plan.leftover_drain
+    try:
+        if APISERVER in plan.restart:
+            if _api_running(ctx):
+                drained = drain(ctx) or drained
+                _both(lambda name: manager.stop(ctx.runner, name))
+            ctx.runner.run("install -d -m 0700 "
+                           f"{shlex.quote(config.AUDIT_LOG.rsplit('/', 1)[0])}")
+            manager.ensure(ctx.runner, by_name[APISERVER])
+        wait_ready(ctx)
+    finally:
+        if drained:  # also when it failed: a server that is not ready fails its checks
+            undrain(ctx)
     def start(name: str) -> None:
         if name in plan.restart:
             manager.ensure(ctx.runner, by_name[name])
@@ -279,5 +318,7 @@ def _quiet(_host: str, _title: str, _state: str) -> None:
 
 CONTROL_PLANE = Step("control-plane", _control_plane, run_together=converge)
 CONTROL_PLANE_RETIRE = Step("control-plane-retire", _not_control_plane, run=retire)
+DRAIN_SCRIPT = (f"nft list table inet {DRAIN_TABLE} >/dev/null 2>&1 && echo 'drained 1' "
+                "|| echo 'drained 0'")
 TRACES_SCRIPT = ('echo "control_plane_traces $(ls ' + " ".join(unit_path(s) for s in SERVICES)
                  + ' 2>/dev/null | tr "\\n" " ")"')

@@ -11,7 +11,7 @@ from bootstrap.steps import cluster_objects, control_plane
 from bootstrap.steps.binaries import K8S_RELEASE_MARK
 from bootstrap.steps.pki import watched_paths
 
-COMMANDS = ("etcd", "etcdctl", "python3", "sha256sum", "base64", "mktemp", "stat", "setsid",
+COMMANDS = ("etcd", "etcdctl", "python3", "sha256sum", "base64", "mktemp", "stat", "setsid", "nft",
             "curl", "tar")
 
 SCRIPT_ETCD = ('echo "etcd_version $( (etcd --version 2>/dev/null || echo x x -) | head -n1 '
@@ -42,7 +42,7 @@ def parse(text: str) -> dict[str, Any]:
         value = value.strip()
         if key.startswith("bin."):
             facts["bin"][key[4:]] = None if value in ("", "-") else value
-        elif key in ("lab", "systemd"):
+        elif key in ("lab", "systemd", "drained"):
             facts[key] = value == "1"
         elif key in ("uid", "time", "free_kb"):
             facts[key] = int(value) if value.isdigit() else None
@@ -93,6 +93,8 @@ def gather(ctx: HostContext) -> None:
         control_plane.SERVICES if ctx.host.has("control-plane") else ())
     if watched_services:
         sections["services"] = status_script(watched_services)
+    if ctx.host.has("control-plane"):
+        sections["drain"] = control_plane.DRAIN_SCRIPT
     watched = watched_paths(ctx) + control_plane.watched_paths(ctx)
     if watched:
         sections["files"] = state_script(watched)
@@ -103,7 +105,7 @@ def gather(ctx: HostContext) -> None:
         SCRIPT + "\n" + control_plane.TRACES_SCRIPT
     out = ctx.runner.run("sh -s", stdin=sections_script(base_script, sections).encode()).stdout
     base, found = split_sections(out)
-    ctx.facts.update(parse(base + found.get("etcd", "")))
+    ctx.facts.update(parse(base + found.get("etcd", "") + found.get("drain", "")))
     ctx.facts["services"] = parse_status(found.get("services", ""))
     if "files" in found:
         ctx.facts["file_states"] = parse_states(watched, found["files"])
