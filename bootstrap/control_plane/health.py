@@ -61,10 +61,8 @@ class Health:
         parts = [f"apiserver {'ready' if self.ready else 'NOT READY'} {self.version}"]
         parts += [f"{name} {'healthy' if ok else 'DOWN'}"
                   for name, ok in self.components.items()]
-        held = [f"{lease.removeprefix('kube-')} lease" for lease, holder in self.leases.items()
-                if holder]
-        if held:
-            parts.append("holds " + " and ".join(held))
+        parts += [f"holds {lease.removeprefix('kube-')} lease"
+                  for lease, holder in sorted(self.leases.items()) if holder]
         parts += [f"{name} {'answers' if ok else 'DOES NOT ANSWER'}"
                   for name, ok in self.endpoints.items()]
         return ", ".join(parts)
