@@ -63,12 +63,14 @@ def ensure_etcd(ctx: HostContext) -> None:
             raise StepError(f"{ctx.name}: lab host without etcd: apt-get install etcd-server "
                             "etcd-client on this machine")
         ctx.facts["etcd"], ctx.facts["etcdctl"] = bins["etcd"], bins["etcdctl"]
+        ctx.facts["etcd_id"] = f"v{ctx.facts.get('etcd_version')}"
         return
     if ctx.facts.get("arch") not in ("x86_64", "amd64"):
         raise StepError(f"{ctx.name}: architecture {ctx.facts.get('arch')} has no pinned etcd "
                         "release; use amd64 hosts")
     ctx.facts["etcd"] = f"{INSTALL_DIR}/etcd"
     ctx.facts["etcdctl"] = f"{INSTALL_DIR}/etcdctl"
+    ctx.facts["etcd_id"] = f"v{ETCD_RELEASE.version}/sha256:{ETCD_RELEASE.sha256[:32]}"
     if ctx.facts.get("etcd_version") == ETCD_RELEASE.version \
             and bins.get("etcd") == ctx.facts["etcd"]:
         return

@@ -79,7 +79,9 @@ def initial_cluster(cluster: EtcdCluster, hosts: list[Host]) -> str:
 
 
 def service(cluster: EtcdCluster, inventory: Inventory, host: Host, etcd_bin: str,
-            initial: dict[str, str]) -> Service:
+            initial: dict[str, str], binary_id: str = "") -> Service:
+    """`binary_id` names the etcd binary (version, checksum) in the unit: a new binary
+    changes the unit, and a changed unit restarts the member (rolled, one at a time)."""
     local = f"https://127.0.0.1:{cluster.client_port}"
     command = [
         etcd_bin,
@@ -95,7 +97,8 @@ def service(cluster: EtcdCluster, inventory: Inventory, host: Host, etcd_bin: st
         "--snapshot-count=10000",
         "--experimental-initial-corrupt-check=true",
     ]
-    return Service(name=cluster.service, command_line=command, env=initial,
+    env = {**initial, "MZK_BINARY": binary_id} if binary_id else initial
+    return Service(name=cluster.service, command_line=command, env=env,
                    description=cluster.description)
 
 
@@ -296,7 +299,8 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
             kept = recorded_env(probes[ctx.name].unit)
             if set(kept) == set(env):
                 env = kept
-        return service(cluster, inventory, ctx.host, ctx.facts.get("etcd", "etcd"), env)
+        return service(cluster, inventory, ctx.host, ctx.facts.get("etcd", "etcd"), env,
+                       ctx.facts.get("etcd_id", ""))
 
     with_data = [ctx for ctx in group if probes[ctx.name].has_data]
     if not with_data:

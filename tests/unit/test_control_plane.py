@@ -259,3 +259,14 @@ def test_a_host_plan_from_facts_needs_no_round_trip() -> None:
         "kube-scheduler": "start kube-scheduler (not running)"}
     scaled = dataclasses.replace(ctx, inventory=inventory(max_nodes=3000))
     assert set(control_plane.plan_host(scaled).restart) == set(control_plane.SERVICES)
+
+
+def test_a_new_etcd_binary_changes_the_members_unit() -> None:
+    from bootstrap.services import render_unit
+    from bootstrap.steps.etcd import MAIN, service
+
+    inv = inventory()
+    host = inv.host("cp-a")
+    old = render_unit(service(MAIN, inv, host, "/usr/bin/etcd", {}, "v3.4.23"))
+    new = render_unit(service(MAIN, inv, host, "/usr/bin/etcd", {}, "v3.4.30"))
+    assert "MZK_BINARY=v3.4.23" in old and old != new
