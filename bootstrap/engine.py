@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bootstrap.errors import StepError
+from bootstrap.errors import ConfigError, LockBusy, StepError
 from bootstrap.inventory import Host, Inventory
 from bootstrap.ssh import HostsFailed, Runner, run_on_hosts
 
@@ -154,6 +154,8 @@ def run_steps(inventory: Inventory, steps: Sequence[Step], runner_for: Callable[
                 quiet(ctx.name, step.title, "start")
             try:
                 step.run_together(group)
+            except (ConfigError, LockBusy):
+                raise  # the whole run stops here, before anything changed
             except HostsFailed as err:
                 collect(step, err)
             except Exception as err:  # a whole-cluster step: every host in it failed

@@ -25,3 +25,7 @@ class HostConnectionError(MultizoneError):
 
 class StepError(MultizoneError):
     """A bootstrap step that failed on a host."""
+
+
+class LockBusy(MultizoneError):
+    """Another apply holds the cluster's lock (exit code 1: try again later)."""

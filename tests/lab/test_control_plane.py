@@ -461,3 +461,80 @@ def test_a_host_that_loses_the_control_plane_role_stops_its_services(cplab: Lab)
              for p in netns_pids(cplab.layout.host("node-2").netns)]
     assert not any(c.startswith("kube-") for c in comms), comms
     assert not apply(cplab).changed
+
+
+# --------------------------------------------------------------------------- guards
+
+
+def test_an_apply_with_another_pki_directory_is_refused_before_any_change(
+        cplab: Lab, tmp_path: Path) -> None:
+    copy = tmp_path / "elsewhere"
+    copy.mkdir()
+    (copy / "inventory.yaml").write_text((cplab.dir / "inventory.yaml").read_text())
+    pids = service_pids(cplab)
+    proc = subprocess.run([sys.executable, "-m", "bootstrap", "apply",
+                           str(copy / "inventory.yaml"), "--quiet"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    error = proc.stderr.strip()
+    assert error.count("\n") == 0 and "Traceback" not in error
+    assert "cp-a, cp-b, cp-c" in error and "SHA256:" in error and "--pki-dir" in error
+    assert not (copy / "pki").exists()  # the new, refused PKI is not left behind
+    assert service_pids(cplab) == pids
+    assert not apply(cplab).changed
+
+
+def test_a_second_apply_is_refused_while_one_holds_the_lock(cplab: Lab) -> None:
+    from bootstrap import apply_lock
+    from bootstrap.errors import LockBusy
+
+    with Connections(cplab.inventory) as conns:
+        held = apply_lock.acquire([conns.runner(cplab.inventory.host("cp-b"))],
+                                  owner="tester@bench pid 1 since 2026-11-23T00:00:00Z")
+        try:
+            with pytest.raises(LockBusy, match=r"cp-b: another apply holds the cluster's "
+                                               r"lock \(tester@bench pid 1 since 2026-11-23"):
+                apply(cplab)
+        finally:
+            for lock in held:
+                lock.release()
+    assert not apply(cplab).changed  # released: the next apply runs
+
+
+def test_a_lock_whose_holder_died_or_went_silent_is_released(cplab: Lab) -> None:
+    from bootstrap import apply_lock
+
+    # A holder that stops sending its heartbeat loses the lock after the silence bound.
+    with Connections(cplab.inventory) as conns:
+        runner = conns.runner(cplab.inventory.host("cp-a"))
+        apply_lock.HeldLock(runner, "silent@x", silence=2, heartbeat=None)
+        time.sleep(3)
+        assert not apply(cplab).changed
+    # A holder process killed outright: its connection drops and the lock with it.
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys,time\n"
+         "from bootstrap.inventory import load\n"
+         "from bootstrap.ssh import Connections\n"
+         "from bootstrap.apply_lock import HeldLock\n"
+         "inv = load(sys.argv[1])\n"
+         "c = Connections(inv).__enter__()\n"
+         "HeldLock(c.runner(inv.host('cp-c')), 'doomed@x')\n"
+         "print('held', flush=True)\n"
+         "time.sleep(600)\n", str(cplab.dir / "inventory.yaml")],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert not apply(cplab).changed
+                break
+            except Exception:  # noqa: BLE001 - LockBusy until sshd notices the dead peer
+                assert time.monotonic() < deadline, "the dead holder's lock was kept"
+                time.sleep(1)
+    finally:
+        if holder.poll() is None:
+            holder.kill()

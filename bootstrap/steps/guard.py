@@ -1,0 +1,103 @@
+"""Two guards before anything on a host changes.
+
+lock: one apply at a time per cluster (`bootstrap.apply_lock`), taken on every
+control-plane host right after the facts; released by `execute` when the run ends. A plan
+changes nothing and takes no lock.
+
+trust: a host that already trusts a CA (its ca.crt, etcd/ca.crt, front-proxy-ca.crt) must
+get the same CA key from this run's PKI directory. Another directory (an inventory copied
+elsewhere, a wrong `--pki-dir`) would otherwise push brand-new CAs onto a live cluster and
+cut every member off from the others; the run stops with one line naming the hosts and
+both fingerprints, before any host changed. The file states come with the facts, so a
+converged cluster costs no round trip; a CA re-signed with the same key passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from bootstrap import apply_lock
+from bootstrap.engine import HostContext, Step
+from bootstrap.errors import ConfigError
+from bootstrap.hostfiles import stat_many
+from bootstrap.inventory import Host, Inventory
+from bootstrap.pki.table import CAS
+from bootstrap.ssh import SSHRunner
+from bootstrap.steps.pki import planned
+
+
+def take_lock(group: list[HostContext]) -> None:
+    if not group or group[0].dry_run:
+        return
+    runners = [c.runner for c in group if isinstance(c.runner, SSHRunner)]
+    group[0].shared.setdefault("locks", []).extend(apply_lock.acquire(runners))
+
+
+def fingerprint(pem: bytes) -> str:
+    """As `openssl x509 -noout -fingerprint -sha256` prints it."""
+    der = x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return "SHA256:" + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def _public_key(pem: bytes) -> bytes | None:
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return None
+    return cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def check_trust(group: list[HostContext]) -> None:
+    if not group or "pki" not in group[0].shared:
+        return
+    mismatches: dict[tuple[str, str, str], list[str]] = {}
+    for ctx in group:
+        files, _ = planned(ctx)
+        ours = {f.path: f.content for f in files}
+        paths = [ca.cert_path for ca in CAS if ca.cert_path in ours]
+        known = ctx.facts.get("file_states") or {}
+        states = ({p: known[p] for p in paths} if all(p in known for p in paths)
+                  else stat_many(ctx.runner, paths))
+        for ca in CAS:
+            path = ca.cert_path
+            state = states.get(path)
+            if path not in ours or state is None:
+                continue
+            if state.split()[0] == hashlib.sha256(ours[path]).hexdigest():
+                continue
+            theirs = ctx.runner.read(path)
+            if theirs is None or _public_key(theirs) == _public_key(ours[path]):
+                continue
+            try:
+                their_print = fingerprint(theirs)
+            except ValueError:
+                their_print = "an unreadable certificate"
+            mismatches.setdefault((ca.name, their_print, fingerprint(ours[path])),
+                                  []).append(ctx.name)
+    if not mismatches:
+        return
+    pki_dir = group[0].shared["pki"].out_dir
+    (name, theirs_fp, ours_fp), hosts = sorted(mismatches.items())[0]
+    more = f" (and {len(mismatches) - 1} more CA(s))" if len(mismatches) > 1 else ""
+    raise ConfigError(
+        f"{', '.join(sorted(hosts))} trust {name} {theirs_fp}, but the PKI directory "
+        f"{pki_dir} holds {ours_fp}{more}: it is not this cluster's PKI; give --pki-dir the "
+        "directory that issued the cluster's CA (rotating a CA is a separate, explicit "
+        "operation); nothing was changed")
+
+
+def _control_plane(inventory: Inventory) -> tuple[Host, ...]:
+    return inventory.control_plane
+
+
+def _all(inventory: Inventory) -> tuple[Host, ...]:
+    return inventory.hosts
+
+
+LOCK = Step("lock", _control_plane, run_together=take_lock)
+TRUST = Step("trust", _all, run_together=check_trust)
