@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bootstrap import inventory as inventory_module
 from bootstrap import k8s_bin
+from bootstrap.apply_lock import HeldLock
 from bootstrap.control_plane import encryption, health
 from bootstrap.engine import ActionFailed, HostContext, Report, run_steps
 from bootstrap.errors import ConfigError, MultizoneError
@@ -112,6 +113,7 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
     `binaries` None: from $MZK_K8S_BIN_DIR if set (see `local_binaries`)."""
     if binaries is None:
         binaries = local_binaries(inventory, None)
+    made_pki_dir = not pki_dir.exists()
     with tempfile.TemporaryDirectory(prefix="mzk-plan-") as scratch:
         if dry_run:
             work = Path(scratch) / "pki"
@@ -128,16 +130,23 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
             report.add("local", "pki", f"write {Path(path).relative_to(work)}")
         for line in pki.local.issued:
             report.add("local", "pki", f"issue {line}")
+        locks: list[HeldLock] = []
+        shared = {"pki": pki, "k8s_bin": binaries, "encryption": encryption_config,
+                  "locks": locks}
         with Connections(inventory, progress=progress) as connections:
             try:
                 host_report = run_steps(inventory, ACTION, connections.runner,
-                                        dry_run=dry_run,
-                                        shared={"pki": pki, "k8s_bin": binaries,
-                                                "encryption": encryption_config},
-                                        progress=progress)
+                                        dry_run=dry_run, shared=shared, progress=progress)
             except ActionFailed as err:
                 err.report = _merge(report, err.report)
                 raise
+            except ConfigError:
+                if made_pki_dir and not dry_run:  # refused: leave no new PKI behind
+                    shutil.rmtree(pki_dir, ignore_errors=True)
+                raise
+            finally:
+                for held in locks:
+                    held.release()
     return _merge(report, host_report)
 
 
