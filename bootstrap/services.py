@@ -290,6 +290,27 @@ def parse_status(text: str) -> dict[str, ServiceStatus]:
     return found
 
 
+def pending_change(runner: Runner, service: Service) -> str | None:
+    """What `ensure` would do, as one line, or None: the single decision behind both
+    `apply` (which then calls `ensure`) and `plan` (which only reports it). One round trip:
+    the unit file's state and the keeper's state together."""
+    from bootstrap.hostfiles import parse_states, state_script  # hostfiles imports ssh only
+
+    unit = render_unit(service).encode()
+    path = unit_path(service.name)
+    marker = "MZK_SERVICE_STATUS"
+    out = runner.run("sh -s", stdin=(state_script([path]) + f"echo {marker}\n"
+                                     + status_script([service.name])).encode()).stdout
+    files, _, status = out.partition(f"{marker}\n")
+    on_disk = parse_states([path], files)[path]
+    if on_disk != f"{hashlib.sha256(unit).hexdigest()} 644 root root":
+        return f"write {path} and (re)start {service.name}"
+    found = parse_status(status).get(service.name, ServiceStatus(False, None))
+    if not found.current(unit):
+        return f"(re)start {service.name} (not running the current unit)"
+    return None
+
+
 def manager_from(host: str, lab: bool, systemd: bool) -> ServiceManager:
     """The lab marker wins; else systemd if the host was booted with it; else an error."""
     if lab:

@@ -26,10 +26,16 @@ from dataclasses import dataclass
 from bootstrap import ports
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
-from bootstrap.hostfiles import FileSpec, differing
 from bootstrap.inventory import Host, Inventory
 from bootstrap.pki.table import LEAF_BY_NAME, flags_for
-from bootstrap.services import Service, ServiceManager, manager_from, render_unit, unit_path
+from bootstrap.services import (
+    Service,
+    ServiceManager,
+    manager_from,
+    pending_change,
+    render_unit,
+    unit_path,
+)
 from bootstrap.ssh import Result, run_on_hosts
 
 HEALTH_TIMEOUT_S = 60.0
@@ -204,22 +210,18 @@ def _manager(ctx: HostContext) -> ServiceManager:
 
 def _ensure(ctx: HostContext, svc: Service, cluster: EtcdCluster,
             data_dir_exists: bool = False) -> bool:
-    """Make the service run as defined; in a dry run, say what would change."""
-    if ctx.dry_run:
-        unit = FileSpec(unit_path(svc.name), render_unit(svc).encode(), 0o644)
-        if differing(ctx.runner, [unit]):
-            ctx.note(f"write {unit.path} and (re)start {svc.name}")
-            return True
-        if not _manager(ctx).is_active(ctx.runner, svc.name):
-            ctx.note(f"start {svc.name}")
-            return True
+    """Make the service run as defined: one decision (`pending_change`) for apply and
+    plan, so the plan's line is the apply's."""
+    change = pending_change(ctx.runner, svc)
+    if change is None:
         return False
+    ctx.note(change)
+    if ctx.dry_run:
+        return True
     if not data_dir_exists:
         ctx.runner.run(f"install -d -m 0700 {shlex.quote(cluster.data_dir)}")
-    changed = _manager(ctx).ensure(ctx.runner, svc)
-    if changed:
-        ctx.note(f"{svc.name} started with {unit_path(svc.name)}")
-    return changed
+    _manager(ctx).ensure(ctx.runner, svc)
+    return True
 
 
 def _hand_over_leadership(ctx: HostContext, cluster: EtcdCluster) -> None:

@@ -358,15 +358,16 @@ def test_an_etcd_change_rolls_one_member_at_a_time_and_loses_no_write(
     writer.start()
     time.sleep(0.5)
     monkeypatch.setattr(etcd_step, "service", with_heartbeat)
+    planned = apply(cplab, dry_run=True).lines()
     report = apply(cplab)
+    assert planned == report.lines()
     monkeypatch.setattr(etcd_step, "service", original)
     report_back = apply(cplab)
     time.sleep(0.5)
     results = writer.stop()
-    started = [line for line in report.lines() if "etcd started with" in line
-               or "etcd-events started with" in line]
+    started = [line for line in report.lines() if "and (re)start etcd" in line]
     assert len(started) == 6, report.lines()
-    assert len([line for line in report_back.lines() if "started with" in line]) == 6
+    assert len([line for line in report_back.lines() if "(re)start etcd" in line]) == 6
     failed = [r for r in results if not r[1]]
     assert len(results) > 20 and not failed, failed
     listed = on(cplab, "cp-a", f"{ETCDCTL} --endpoints=https://127.0.0.1:2379 get /rolling/ "
