@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bootstrap import engine, steps
+from bootstrap import steps
 from bootstrap.engine import ActionFailed, HostContext, Step, all_hosts, run_steps
 from bootstrap.errors import StepError
 from bootstrap.inventory import parse
