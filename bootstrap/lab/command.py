@@ -7,6 +7,8 @@ from pathlib import Path
 
 from bootstrap.lab import build
 
+DEFAULT_DIR = "/var/lib/multizone-k8s/lab"
+
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     sub = parser.add_subparsers(dest="lab_action", required=True,
@@ -17,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     down = sub.add_parser("down", help="remove every namespace, process and file of the lab")
     status = sub.add_parser("status", help="one line per host: name, zone, address, sshd")
     for p in (up, down, status):
-        p.add_argument("--dir", type=Path, default=Path("lab"),
-                       help="the lab's directory (default ./lab)")
+        p.add_argument("--dir", type=Path, default=Path(DEFAULT_DIR),
+                       help=f"the lab's directory (default {DEFAULT_DIR}: outside any work "
+                            "tree, since it holds the lab's CA keys)")
 
 
 def run(args: argparse.Namespace) -> int:
