@@ -349,8 +349,9 @@ def _remove_mountpoints(state: State) -> None:
 def up(lab_dir: Path, workers: int = 3, say: Say = print) -> Layout:
     """Build the lab (or keep it, if it is already up with this shape); write the inventory.
 
-    Returns the layout. A lab that is partly up, or has another worker count, is torn down
-    and rebuilt; keys in DIR are kept, so the inventory's pinned keys stay the same.
+    Returns the layout. A lab that is up with another worker count gets workers added or
+    removed in place (`resize`); a lab that is partly up is torn down and rebuilt. Keys in
+    DIR are kept, so the inventory's pinned keys stay the same.
     """
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, bind mounts); run as root")
@@ -359,7 +360,14 @@ def up(lab_dir: Path, workers: int = 3, say: Say = print) -> Layout:
     state = State.load(lab_dir)
     slot = state.data.get("link_slot")
     layout = plan(lab_dir, workers, link_slot=slot)
-    if state.data.get("complete") and state.data.get("workers") == workers \
+    running = plan(lab_dir, state.data.get("workers", workers), link_slot=slot)
+    if state.data.get("complete") and state.data.get("workers") != workers \
+            and set(lab_namespaces(layout.prefix)) == set(running.namespaces):
+        # Another worker count on a lab that is up: add or remove workers in place, so
+        # the control plane (etcd, API servers) keeps running.
+        from bootstrap.lab.resize import resize
+        layout = resize(running, workers, say)
+    if state.data.get("complete") and State.load(lab_dir).data.get("workers") == workers \
             and set(lab_namespaces(layout.prefix)) == set(layout.namespaces):
         # Same shape, network intact: only restart sshds that died (services keep running).
         for host in status(lab_dir):

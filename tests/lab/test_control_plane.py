@@ -539,3 +539,21 @@ def test_a_lock_whose_holder_died_or_went_silent_is_released(cplab: Lab) -> None
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+def test_lab_up_with_another_worker_count_resizes_in_place(cplab: Lab) -> None:
+    pids = service_pids(cplab)
+    build.up(cplab.dir, workers=4, say=lambda _m: None)
+    assert service_pids(cplab) == pids  # etcd and the control plane kept running
+    from bootstrap.inventory import load
+    grown = load(cplab.dir / "inventory.yaml")
+    assert "node-4" in [h.name for h in grown.nodes]
+    report = apply(cplab, grown)
+    assert {line.split(":")[0] for line in report.lines()} == {"node-4"}, report.lines()
+    build.up(cplab.dir, workers=3, say=lambda _m: None)
+    assert service_pids(cplab) == pids
+    assert cplab.layout.host("node-3").netns in subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert f"{cplab.layout.prefix}-node-4" not in subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert not apply(cplab).changed
