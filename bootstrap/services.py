@@ -164,26 +164,14 @@ class SupervisorState:
         return cls(num("supervisor"), num("main"), None if loaded == "-" else loaded)
 
 
-def _status_script(name: str) -> str:
-    n = shlex.quote(name)
-    return f"""d={RUN_DIR}; n={n}
-alive() {{ [ -n "$1" ] && [ -r /proc/"$1"/cmdline ] &&
-  tr '\\0' ' ' < /proc/"$1"/cmdline | grep -qF "$2 "; }}
-sp=$(cat "$d/$n.supervisor.pid" 2>/dev/null); mp=$(cat "$d/$n.pid" 2>/dev/null)
-if alive "$sp" "mzk-supervise $n"; then echo "supervisor $sp"; else echo "supervisor -"; sp=; fi
-if [ -n "$sp" ] && [ -n "$mp" ] && kill -0 "$mp" 2>/dev/null; then echo "main $mp"
-else echo "main -"; fi
-echo "loaded $(cat "$d/$n.unit-sha256" 2>/dev/null || echo -)"
-"""
-
-
 class LabSupervisor:
     """Lab hosts: a detached `mzk-supervise` per service keeps the process alive."""
 
     start_timeout = 10.0
 
     def state(self, runner: Runner, name: str) -> SupervisorState:
-        return SupervisorState.parse(runner.run(_status_script(name)).stdout)
+        out = runner.run(status_script([name])).stdout
+        return lab_states(out).get(name, SupervisorState(None, None, None))
 
     def ensure(self, runner: Runner, service: Service) -> bool:
         unit = render_unit(service).encode()
@@ -253,12 +241,22 @@ class ServiceStatus:
 
 
 def status_script(names: Sequence[str]) -> str:
-    """Shell printing `service NAME RUNNING LOADED` per service (see `parse_status`), for
-    the lab supervisor and for systemd alike, so the facts step can ask in its batch."""
+    """Shell printing `service NAME ...` per service (see `parse_status`), for the lab
+    supervisor and for systemd alike, so the facts step can ask in its batch. The lab part
+    uses shell built-ins only (it runs on every host of a no-op apply): `read` of a
+    /proc/<pid>/cmdline drops its NULs, so the supervisor's command line ends in
+    `mzk-supervise<name>`."""
     lines = [f"if [ -f {LAB_MARKER} ]; then"]
     for name in names:
-        lines += [f"( {_status_script(name)}) | tr '\\n' ' ' | "
-                  f"sed 's/^/service {name} lab /'; echo"]
+        d, n = f"{RUN_DIR}/{name}", name
+        lines += [
+            f"sp=; mp=; ld=; cl=; read -r sp < {d}.supervisor.pid; read -r mp < {d}.pid; "
+            f"read -r ld < {d}.unit-sha256",
+            '[ -n "$sp" ] && read -r cl < /proc/"$sp"/cmdline',
+            f'case "$cl" in *mzk-supervise{n}) ;; *) sp=;; esac',
+            '[ -n "$sp" ] && [ -n "$mp" ] && kill -0 "$mp" 2>/dev/null || mp=',
+            f'echo "service {n} lab supervisor ${{sp:--}} main ${{mp:--}} loaded ${{ld:--}}"',
+        ]
     lines.append("else")
     for name in names:
         unit = shlex.quote(unit_path(name))
@@ -268,25 +266,31 @@ def status_script(names: Sequence[str]) -> str:
                      f"$(sha256sum < {unit} | cut -d' ' -f1)\"; "
                      f"else echo \"service {name} systemd -\"; fi")
     lines.append("fi")
-    return "\n".join(lines) + "\n"
+    return "{\n" + "\n".join(lines) + "\n} 2>/dev/null\n"
+
+
+def lab_states(text: str) -> dict[str, SupervisorState]:
+    """The lab lines of `status_script`'s output, with the supervisor's pids."""
+    found = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "service" and words[2] == "lab":
+            found[words[1]] = SupervisorState.parse("\n".join(
+                " ".join(words[i:i + 2]) for i in range(3, len(words) - 1, 2)))
+    return found
 
 
 def parse_status(text: str) -> dict[str, ServiceStatus]:
-    """The `service ...` lines of `status_script`'s output."""
+    """The `service ...` lines of `status_script`'s output, whichever keeper."""
     found: dict[str, ServiceStatus] = {}
+    for name, state in lab_states(text).items():
+        running = state.supervisor_pid is not None and state.main_pid is not None
+        found[name] = ServiceStatus(running, state.loaded_sha256 if running else None)
     for line in text.splitlines():
         words = line.split()
-        if len(words) < 3 or words[0] != "service":
-            continue
-        name, kind = words[1], words[2]
-        if kind == "lab":
-            state = SupervisorState.parse("\n".join(
-                " ".join(words[i:i + 2]) for i in range(3, len(words) - 1, 2)))
-            running = state.supervisor_pid is not None and state.main_pid is not None
-            found[name] = ServiceStatus(running, state.loaded_sha256 if running else None)
-        else:
+        if len(words) >= 3 and words[0] == "service" and words[2] == "systemd":
             sha = words[3] if len(words) > 3 and words[3] != "-" else None
-            found[name] = ServiceStatus(sha is not None, sha)
+            found[words[1]] = ServiceStatus(sha is not None, sha)
     return found
 
 

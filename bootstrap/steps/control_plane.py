@@ -320,5 +320,4 @@ CONTROL_PLANE = Step("control-plane", _control_plane, run_together=converge)
 CONTROL_PLANE_RETIRE = Step("control-plane-retire", _not_control_plane, run=retire)
 DRAIN_SCRIPT = (f"nft list table inet {DRAIN_TABLE} >/dev/null 2>&1 && echo 'drained 1' "
                 "|| echo 'drained 0'")
-TRACES_SCRIPT = ('echo "control_plane_traces $(ls ' + " ".join(unit_path(s) for s in SERVICES)
-                 + ' 2>/dev/null | tr "\\n" " ")"')
+TRACES_PATHS = [unit_path(s) for s in SERVICES]

@@ -18,19 +18,27 @@ SCRIPT_ETCD = ('echo "etcd_version $( (etcd --version 2>/dev/null || echo x x -)
                "| awk '{print $3}')\"")
 SECTION_MARK = "MZK_SECTION"
 
+
+def traces_line(key: str, patterns: list[str]) -> str:
+    """`key <every existing path matching the globs>` with shell built-ins only."""
+    return (f"printf '{key} '; for f in {' '.join(patterns)}; do [ -e \"$f\" ] && "
+            "printf '%s ' \"$f\"; done; echo")
+
+# Few processes: on a converged cluster this script is most of a no-op apply's time, on
+# every host at once. Shell built-ins where they do (command -v, read, globs, test).
 SCRIPT = "\n".join([
-    'echo "kernel $(uname -s) $(uname -r)"',
-    'echo "arch $(uname -m)"',
+    "set -- $(uname -s -r -m)",
+    'echo "kernel $1 $2"',
+    'echo "arch $3"',
     'echo "uid $(id -u)"',
     f'[ -f {LAB_MARKER} ] && echo "lab 1" || echo "lab 0"',
     '[ -d /run/systemd/system ] && echo "systemd 1" || echo "systemd 0"',
     'echo "time $(date -u +%s)"',
-    *(f'echo "bin.{c} $(command -v {c} || echo -)"' for c in COMMANDS),
+    f"for c in {' '.join(COMMANDS)}; do printf 'bin.%s ' \"$c\"; command -v \"$c\" || echo -; done",
     "echo \"free_kb $(df -Pk /var/lib | awk 'NR==2{print $4}')\"",
     # What etcd left on the host (units, data): lets etcd-retire skip clean hosts.
-    'echo "etcd_traces $(ls -d /etc/systemd/system/etcd*.service /var/lib/etcd/*/member '
-    '2>/dev/null | tr "\\n" " ")"',
-    f'echo "k8s_release $(cat {K8S_RELEASE_MARK} 2>/dev/null || echo -)"',
+    traces_line("etcd_traces", ["/etc/systemd/system/etcd*.service", "/var/lib/etcd/*/member"]),
+    f'r=-; read -r r < {K8S_RELEASE_MARK} 2>/dev/null; echo "k8s_release $r"',
 ])
 
 
@@ -102,7 +110,7 @@ def gather(ctx: HostContext) -> None:
     if objects:
         sections.update(cluster_objects.probe_scripts(ctx))
     base_script = SCRIPT if ctx.host.has("control-plane") else \
-        SCRIPT + "\n" + control_plane.TRACES_SCRIPT
+        SCRIPT + "\n" + traces_line("control_plane_traces", control_plane.TRACES_PATHS)
     out = ctx.runner.run("sh -s", stdin=sections_script(base_script, sections).encode()).stdout
     base, found = split_sections(out)
     ctx.facts.update(parse(base + found.get("etcd", "") + found.get("drain", "")))

@@ -78,9 +78,9 @@ def test_systemd_ensure_starts_an_unchanged_but_stopped_unit() -> None:
 
 def _supervisor_host(loaded: str | None, pid: int | None = 100) -> FakeRunner:
     fake = FakeRunner("cp-a")
-    state = (f"supervisor {pid or '-'}\nmain {pid + 1 if pid else '-'}\n"
+    state = (f"service etcd lab supervisor {pid or '-'} main {pid + 1 if pid else '-'} "
              f"loaded {loaded or '-'}\n")
-    fake.on("mzk-supervise $n", stdout=state)
+    fake.on("read -r sp", stdout=state)
     return fake
 
 
