@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bootstrap import inventory as inventory_module
 from bootstrap import k8s_bin
@@ -131,8 +132,8 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
         for line in pki.local.issued:
             report.add("local", "pki", f"issue {line}")
         locks: list[HeldLock] = []
-        shared = {"pki": pki, "k8s_bin": binaries, "encryption": encryption_config,
-                  "locks": locks}
+        shared: dict[str, Any] = {"pki": pki, "k8s_bin": binaries,
+                                  "encryption": encryption_config, "locks": locks}
         with Connections(inventory, progress=progress) as connections:
             try:
                 host_report = run_steps(inventory, ACTION, connections.runner,
@@ -145,7 +146,9 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
                     shutil.rmtree(pki_dir, ignore_errors=True)
                 raise
             finally:
-                for held in locks:
+                taken = shared.get("lock_results", {}).values()
+                for held in {id(h): h for h in [*locks, *taken]
+                             if isinstance(h, HeldLock)}.values():
                     held.release()
     return _merge(report, host_report)
 

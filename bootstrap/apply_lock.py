@@ -96,7 +96,9 @@ class HeldLock:
                 return
 
     def release(self) -> None:
-        """End the holding shell (EOF on its input) and close the session."""
+        """End the holding shell (EOF on its input) and close the session (once)."""
+        if self.chan.closed:
+            return
         if self._beat is not None:
             self._stop.set()
         try:

@@ -47,26 +47,27 @@ def _kubectl(kubectl: str) -> str:
 
 
 def probe_scripts(ctx: HostContext) -> dict[str, str]:
-    """Two commands (run side by side by the facts step): the namespaces and the binding
-    as JSON; nothing when no API server answers yet."""
+    """One command (run beside the other facts): every namespace and cluster role binding
+    as JSON (one kubectl start, the costly part); nothing when no API server answers yet."""
     local = ctx.shared.get("k8s_bin")
     lab_kubectl = shlex.quote(local.path("kubectl")) if local is not None else "/nonexistent"
-    k = (f"if [ -f {LAB_MARKER} ]; then k={lab_kubectl}; else k=/usr/local/bin/kubectl; fi; "
-         f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" --kubeconfig={ADMIN_CONF} "
-         "--request-timeout=3s")
-    return {"namespaces": f"{k} get namespaces -o json",
-            "binding": f"{k} get clusterrolebinding {BINDING} -o json --ignore-not-found"}
+    return {"objects": (f"if [ -f {LAB_MARKER} ]; then k={lab_kubectl}; "
+                        "else k=/usr/local/bin/kubectl; fi; "
+                        f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" "
+                        f"--kubeconfig={ADMIN_CONF} --request-timeout=3s get "
+                        "namespaces,clusterrolebindings -o json")}
 
 
 def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
     """{"namespaces": [...], "binding": {...} | None}, or None if the API did not answer."""
     try:
-        found = json.loads(outputs.get("namespaces", ""))["items"]
-        binding = outputs.get("binding", "")
-        bound = json.loads(binding) if binding.strip() else None
+        items = json.loads(outputs.get("objects", ""))["items"]
+        namespaces = [i for i in items if i["kind"] == "Namespace"]
+        bound = next((i for i in items if i["kind"] == "ClusterRoleBinding"
+                      and i["metadata"]["name"] == BINDING), None)
     except (ValueError, KeyError, TypeError):
         return None
-    return {"namespaces": found, "binding": bound}
+    return {"namespaces": namespaces, "binding": bound}
 
 
 def namespace_labels(name: str, kubernetes_version: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ from typing import Any
 from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.hostfiles import parse_states, state_script
 from bootstrap.services import LAB_MARKER, parse_status, status_script
-from bootstrap.steps import cluster_objects, control_plane
+from bootstrap.steps import cluster_objects, control_plane, guard
 from bootstrap.steps.binaries import K8S_RELEASE_MARK
 from bootstrap.steps.pki import watched_paths
 
@@ -111,7 +111,12 @@ def gather(ctx: HostContext) -> None:
         sections.update(cluster_objects.probe_scripts(ctx))
     base_script = SCRIPT if ctx.host.has("control-plane") else \
         SCRIPT + "\n" + traces_line("control_plane_traces", control_plane.TRACES_PATHS)
-    out = ctx.runner.run("sh -s", stdin=sections_script(base_script, sections).encode()).stdout
+    locking = guard.start_lock(ctx)  # beside the facts: the lock costs no round trip
+    try:
+        out = ctx.runner.run("sh -s",
+                             stdin=sections_script(base_script, sections).encode()).stdout
+    finally:
+        guard.finish_lock(ctx, locking)
     base, found = split_sections(out)
     ctx.facts.update(parse(base + found.get("etcd", "") + found.get("drain", "")))
     ctx.facts["services"] = parse_status(found.get("services", ""))

@@ -15,13 +15,14 @@ converged cluster costs no round trip; a CA re-signed with the same key passes.
 from __future__ import annotations
 
 import hashlib
+import threading
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bootstrap import apply_lock
 from bootstrap.engine import HostContext, Step
-from bootstrap.errors import ConfigError
+from bootstrap.errors import ConfigError, LockBusy
 from bootstrap.hostfiles import stat_many
 from bootstrap.inventory import Host, Inventory
 from bootstrap.pki.table import CAS
@@ -29,11 +30,55 @@ from bootstrap.ssh import SSHRunner
 from bootstrap.steps.pki import planned
 
 
+def start_lock(ctx: HostContext) -> threading.Thread | None:
+    """Called by the facts step on control-plane hosts: take this host's lock in a thread,
+    over the same connection, while the facts command runs."""
+    if ctx.dry_run or not ctx.host.has("control-plane") or not isinstance(ctx.runner,
+                                                                           SSHRunner):
+        return None
+    owner = ctx.shared.setdefault("lock_owner", apply_lock.owner_line())
+    results = ctx.shared.setdefault("lock_results", {})
+    runner = ctx.runner
+
+    def take() -> None:
+        try:
+            results[ctx.name] = apply_lock.HeldLock(runner, owner)
+        except Exception as err:  # noqa: BLE001 - judged by the lock step
+            results[ctx.name] = err
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    return thread
+
+
+def finish_lock(ctx: HostContext, thread: threading.Thread | None) -> None:
+    if thread is not None:
+        thread.join()
+
+
 def take_lock(group: list[HostContext]) -> None:
+    """Every control-plane host answered its lock (taken beside the facts), or the run
+    stops: what was taken is released and LockBusy names the holder."""
     if not group or group[0].dry_run:
         return
-    runners = [c.runner for c in group if isinstance(c.runner, SSHRunner)]
-    group[0].shared.setdefault("locks", []).extend(apply_lock.acquire(runners))
+    shared = group[0].shared
+    results = shared.get("lock_results", {})
+    held = [r for r in results.values() if isinstance(r, apply_lock.HeldLock)]
+    shared.setdefault("locks", []).extend(held)
+    busy = sorted(str(r) for r in results.values() if isinstance(r, LockBusy))
+    missing = [c.runner for c in group if c.name not in results
+               and isinstance(c.runner, SSHRunner)]
+    if not busy and missing:  # hosts whose facts ran elsewhere: take their lock now
+        try:
+            shared["locks"].extend(apply_lock.acquire(missing, shared.get("lock_owner")))
+        except LockBusy as err:
+            busy = [str(err)]
+    if busy:
+        for lock in shared["locks"]:
+            lock.release()
+        shared["locks"].clear()
+        more = f" (and {len(busy) - 1} more host(s))" if len(busy) > 1 else ""
+        raise LockBusy(busy[0] + more)
 
 
 def fingerprint(pem: bytes) -> str:

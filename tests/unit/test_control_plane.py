@@ -4,6 +4,7 @@ the local binaries check and the encryption key. The real thing runs in tests/la
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 from pathlib import Path
@@ -173,9 +174,14 @@ def test_cluster_objects_apply_only_what_differs_and_validate() -> None:
 
 
 def test_probe_parser_tells_no_answer_from_no_binding() -> None:
-    assert cluster_objects.parse_probe({"namespaces": "", "binding": ""}) is None
-    got = cluster_objects.parse_probe({"namespaces": '{"items": []}', "binding": ""})
-    assert got == {"namespaces": [], "binding": None}
+    assert cluster_objects.parse_probe({"objects": ""}) is None
+    ns = {"kind": "Namespace", "metadata": {"name": "default"}}
+    other = {"kind": "ClusterRoleBinding", "metadata": {"name": "system:basic-user"}}
+    got = cluster_objects.parse_probe({"objects": json.dumps({"items": [ns, other]})})
+    assert got == {"namespaces": [ns], "binding": None}
+    ours = {"kind": "ClusterRoleBinding", "metadata": {"name": cluster_objects.BINDING}}
+    got = cluster_objects.parse_probe({"objects": json.dumps({"items": [ns, other, ours]})})
+    assert got is not None and got["binding"] == ours
 
 
 def test_health_parser_names_what_is_down() -> None:
