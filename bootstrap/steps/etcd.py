@@ -140,16 +140,48 @@ def etcdctl(ctx: HostContext, cluster: EtcdCluster, args: str, *, client: str = 
     """Run etcdctl on the host with the document's etcdctl flags. `client="health"` uses
     the healthcheck client certificate; `"admin"` the API server's etcd client (member
     changes are writes, so they use the writer's identity)."""
+    command = etcdctl_command(ctx.facts.get("etcdctl", "etcdctl"), cluster, args,
+                              client=client, endpoints=endpoints)
+    return ctx.runner.run(command, check=check, timeout=timeout)
+
+
+def etcdctl_command(binary: str, cluster: EtcdCluster, args: str, *, client: str = "health",
+                    endpoints: str | None = None) -> str:
     flags = flags_for("etcdctl")
     if client == "admin":
         leaf = LEAF_BY_NAME["kube-apiserver-etcd-client"]
         flags = {**flags, "--cert": leaf.cert_path, "--key": leaf.key_path}
     endpoint = endpoints or f"https://127.0.0.1:{cluster.client_port}"
-    words = [ctx.facts.get("etcdctl", "etcdctl"), f"--endpoints={endpoint}",
+    words = [binary, f"--endpoints={endpoint}",
              *(f"{k}={v}" for k, v in sorted(flags.items())), "--command-timeout=5s",
              "--dial-timeout=3s"]
-    command = "ETCDCTL_API=3 " + " ".join(shlex.quote(w) for w in words) + " " + args
-    return ctx.runner.run(command, check=check, timeout=timeout)
+    return "ETCDCTL_API=3 " + " ".join(shlex.quote(w) for w in words) + " " + args
+
+
+def fact_scripts() -> dict[str, str]:
+    """For the facts round trip of etcd hosts, per cluster: the member's data and unit
+    (what `probe` asks) and the member list (what `_anchor` asks), so that a converged
+    cluster costs no round trip here."""
+    scripts = {}
+    for cluster in CLUSTERS:
+        scripts[f"probe:{cluster.service}"] = _probe_script(cluster)
+        scripts[f"members:{cluster.service}"] = etcdctl_command(
+            "etcdctl", cluster, "member list -w json", client="admin")
+    return scripts
+
+
+def read_facts(found: dict[str, str]) -> dict[str, object]:
+    """The facts' view: {"probe:etcd": Probe, "members:etcd": [Member] or None, ...}."""
+    facts: dict[str, object] = {}
+    for cluster in CLUSTERS:
+        if f"probe:{cluster.service}" in found:
+            facts[f"probe:{cluster.service}"] = _parse_probe(found[f"probe:{cluster.service}"])
+        try:
+            facts[f"members:{cluster.service}"] = parse_members(
+                found.get(f"members:{cluster.service}", ""))
+        except (ValueError, KeyError, TypeError):
+            facts[f"members:{cluster.service}"] = None
+    return facts
 
 
 def healthy(ctx: HostContext, cluster: EtcdCluster) -> bool:
@@ -195,10 +227,16 @@ class Probe:
 
 def probe(ctx: HostContext, cluster: EtcdCluster) -> Probe:
     """One round trip: does the member have data, and the unit it runs with."""
+    return _parse_probe(ctx.runner.run(_probe_script(cluster)).stdout)
+
+
+def _probe_script(cluster: EtcdCluster) -> str:
     data = shlex.quote(f"{cluster.data_dir}/member")
     unit = shlex.quote(unit_path(cluster.service))
-    out = ctx.runner.run(f"[ -d {data} ] && echo data || echo none; "
-                         f"[ -f {unit} ] && cat {unit} || true").stdout
+    return f"[ -d {data} ] && echo data || echo none; [ -f {unit} ] && cat {unit} || true"
+
+
+def _parse_probe(out: str) -> Probe:
     first, _, rest = out.partition("\n")
     return Probe(has_data=first.strip() == "data", unit=rest.encode() if rest else None)
 
@@ -265,6 +303,17 @@ def _set_aside(ctx: HostContext, cluster: EtcdCluster, why: str) -> None:
     ctx.runner.run(f"[ -d {d} ] && mv {d} {d}.removed-$(date -u +%Y%m%dT%H%M%S) || true")
 
 
+def _listed_by_facts(group: list[HostContext], cluster: EtcdCluster
+                     ) -> tuple[HostContext, list[Member]] | None:
+    """A member list the facts already hold (taken at the start of this run), if any, and
+    the caller uses it only while no member was (re)started in this run."""
+    for ctx in group:
+        listed = ctx.facts.get("etcd_facts", {}).get(f"members:{cluster.service}")
+        if listed:
+            return ctx, listed
+    return None
+
+
 def _anchor(group: list[HostContext], cluster: EtcdCluster) -> tuple[HostContext, list[Member]]:
     """A member that answers, and the member list it gives; waits for quorum if needed
     (a member list is a linearized read: it needs a quorum, so it doubles as health)."""
@@ -292,7 +341,12 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
     desired = list(inventory.etcd_members)
     desired_names = {h.name for h in desired}
     limit = inventory.ssh.parallel
-    probes = run_on_hosts(group, lambda c: probe(c, cluster), limit,
+    def known_or_probe(ctx: HostContext) -> Probe:
+        known = ctx.facts.get("etcd_facts", {})
+        found = known.get(f"probe:{cluster.service}")
+        return found if isinstance(found, Probe) else probe(ctx, cluster)
+
+    probes = run_on_hosts(group, known_or_probe, limit,
                           title=f"{cluster.service} (probe)", progress=_quiet)
 
     def definition(ctx: HostContext, members_now: list[Host], state: str) -> Service:
@@ -334,7 +388,10 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
             if ctx not in with_data:
                 ctx.note(f"join {cluster.service} as a new member (state existing)")
         return
-    anchor, listed = _anchor(with_data, cluster)
+    # The facts' member list serves only while no member was (re)started in this run; a
+    # started member needs the quorum back first, which `_anchor` waits for.
+    anchor, listed = (None if stopped or rolling else _listed_by_facts(with_data, cluster)) \
+        or _anchor(with_data, cluster)
 
     def listed_as(host: Host) -> list[Member]:
         peer = cluster.peer_url(host)

@@ -7,7 +7,7 @@ from typing import Any
 from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.hostfiles import parse_states, state_script
 from bootstrap.services import LAB_MARKER, parse_status, status_script
-from bootstrap.steps import cluster_objects, control_plane, guard
+from bootstrap.steps import cluster_objects, control_plane, etcd, guard
 from bootstrap.steps.binaries import K8S_RELEASE_MARK
 from bootstrap.steps.pki import watched_paths
 
@@ -97,6 +97,7 @@ def gather(ctx: HostContext) -> None:
     sections: dict[str, str] = {}
     if ctx.host.has("etcd"):
         sections["etcd"] = SCRIPT_ETCD
+        sections.update(etcd.fact_scripts())
     watched_services = (("etcd", "etcd-events") if ctx.host.has("etcd") else ()) + (
         control_plane.SERVICES if ctx.host.has("control-plane") else ())
     if watched_services:
@@ -120,6 +121,8 @@ def gather(ctx: HostContext) -> None:
     base, found = split_sections(out)
     ctx.facts.update(parse(base + found.get("etcd", "") + found.get("drain", "")))
     ctx.facts["services"] = parse_status(found.get("services", ""))
+    if ctx.host.has("etcd"):
+        ctx.facts["etcd_facts"] = etcd.read_facts(found)
     if "files" in found:
         ctx.facts["file_states"] = parse_states(watched, found["files"])
     if objects:
