@@ -68,6 +68,7 @@ class ProgressPrinter:
 
 def run(args: argparse.Namespace) -> int:
     inventory = inventory_module.load(args.inventory)
+    inventory_module.check_private_key(inventory)  # bad input before anything is written
     if args.command == "check":
         directory = k8s_bin.resolve_dir(args.k8s_bin_dir)
         return check(inventory, quiet=args.quiet,

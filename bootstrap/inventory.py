@@ -8,35 +8,31 @@ any host is touched.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import functools
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
+from bootstrap import rules, safe_yaml
 from bootstrap.errors import ConfigError
+from bootstrap.rules import (  # noqa: F401 - PKISettings and PKI_DEFAULTS are used from here
+    EGRESS_MODES,
+    KEY_TYPES,
+    PKI_DEFAULTS,
+    PKI_FIELDS,
+    PKISettings,
+)
 
 ROLES = ("control-plane", "etcd", "node")
-EGRESS_MODES = ("ssh-tunnel", "konnectivity")
-KEY_TYPES = ("rsa", "ecdsa")
-HOST_KEY_TYPES = (
-    "ssh-ed25519",
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "ssh-rsa",
-)
-# RFC 1123 label, the rule Kubernetes applies to node names, and DNS names built from them.
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_VERSION = re.compile(r"^1\.(\d+)\.(\d+)$")
-_MIN_MINOR = 28  # oldest Kubernetes minor release whose flags we render
+HOST_KEY_TYPES = rules.SSH_KEY_TYPES
 MAX_NODES = 5000  # seed 004: at most 5,000 nodes
+_HOST_KEY_HINT = "paste the host's public key as '<type> <base64>' (e.g. from ssh-keyscan)"
+_PRIVATE_KEY_HINT = "give the path of the operator's private key, e.g. ~/.ssh/id_ed25519"
 
 
 @dataclass(frozen=True)
@@ -68,6 +64,8 @@ class Host:
     ssh_port: int
     host_key: str
     advertise_address: str
+    # The volume that holds etcd's data: an EBS volume ID (vol-...) or a device path.
+    etcd_volume: str | None = None
 
     def has(self, role: str) -> bool:
         return role in self.roles
@@ -90,20 +88,6 @@ class SSHSettings:
     command_timeout: float
     retries: int
     parallel: int
-
-
-@dataclass(frozen=True)
-class PKISettings:
-    key_type: str
-    rsa_bits: int
-    ca_validity_days: int
-    validity_days: int
-    renew_before_days: int
-    ca_keys_on_hosts: bool
-
-
-PKI_DEFAULTS = PKISettings(key_type="rsa", rsa_bits=2048, ca_validity_days=3650,
-                           validity_days=365, renew_before_days=30, ca_keys_on_hosts=True)
 
 
 @dataclass(frozen=True)
@@ -175,20 +159,10 @@ class Inventory:
 
 
 def load(path: str | Path) -> Inventory:
-    """Read and validate an inventory file; every problem is a one-line `ConfigError`."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the inventory ({err.strerror}); "
-                          "give the path of an inventory YAML file") from err
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(err, 'problem', err)}); "
-                          "fix the syntax") from err
+    """Read and validate an inventory file; every problem is a one-line `ConfigError`.
+    The YAML is read by `bootstrap.safe_yaml`: bounded, UTF-8, no duplicate keys."""
+    data = safe_yaml.load(path, what="the inventory",
+                          fix="give the path of an inventory YAML file")
     return parse(data, source=str(path))
 
 
@@ -205,7 +179,7 @@ def parse(data: Any, source: str = "<memory>") -> Inventory:
     zones = _zones(r, top["zones"], zonal_raw, cluster)
     hosts = _hosts(r, top["hosts"], zones, cluster)
     ssh = _ssh(r, top["ssh"], hosts)
-    pki = _pki(r, top.get("pki") or {})
+    pki = _pki(r, top["pki"] if "pki" in top else {})  # written: must be a mapping
     _check_topology(r, zones, hosts)
     if cluster.max_nodes == 0:
         cluster = dataclasses.replace(cluster, max_nodes=max(1, sum(h.has("node")
@@ -219,19 +193,28 @@ T = TypeVar("T")
 
 
 class _Reader:
-    """Small typed accessors that raise a `ConfigError` naming the field."""
+    """Small typed accessors that raise a `ConfigError` naming the field; the value rules
+    themselves are `bootstrap.rules`, shared with the stack settings."""
 
     def __init__(self, source: str) -> None:
         self.source = source
 
     def fail(self, where: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {where or 'top level'}: {message}")
+        return ConfigError(rules.one_line(f"{self.source}: {where or 'top level'}: {message}"))
+
+    def check(self, rule: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Apply one of `bootstrap.rules`; its `Problem` becomes this file's one line."""
+        try:
+            return rule(*args, **kwargs)
+        except rules.Problem as problem:
+            raise self.fail(problem.field, problem.message) from problem
 
     def mapping(self, value: Any, where: str, required: tuple[str, ...] = (),
                 optional: tuple[str, ...] | None = ()) -> dict[str, Any]:
         """A mapping with string keys; with `optional=None` any key is allowed."""
         if not isinstance(value, Mapping):
-            raise self.fail(where, f"expected a mapping, got {_kind(value)}")
+            raise self.fail(where, f"expected a mapping, got {_kind(value)}; write its fields "
+                                   "as `key: value` lines (see examples/inventory.yaml)")
         for key in value:
             if not isinstance(key, str):
                 raise self.fail(where, f"key {key!r} is not a string; quote it")
@@ -247,64 +230,46 @@ class _Reader:
         return dict(value)
 
     def string(self, value: Any, where: str, pattern: re.Pattern[str] | None = None,
-               hint: str = "") -> str:
-        if not isinstance(value, str) or not value:
-            raise self.fail(where, f"expected a non-empty string, got {_kind(value)}")
-        if pattern is not None and not pattern.match(value):
-            raise self.fail(where, f"{value!r} is not valid; {hint}")
-        return value
+               hint: str = "set it") -> str:
+        if pattern is not None:
+            return self.check(rules.matching, value, where, pattern, hint)
+        return self.check(rules.text, value, where, hint)
 
     def integer(self, value: Any, where: str, low: int, high: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(where, f"expected a whole number, got {_kind(value)}")
-        if not low <= value <= high:
-            raise self.fail(where, f"{value} is out of range; use {low}..{high}")
-        return value
+        return self.check(rules.integer, value, where, low, high)
 
     def number(self, value: Any, where: str, low: float, high: float) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(where, f"expected a number, got {_kind(value)}")
+            raise self.fail(where, f"expected a number, got {_kind(value)}; use {low}..{high}")
         if not low <= value <= high:
-            raise self.fail(where, f"{value} is out of range; use {low}..{high}")
+            raise self.fail(where, f"{_kind(value)} is out of range; use {low}..{high}")
         return float(value)
 
     def boolean(self, value: Any, where: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(where, f"expected true or false, got {_kind(value)}")
-        return value
+        return self.check(rules.boolean, value, where)
 
     def choice(self, value: Any, where: str, choices: tuple[str, ...]) -> str:
-        if value not in choices:
-            raise self.fail(where, f"{value!r} is not one of: {', '.join(choices)}")
-        return str(value)
+        return self.check(rules.choice, value, where, choices)
 
     def address(self, value: Any, where: str) -> str:
-        text = self.string(value, where)
+        text = self.string(value, where, hint="write e.g. 10.0.1.10")
         try:
             return str(ipaddress.ip_address(text))
         except ValueError as err:
             raise self.fail(where, f"{text!r} is not an IP address; write e.g. 10.0.1.10") \
                 from err
 
-    def cidr(self, value: Any, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        text = self.string(value, where)
-        try:
-            return ipaddress.ip_network(text, strict=True)
-        except ValueError as err:
-            raise self.fail(where, f"{text!r} is not a network in CIDR form with its host bits "
-                                   "zero; write e.g. 10.0.1.0/24") from err
+    def cidr(self, value: Any, where: str) -> rules.Network:
+        return self.check(rules.cidr, value, where)
 
     def items(self, value: Any, where: str, parse_one: Callable[[Any, str], T]) -> list[T]:
         if not isinstance(value, list) or not value:
-            raise self.fail(where, f"expected a non-empty list, got {_kind(value)}")
+            raise self.fail(where, f"expected a non-empty list, got {_kind(value)}; list "
+                                   "one or more items (see examples/inventory.yaml)")
         return [parse_one(item, f"{where}[{i}]") for i, item in enumerate(value)]
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: f"the string {value!r}",
-            bool: f"{value}".lower()}.get(type(value), f"{value!r}")
+_kind = rules.describe
 
 
 def _join(where: str, key: str) -> str:
@@ -315,27 +280,16 @@ def _cluster(r: _Reader, raw: Any) -> Cluster:
     c = r.mapping(raw, "cluster", required=("name", "kubernetes_version"),
                   optional=("service_cidr", "pod_cidr", "dns_domain", "api_port", "egress",
                             "max_nodes"))
-    name = r.string(c["name"], "cluster.name", _DNS_LABEL,
-                    "use lower-case letters, digits and '-', at most 63 characters")
-    version = r.string(c["kubernetes_version"], "cluster.kubernetes_version", _VERSION,
-                       "write a release such as 1.31.2 (quote it in YAML)")
-    minor = int(_VERSION.match(version).group(1))  # type: ignore[union-attr]
-    if minor < _MIN_MINOR:
-        raise r.fail("cluster.kubernetes_version",
-                     f"{version} is too old; use 1.{_MIN_MINOR}.0 or newer")
+    name = r.check(rules.dns_label, c["name"], "cluster.name")
+    # Any release >= 1.28 here: the lab brings its own binaries; real hosts need a pinned
+    # one, which `apply` checks (apply_command.local_binaries) and the stack settings demand.
+    version = r.check(rules.kubernetes_version, c["kubernetes_version"],
+                      "cluster.kubernetes_version", pinned=False)
     service = r.cidr(c.get("service_cidr", "10.96.0.0/12"), "cluster.service_cidr")
     pod = r.cidr(c.get("pod_cidr", "10.244.0.0/16"), "cluster.pod_cidr")
-    if service.version != pod.version:
-        raise r.fail("cluster.service_cidr", "the service and pod CIDRs must be of one IP version")
-    if service.overlaps(pod):  # type: ignore[arg-type]
-        raise r.fail("cluster.service_cidr", f"{service} overlaps cluster.pod_cidr {pod}; "
-                                             "choose ranges that do not overlap")
-    if service.num_addresses < 16:
-        raise r.fail("cluster.service_cidr", f"{service} is too small; use /28 or larger")
-    domain = r.string(c.get("dns_domain", "cluster.local"), "cluster.dns_domain")
-    if not all(_DNS_LABEL.match(label) for label in domain.split(".")):
-        raise r.fail("cluster.dns_domain", f"{domain!r} is not a DNS domain; "
-                                           "write e.g. cluster.local")
+    r.check(rules.service_and_pod, service, pod, "cluster.service_cidr", "cluster.pod_cidr")
+    domain = r.check(rules.dns_name, c.get("dns_domain", "cluster.local"), "cluster.dns_domain",
+                     "cluster.local", what="DNS domain")
     return Cluster(
         name=name, kubernetes_version=version, service_cidr=str(service), pod_cidr=str(pod),
         dns_domain=domain,
@@ -348,11 +302,10 @@ def _cluster(r: _Reader, raw: Any) -> Cluster:
 
 def _endpoint(r: _Reader, raw: Any, where: str, default_port: int) -> Endpoint:
     e = r.mapping(raw, where, required=("name",), optional=("address", "port"))
-    name = r.string(e["name"], f"{where}.name")
-    if not all(_DNS_LABEL.match(label) for label in name.split(".")):
-        raise r.fail(f"{where}.name", f"{name!r} is not a DNS name; write e.g. "
-                                      "api.example.internal")
-    address = r.address(e["address"], f"{where}.address") if e.get("address") else None
+    name = r.check(rules.dns_name, e["name"], f"{where}.name", "api.example.internal")
+    # Absent or null: no fixed address (a load balancer's DNS name is enough).
+    address = (r.address(e["address"], f"{where}.address") if e.get("address") is not None
+               else None)
     port = r.integer(e.get("port", default_port), f"{where}.port", 1, 65535)
     return Endpoint(name=name, address=address, port=port)
 
@@ -363,7 +316,8 @@ def _zones(r: _Reader, raw: Any, zonal: dict[str, Any], cluster: Cluster) -> tup
 
     def one(item: Any, where: str) -> Zone:
         z = r.mapping(item, where, required=("name", "subnets"))
-        name = r.string(z["name"], f"{where}.name")
+        name = r.check(rules.dns_label, z["name"], f"{where}.name",
+                       "use the availability zone's name, e.g. eu-west-1a")
         subnets = r.items(z["subnets"], f"{where}.subnets", r.cidr)
         for i, net in enumerate(subnets):
             for other, label in ((service, "cluster.service_cidr"), (pod, "cluster.pod_cidr")):
@@ -399,23 +353,12 @@ def _zones(r: _Reader, raw: Any, zonal: dict[str, Any], cluster: Cluster) -> tup
 
 
 def _host_key(r: _Reader, value: Any, where: str) -> str:
-    """An OpenSSH public key line, `<type> <base64>`; a trailing comment is dropped."""
-    text = r.string(value, where)
-    parts = text.split()
-    hint = "paste the host's public key as '<type> <base64>' (e.g. from ssh-keyscan)"
-    if len(parts) < 2 or parts[0] not in HOST_KEY_TYPES:
-        raise r.fail(where, f"malformed host key; {hint}")
-    try:
-        blob = base64.b64decode(parts[1], validate=True)
-    except ValueError as err:
-        raise r.fail(where, f"host key is not valid base64; {hint}") from err
-    # The blob starts with its own type name, length-prefixed: a cheap integrity check.
-    if len(blob) < 4:
-        raise r.fail(where, f"host key is truncated; {hint}")
-    length = int.from_bytes(blob[:4], "big")
-    if blob[4:4 + length].decode("ascii", "replace") != parts[0]:
-        raise r.fail(where, f"host key data does not match its type {parts[0]}; {hint}")
-    return f"{parts[0]} {parts[1]}"
+    """An OpenSSH public key line, parsed in full; returns `<type> <base64>` (a trailing
+    comment is dropped)."""
+    return r.check(rules.public_key, value, where, what="host key", hint=_HOST_KEY_HINT)
+
+
+_ETCD_VOLUME = re.compile(r"(vol-[0-9a-f]{8,17}|/dev/[A-Za-z0-9/_.-]+)\Z", re.ASCII)
 
 
 def _hosts(r: _Reader, raw: Any, zones: tuple[Zone, ...], cluster: Cluster) -> tuple[Host, ...]:
@@ -425,9 +368,9 @@ def _hosts(r: _Reader, raw: Any, zones: tuple[Zone, ...], cluster: Cluster) -> t
 
     def one(item: Any, where: str) -> Host:
         h = r.mapping(item, where, required=("name", "zone", "roles", "address", "host_key"),
-                      optional=("ssh_port", "advertise_address"))
-        name = r.string(h["name"], f"{where}.name", _DNS_LABEL,
-                        "use lower-case letters, digits and '-' (it becomes the node name)")
+                      optional=("ssh_port", "advertise_address", "etcd_volume"))
+        name = r.check(rules.dns_label, h["name"], f"{where}.name",
+                       "use lower-case letters, digits and '-' (it becomes the node name)")
         zone = r.string(h["zone"], f"{where}.zone")
         if zone not in by_zone:
             raise r.fail(f"{where}.zone", f"{zone!r} is not a zone listed under zones; "
@@ -451,7 +394,11 @@ def _hosts(r: _Reader, raw: Any, zones: tuple[Zone, ...], cluster: Cluster) -> t
         return Host(name=name, zone=zone, roles=tuple(roles), address=address,
                     ssh_port=r.integer(h.get("ssh_port", 22), f"{where}.ssh_port", 1, 65535),
                     host_key=_host_key(r, h["host_key"], f"{where}.host_key"),
-                    advertise_address=advertise)
+                    advertise_address=advertise,
+                    etcd_volume=(r.string(h["etcd_volume"], f"{where}.etcd_volume",
+                                          _ETCD_VOLUME, "give an EBS volume ID (vol-0123...) "
+                                          "or a device path (/dev/nvme1n1)")
+                                 if h.get("etcd_volume") is not None else None))
 
     hosts = r.items(raw, "hosts", one)
     names: dict[str, int] = {}
@@ -478,7 +425,7 @@ def _ssh(r: _Reader, raw: Any, hosts: tuple[Host, ...]) -> SSHSettings:
         b = r.mapping(s["bastion"], "ssh.bastion", required=("name", "address", "host_key"),
                       optional=("ssh_port",))
         bastion = Bastion(
-            name=r.string(b["name"], "ssh.bastion.name"),
+            name=r.check(rules.dns_label, b["name"], "ssh.bastion.name"),
             address=r.address(b["address"], "ssh.bastion.address"),
             ssh_port=r.integer(b.get("ssh_port", 22), "ssh.bastion.ssh_port", 1, 65535),
             host_key=_host_key(r, b["host_key"], "ssh.bastion.host_key"),
@@ -487,8 +434,9 @@ def _ssh(r: _Reader, raw: Any, hosts: tuple[Host, ...]) -> SSHSettings:
             raise r.fail("ssh.bastion.name", f"{bastion.name} is also a cluster host; "
                                               "give the bastion its own name")
     return SSHSettings(
-        user=r.string(s["user"], "ssh.user"),
-        private_key=r.string(s["private_key"], "ssh.private_key"),
+        user=r.check(rules.user_name, s["user"], "ssh.user"),
+        private_key=r.check(rules.file_path, s["private_key"], "ssh.private_key",
+                            _PRIVATE_KEY_HINT),
         bastion=bastion,
         connect_timeout=r.number(s.get("connect_timeout", 10), "ssh.connect_timeout", 0.1, 600),
         command_timeout=r.number(s.get("command_timeout", 300), "ssh.command_timeout", 1, 86400),
@@ -498,30 +446,11 @@ def _ssh(r: _Reader, raw: Any, hosts: tuple[Host, ...]) -> SSHSettings:
 
 
 def _pki(r: _Reader, raw: Any) -> PKISettings:
-    p = r.mapping(raw, "pki", optional=("key_type", "rsa_bits", "ca_validity_days",
-                                        "validity_days", "renew_before_days",
-                                        "ca_keys_on_hosts"))
-    d = PKI_DEFAULTS
-    settings = PKISettings(
-        key_type=r.choice(p.get("key_type", d.key_type), "pki.key_type", KEY_TYPES),
-        rsa_bits=r.choice(p.get("rsa_bits", d.rsa_bits), "pki.rsa_bits", (2048, 3072, 4096)),  # type: ignore[arg-type]
-        ca_validity_days=r.integer(p.get("ca_validity_days", d.ca_validity_days),
-                                   "pki.ca_validity_days", 1, 36500),
-        validity_days=r.integer(p.get("validity_days", d.validity_days), "pki.validity_days",
-                                1, 3650),
-        renew_before_days=r.integer(p.get("renew_before_days", d.renew_before_days),
-                                    "pki.renew_before_days", 0, 3650),
-        ca_keys_on_hosts=r.boolean(p.get("ca_keys_on_hosts", d.ca_keys_on_hosts),
-                                   "pki.ca_keys_on_hosts"),
-    )
-    settings = PKISettings(**{**settings.__dict__, "rsa_bits": int(settings.rsa_bits)})
-    if settings.renew_before_days >= settings.validity_days:
-        raise r.fail("pki.renew_before_days", f"{settings.renew_before_days} days is not less "
-                                              f"than pki.validity_days "
-                                              f"({settings.validity_days}); make it smaller")
-    if settings.validity_days > settings.ca_validity_days:
-        raise r.fail("pki.validity_days", "certificates would outlive their CA; make it at "
-                                          "most pki.ca_validity_days")
+    p = r.mapping(raw, "pki", optional=PKI_FIELDS)
+    settings, problems = rules.pki_settings(p, {name: f"pki.{name}" for name in PKI_FIELDS})
+    if problems:
+        raise r.fail(problems[0].field, problems[0].message)
+    assert settings is not None
     return settings
 
 
@@ -543,3 +472,32 @@ def _check_topology(r: _Reader, zones: tuple[Zone, ...], hosts: tuple[Host, ...]
         if host.has("etcd") and not host.has("control-plane"):
             raise r.fail(f"hosts[{i}].roles", "etcd runs on control-plane hosts here (stacked); "
                                               "add the control-plane role or drop etcd")
+
+
+# --------------------------------------------------------------------------- before use
+
+
+def check_private_key(inventory: Inventory) -> None:
+    """The operator's key (`ssh.private_key`, `~` expanded) can be read and loaded, as the
+    SSH connections will load it: checked before anything is issued or written, so a wrong
+    path is bad input (exit 2), not a failure after the PKI is made."""
+    import paramiko  # only the commands that connect need it
+
+    path = os.path.expanduser(inventory.ssh.private_key)
+    locked = "a passphrase protects it, and the bootstrap reads keys without one"
+    try:
+        paramiko.PKey.from_path(path)
+        return
+    except paramiko.PasswordRequiredException:
+        reason = locked
+    except TypeError as err:  # how cryptography says so for an OpenSSH-format key
+        if "password" not in str(err):
+            raise
+        reason = locked
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+    except (paramiko.SSHException, paramiko.pkey.UnknownKeyType, ValueError):
+        reason = "not a private key paramiko can load"
+    raise ConfigError(rules.one_line(
+        f"{inventory.source}: ssh.private_key: cannot load {path} ({reason}); "
+        f"{_PRIVATE_KEY_HINT}"))

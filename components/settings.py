@@ -4,24 +4,24 @@ This is the only module that reads `Pulumi.<stack>.yaml`. Every rule the cluster
 (zones, the large-cluster limits of seed 004, CIDRs that fit, admin CIDRs that are not the
 internet) is checked here, before a single resource is declared, and every mistake becomes
 one line naming the key and the fix. All mistakes are collected, so a user fixes them in one
-round.
+round. The rules for values the inventory holds too (names, version, ranges, SSH keys, PKI)
+are bootstrap/rules.py, shared with bootstrap/inventory.py: what this accepts, the bootstrap
+accepts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from bootstrap import ports
+from bootstrap import ports, rules
 from bootstrap.errors import ConfigError
-from bootstrap.inventory import PKI_DEFAULTS, PKISettings
-from bootstrap.k8s_releases import release_for, supported_versions
+from bootstrap.rules import PKI_DEFAULTS, PKISettings
 
 NS = "multizone"
 
@@ -44,11 +44,18 @@ KONNECTIVITY_AGENT_PORT = ports.KONNECTIVITY_AGENT
 
 AWS_RESERVED_PER_SUBNET = 5  # first four addresses and the last one of every subnet
 
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_VERSION = re.compile(r"^1\.(\d+)\.(\d+)$")
-_AMI = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
-_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
-_SSH_PUBLIC = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) [A-Za-z0-9+/=]+( .*)?$")
+# Settings of the stack alone; the rules for values the inventory shares (names, versions,
+# ranges, keys, PKI) are bootstrap/rules.py. Whole-value, ASCII-only patterns (`\Z`).
+_AMI = re.compile(r"ami-[0-9a-f]{8}(?:[0-9a-f]{9})?\Z", re.ASCII)
+_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*\.[a-z0-9]+\Z", re.ASCII)
+_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]+\Z", re.ASCII)
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z", re.ASCII)
+_PUBLIC_KEY_HINT = "paste the operator's public key line ('ssh-ed25519 AAAA...')"
+# multizone:pki keys -> the PKISettings fields (and the inventory's pki.* keys).
+_PKI_KEYS = {"keyType": "key_type", "rsaBits": "rsa_bits",
+             "caValidityDays": "ca_validity_days", "validityDays": "validity_days",
+             "renewBeforeDays": "renew_before_days", "caKeysOnHosts": "ca_keys_on_hosts"}
+T = TypeVar("T")
 
 
 class SettingsError(ConfigError):
@@ -160,7 +167,7 @@ def _decode(value: Any) -> Any:
         return value
     try:
         decoded = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
         return value
     # "1.31" stays text (a version, say): only structures, whole numbers and booleans decode.
     return decoded if isinstance(decoded, dict | list | bool | int) else value
@@ -173,36 +180,31 @@ class _Checker:
         self.problems: list[str] = []
 
     def bad(self, key: str, message: str) -> None:
-        self.problems.append(f"{NS}:{key}: {message}")
+        self.problems.append(rules.one_line(f"{NS}:{key}: {message}"))
+
+    def ok(self, rule: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """Apply one of `bootstrap.rules` (shared with the inventory); a `Problem` becomes
+        one line naming the stack key, and the value None."""
+        try:
+            return rule(*args, **kwargs)
+        except rules.Problem as problem:
+            self.bad(problem.field, problem.message)
+            return None
 
     def string(self, raw: Mapping[str, Any], key: str, where: str, default: Any = None,
                pattern: re.Pattern[str] | None = None, hint: str = "") -> str | None:
         value = raw.get(key, default)
-        if not isinstance(value, str) or not value:
-            self.bad(where, f"expected text, got {value!r}; {hint or 'set it'}")
-            return None
-        if pattern is not None and not pattern.match(value):
-            self.bad(where, f"{value!r} is not valid; {hint}")
-            return None
-        return value
+        if pattern is None:
+            return self.ok(rules.text, value, where, hint or "set it")
+        return self.ok(rules.matching, value, where, pattern, hint)
 
     def integer(self, raw: Mapping[str, Any], key: str, where: str, default: Any,
                 low: int, high: int, hint: str = "") -> int | None:
-        value = raw.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.bad(where, f"expected a whole number, got {value!r}; use {low}..{high}")
-            return None
-        if not low <= value <= high:
-            self.bad(where, f"{value} is out of range; {hint or f'use {low}..{high}'}")
-            return None
-        return value
+        return self.ok(rules.integer, raw.get(key, default), where, low, high, hint)
 
     def boolean(self, raw: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
-        value = raw.get(key, default)
-        if not isinstance(value, bool):
-            self.bad(where, f"expected true or false, got {value!r}; write true or false")
-            return default
-        return value
+        value = self.ok(rules.boolean, raw.get(key, default), where)
+        return default if value is None else value
 
     def choice(self, raw: Mapping[str, Any], key: str, where: str, default: str,
                choices: tuple[str, ...]) -> str | None:
@@ -213,29 +215,24 @@ class _Checker:
         return str(value)
 
     def cidr(self, value: Any, where: str) -> ipaddress.IPv4Network | None:
-        try:
-            net = ipaddress.ip_network(value, strict=True)
-        except (TypeError, ValueError):
-            self.bad(where, f"{value!r} is not an IPv4 network with its host bits zero; "
-                            "write e.g. 10.0.16.0/20")
-            return None
-        if not isinstance(net, ipaddress.IPv4Network):
-            self.bad(where, f"{value} is IPv6; this program builds IPv4 networks, use IPv4")
-            return None
-        return net
+        net = self.ok(rules.cidr, value, where, ipv4_only=True, example="10.0.16.0/20")
+        return net if isinstance(net, ipaddress.IPv4Network) else None
 
     def mapping(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(value, Mapping):
-            self.bad(where, f"expected a mapping, got {value!r}; see stacks/Pulumi.dev.yaml")
+            self.bad(where, f"expected a mapping, got {rules.describe(value)}; see "
+                            "stacks/Pulumi.dev.yaml")
             return {}
         for key in value:
-            if key not in allowed:
+            if not isinstance(key, str):
+                self.bad(where, f"key {key!r} is not text; quote it")
+            elif key not in allowed:
                 self.bad(f"{where}.{key}", f"unknown key; use one of: {', '.join(allowed)}")
-        return dict(value)
+        return {k: v for k, v in value.items() if isinstance(k, str)}
 
     def cidr_list(self, value: Any, where: str) -> list[ipaddress.IPv4Network] | None:
         if not isinstance(value, list) or not value:
-            self.bad(where, f"expected a non-empty list of CIDRs, got {value!r}; "
+            self.bad(where, f"expected a non-empty list of CIDRs, got {rules.describe(value)}; "
                             "write e.g. [203.0.113.0/24]")
             return None
         nets = [self.cidr(v, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -250,7 +247,8 @@ def from_config(config: Mapping[str, Any], stack: str,
     without them the zone names are only checked against the region's naming.
     """
     c = _Checker()
-    raw = {k.split(":", 1)[1]: _decode(v) for k, v in config.items() if k.startswith(f"{NS}:")}
+    raw = {k.split(":", 1)[1]: _decode(v) for k, v in config.items()
+           if isinstance(k, str) and k.startswith(f"{NS}:")}
     for key in raw:
         if key not in KEYS:
             c.bad(key, f"unknown key; use one of: {', '.join(KEYS)}")
@@ -259,34 +257,29 @@ def from_config(config: Mapping[str, Any], stack: str,
             c.bad(key, "missing; add it to stacks/Pulumi.<stack>.yaml "
                        "(see stacks/Pulumi.dev.yaml)")
     region = config.get("aws:region")
-    if not isinstance(region, str) or not re.match(r"^[a-z]{2}(-[a-z]+)+-\d+$", region):
-        c.problems.append(f"aws:region: {region!r} is not an AWS region; "
-                          "run `pulumi config set aws:region eu-west-1`")
+    if not isinstance(region, str) or not _REGION.fullmatch(region):
+        c.problems.append(rules.one_line(f"aws:region: {region!r} is not an AWS region; "
+                                         "run `pulumi config set aws:region eu-west-1`"))
         region = None
 
     name = None
     if "clusterName" in raw:
-        name = c.string(raw, "clusterName", "clusterName", pattern=_LABEL,
-                        hint="use lower-case letters, digits and '-'")
+        name = c.ok(rules.dns_label, raw["clusterName"], "clusterName",
+                    "use lower-case letters, digits and '-'")
         if name and len(name) > 20:
             c.bad("clusterName", f"{name!r} has {len(name)} characters; use at most 20 "
                                  "(it prefixes AWS names limited to 32)")
             name = None
     version = None
     if "kubernetesVersion" in raw:
-        version = c.string(raw, "kubernetesVersion", "kubernetesVersion", pattern=_VERSION,
-                           hint=f"write a release such as \"{supported_versions()[0]}\"")
-        if version and release_for(version) is None:
-            # Real hosts install only releases whose checksums the project pins.
-            c.bad("kubernetesVersion", f"{version} has no pinned release checksums; use one "
-                                       f"of {', '.join(supported_versions())}")
-            version = None
+        # Real hosts install only releases whose checksums the project pins.
+        version = c.ok(rules.kubernetes_version, raw["kubernetesVersion"], "kubernetesVersion",
+                       pinned=True)
 
     service = c.cidr(raw.get("serviceCidr", "10.96.0.0/12"), "serviceCidr")
     pod = c.cidr(raw.get("podCidr", "10.244.0.0/16"), "podCidr")
-    if service and pod and service.overlaps(pod):
-        c.bad("serviceCidr", f"{service} overlaps multizone:podCidr {pod}; choose ranges "
-                             "that do not overlap")
+    if service and pod:  # overlap, and room for the services: the inventory's rule too
+        c.ok(rules.service_and_pod, service, pod, "serviceCidr", f"{NS}:podCidr")
     vpc = c.cidr(raw["vpcCidr"], "vpcCidr") if "vpcCidr" in raw else None
     if vpc and not 16 <= vpc.prefixlen <= 28:
         c.bad("vpcCidr", f"{vpc} has prefix /{vpc.prefixlen}; AWS allows /16../28 for a VPC")
@@ -337,10 +330,10 @@ def from_config(config: Mapping[str, Any], stack: str,
     if api_port in (SSH_PORT, KUBELET_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT,
                     ETCD_EVENTS_CLIENT_PORT, ETCD_EVENTS_PEER_PORT, KONNECTIVITY_AGENT_PORT):
         c.bad("apiPort", f"{api_port} is taken by another service; use 443 or 6443")
-    egress = c.choice(raw, "egress", "egress", "konnectivity", ("konnectivity", "ssh-tunnel"))
+    egress = c.choice(raw, "egress", "egress", "konnectivity", tuple(sorted(rules.EGRESS_MODES)))
     nat = c.choice(raw, "natGateways", "natGateways", "perZone", ("perZone", "single"))
-    dns_domain = c.string(raw, "dnsDomain", "dnsDomain", "cluster.local",
-                          re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)*$"), "write e.g. cluster.local")
+    dns_domain = c.ok(rules.dns_name, raw.get("dnsDomain", "cluster.local"), "dnsDomain",
+                      "cluster.local", what="DNS domain")
     ssh = _ssh(c, raw.get("ssh")) if "ssh" in raw else None
     pki = _pki(c, raw.get("pki", {}))
     protect = c.boolean(raw, "protect", "protect", False)
@@ -348,6 +341,8 @@ def from_config(config: Mapping[str, Any], stack: str,
     expires = raw.get("expiresAt")
     if expires is not None:
         try:
+            if not _DATE.fullmatch(str(expires)):  # fromisoformat alone takes other forms
+                raise ValueError(expires)
             dt.date.fromisoformat(str(expires))
         except ValueError:
             c.bad("expiresAt", f"{expires!r} is not a date; write YYYY-MM-DD")
@@ -485,28 +480,23 @@ def _capacity(c: _Checker, pool: NodePoolSettings, zones: int, cp_per_zone: int)
 def _ssh(c: _Checker, value: Any) -> SSHSettings | None:
     s = c.mapping(value, "ssh", ("user", "privateKeyPath", "publicKey"))
     before = len(c.problems)
-    user = c.string(s, "user", "ssh.user", "admin", _LABEL, "use e.g. admin")
-    path = c.string(s, "privateKeyPath", "ssh.privateKeyPath",
-                    hint="give the path of the operator's private key, e.g. ~/.ssh/id_ed25519")
-    public = c.string(s, "publicKey", "ssh.publicKey", pattern=_SSH_PUBLIC,
-                      hint="paste the operator's public key line ('ssh-ed25519 AAAA...')")
+    user = c.ok(rules.user_name, s.get("user", "admin"), "ssh.user")
+    path = c.ok(rules.file_path, s.get("privateKeyPath"), "ssh.privateKeyPath",
+                "give the path of the operator's private key, e.g. ~/.ssh/id_ed25519")
+    public = c.ok(rules.public_key, s.get("publicKey"), "ssh.publicKey", what="public key",
+                  hint=_PUBLIC_KEY_HINT, keep_comment=True)
     if len(c.problems) > before:
         return None
     return SSHSettings(user, path, public)  # type: ignore[arg-type]
 
 
 def _pki(c: _Checker, value: Any) -> PKISettings:
-    """Types only; the inventory (bootstrap/inventory.py) checks the ranges."""
-    camel = {"keyType": "key_type", "rsaBits": "rsa_bits",
-             "caValidityDays": "ca_validity_days", "validityDays": "validity_days",
-             "renewBeforeDays": "renew_before_days", "caKeysOnHosts": "ca_keys_on_hosts"}
-    p = c.mapping(value, "pki", tuple(camel))
-    base = PKI_DEFAULTS
-    values = {camel[k]: v for k, v in p.items() if k in camel}
-    for key, v in p.items():
-        expected = type(getattr(base, camel.get(key, "key_type")))
-        if type(v) is not expected:
-            c.bad(f"pki.{key}", f"expected {expected.__name__}, got {v!r}; see "
-                                "bootstrap/inventory.py for the allowed values")
-            return base
-    return dataclasses.replace(base, **values)
+    """The inventory's rules for its pki mapping (bootstrap/rules.py), each mistake named
+    as the stack file names the key (`multizone:pki.rsaBits`)."""
+    p = c.mapping(value, "pki", tuple(_PKI_KEYS))
+    values = {_PKI_KEYS[k]: v for k, v in p.items() if k in _PKI_KEYS}
+    names = {field: f"pki.{key}" for key, field in _PKI_KEYS.items()}
+    settings, problems = rules.pki_settings(values, names, ref=f"{NS}:")
+    for problem in problems:
+        c.bad(problem.field, problem.message)
+    return settings or PKI_DEFAULTS

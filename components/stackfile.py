@@ -16,35 +16,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from bootstrap import safe_yaml
+from bootstrap.errors import ConfigError
 from components.settings import NS, SettingsError, from_config
 
-_STACK_FILE = re.compile(r"^Pulumi\.([A-Za-z0-9_.-]+)\.ya?ml$")
+_STACK_FILE = re.compile(r"Pulumi\.([A-Za-z0-9_.-]+)\.ya?ml\Z", re.ASCII)
 
 
-class StackFileError(ValueError):
+class StackFileError(ConfigError, ValueError):
     """A stack file that cannot be read as one: the message is the whole line."""
 
 
 def stack_name(path: Path) -> str:
-    match = _STACK_FILE.match(path.name)
+    match = _STACK_FILE.fullmatch(path.name)
     if not match:
         raise StackFileError(f"{path}: not a stack file; name it Pulumi.<stack>.yaml")
     return match.group(1)
 
 
 def config_values(path: Path) -> dict[str, Any]:
-    """The file's `config:` mapping, as YAML values."""
+    """The file's `config:` mapping, as YAML values. Read by `bootstrap.safe_yaml`, like the
+    inventory: bounded in size and alias expansion, UTF-8 only, every key text and given
+    once (the Pulumi CLI refuses a key given twice too)."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise StackFileError(f"{path}: cannot read it ({err.strerror}); check the path") \
-            from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise StackFileError(f"{path}: not valid YAML{where}; fix the syntax") from err
+        data = safe_yaml.load(path, what="it", fix="check the path")
+    except ConfigError as err:
+        raise StackFileError(str(err)) from err
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise StackFileError(f"{path}: config: missing; put the settings under a top-level "
                              "'config:' mapping")
@@ -77,7 +74,7 @@ def check(path: Path) -> list[str]:
         return [f"{path}: {k}: stored encrypted, which only the Pulumi engine can read; "
                 f"keep settings in plain text (no setting here is a secret)" for k in secret]
     config = {k: v for k, v in as_engine_config(values).items()
-              if k.startswith(f"{NS}:") or k == "aws:region"}
+              if isinstance(k, str) and (k.startswith(f"{NS}:") or k == "aws:region")}
     try:
         from_config(config, stack)
     except SettingsError as err:

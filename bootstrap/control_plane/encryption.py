@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from bootstrap import safe_yaml
 from bootstrap.control_plane.config import encryption_config
 from bootstrap.errors import ConfigError
 from bootstrap.pki.issue import KEY_MODE, LOCAL, _write
@@ -38,11 +39,11 @@ def path_in(pki_dir: Path) -> Path:
     return pki_dir / LOCAL / FILE
 
 
-def _parse(path: Path, text: str) -> list[tuple[str, str]]:
+def _parse(path: Path, text: str | bytes) -> list[tuple[str, str]]:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML; restore it from your backup") from err
+        data = safe_yaml.parse(text, str(path))  # bounded, UTF-8, no duplicate keys
+    except ConfigError as err:
+        raise ConfigError(f"{err}; restore it from your backup") from err
     entries = data.get("keys") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: keys: expected a non-empty list of {{name, secret}}; "
@@ -68,7 +69,7 @@ def ensure(pki_dir: Path, now: dt.datetime | None = None) -> tuple[bytes, bool]:
     """(the API servers' encryption configuration, whether a key was made now)."""
     path = path_in(pki_dir)
     try:
-        text = path.read_text()
+        text: bytes | None = safe_yaml.read_bounded(path)
     except FileNotFoundError:
         text = None
     if text is not None:

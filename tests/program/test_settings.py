@@ -5,7 +5,9 @@ from __future__ import annotations
 import pulumi
 import pytest
 
+from bootstrap import inventory as inventory_module
 from bootstrap.errors import ConfigError
+from components.inventory import build
 from components.settings import SettingsError, from_config
 from tests.program.mocks import AwsMocks, evaluate
 from tests.program.stackconfig import STACKS, stack_config, stack_values
@@ -31,6 +33,14 @@ def test_the_test_stack_is_short_lived_and_cheap() -> None:
     s = from_config(stack_config("test"), "test", ZONES)
     assert (s.ephemeral, s.protect, s.nat_gateways) == (True, False, "single")
     assert s.expires_at and s.node_pool.max_size <= 3
+
+
+def pki_with(**values: object) -> dict:
+    return {**stack_values("prod")["multizone:pki"], **values}
+
+
+def ssh_with(**values: object) -> dict:
+    return {**stack_values("prod")["multizone:ssh"], **values}
 
 
 BAD = [
@@ -82,6 +92,48 @@ BAD = [
     ({"egress": "vpn"}, "multizone:egress: 'vpn' is not allowed; use one of: konnectivity, "
                         "ssh-tunnel"),
     ({"apiPort": 2379}, "multizone:apiPort: 2379 is taken by another service"),
+    # The inventory's rules (bootstrap/rules.py), named as the stack file names the key.
+    ({"pki": pki_with(rsaBits=1024)},
+     "multizone:pki.rsaBits: 1024 is not one of: 2048, 3072, 4096; use one of them"),
+    ({"pki": pki_with(rsaBits="2048")},
+     "multizone:pki.rsaBits: expected a whole number, got the string '2048'"),
+    ({"pki": pki_with(validityDays=-30)},
+     "multizone:pki.validityDays: -30 is out of range; use 1..3650"),
+    ({"pki": pki_with(caValidityDays=0)},
+     "multizone:pki.caValidityDays: 0 is out of range; use 1..36500"),
+    ({"pki": pki_with(renewBeforeDays=400)},
+     "multizone:pki.renewBeforeDays: 400 days is not less than multizone:pki.validityDays "
+     "(365); make it smaller"),
+    ({"pki": pki_with(validityDays=3650, caValidityDays=365, renewBeforeDays=30)},
+     "multizone:pki.validityDays: 3650 days: certificates would outlive their CA "
+     "(multizone:pki.caValidityDays is 365)"),
+    ({"pki": pki_with(keyType="dsa")}, "multizone:pki.keyType: 'dsa' is not one of: rsa, ecdsa"),
+    ({"pki": []}, "multizone:pki: expected a mapping, got a list"),
+    ({"pki": 0}, "multizone:pki: expected a mapping, got 0"),
+    ({"serviceCidr": 167772160}, "multizone:serviceCidr: expected a network in CIDR form, "
+                                 "got 167772160; write it as text"),
+    ({"serviceCidr": "10.96.0.0"}, "multizone:serviceCidr: '10.96.0.0' is not an IPv4 network"),
+    ({"serviceCidr": "10.96.0.0/29"}, "multizone:serviceCidr: 10.96.0.0/29 is too small; "
+                                      "use /28 or larger"),
+    ({"ssh": ssh_with(publicKey="ssh-ed25519 AAAA")},
+     "multizone:ssh.publicKey: public key is truncated"),
+    ({"ssh": ssh_with(publicKey="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMBzosF0vQsktMpiALXtlLBT"
+                                "ZTv4yORanbYQ")},  # 12 characters short
+     "multizone:ssh.publicKey: public key is truncated or corrupt"),
+    ({"ssh": ssh_with(publicKey="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMBzosF0vQsktMpiALXtlLBTZTv4"
+                                "yORanbYQRoZ12Zw6 me\nssh-rsa AAAA other")},
+     "multizone:ssh.publicKey: 'ssh-ed25519 AAAA"),
+    ({"ssh": ssh_with(user="Admin")}, "multizone:ssh.user: 'Admin' is not valid"),
+    ({"ssh": ssh_with(privateKeyPath="~/.ssh/mz-prod\n")},
+     "multizone:ssh.privateKeyPath: '~/.ssh/mz-prod\\n' holds a line break"),
+    ({"kubernetesVersion": "1.36.0\n"},
+     "multizone:kubernetesVersion: '1.36.0\\n' holds a line break"),
+    ({"kubernetesVersion": "1.\uff13\uff16.0"},
+     "multizone:kubernetesVersion: '1.\uff13\uff16.0' is not valid"),
+    ({"clusterName": "mz-prod\n"}, "multizone:clusterName: 'mz-prod\\n' holds a line break"),
+    ({"dnsDomain": "-cluster.local"}, "multizone:dnsDomain: '-cluster.local' is not a DNS domain"),
+    ({"imageId": "ami-0123456789abcdef0\n"}, "multizone:imageId: 'ami-0123456789abcdef0\\n'"),
+    ({"expiresAt": "2026-0\uff11-01"}, "multizone:expiresAt: '2026-0\uff11-01' is not a date"),
 ]
 
 
@@ -115,3 +167,37 @@ def test_program_stops_before_declaring_anything() -> None:
         evaluate("prod", stack_config("prod", controlPlanePerZone=3), mocks)
     assert str(caught.value).startswith("multizone:controlPlanePerZone: 3 is out of range")
     assert mocks.resources == []
+
+
+def test_a_key_that_is_not_text_is_one_line() -> None:
+    config = {**stack_config("prod"), 7: "x"}  # type: ignore[dict-item]
+    assert from_config(config, "prod", ZONES).stack == "prod"  # not ours: ignored
+    with pytest.raises(SettingsError) as caught:
+        from_config(stack_config("prod", nodePool='{"1": 2}'), "prod", ZONES)
+    assert caught.value.problems[0].startswith("multizone:nodePool.1: unknown key")
+
+
+def test_a_deeply_nested_json_value_is_one_line_not_a_recursion_error() -> None:
+    config = {**stack_config("prod"), "multizone:zones": "[" * 100_000 + "]" * 100_000}
+    with pytest.raises(SettingsError) as caught:
+        from_config(config, "prod", ZONES)
+    assert [p.split(": ")[0] for p in caught.value.problems] == ["multizone:zones"]
+
+
+@pytest.mark.parametrize("pki", [
+    {"keyType": "ecdsa"},
+    {"keyType": "rsa", "rsaBits": 4096, "caValidityDays": 36500, "validityDays": 3650,
+     "renewBeforeDays": 3649, "caKeysOnHosts": True},
+    {"rsaBits": 3072, "validityDays": 1, "renewBeforeDays": 0},
+])
+def test_pki_settings_the_stack_accepts_the_inventory_accepts(pki: dict) -> None:
+    """One set of rules: what passes `check-stack` passes the bootstrap, unchanged."""
+    s = from_config(stack_config("prod", pki=pki), "prod", ZONES)
+    hosts = [{"name": f"mz-prod-cp-{z[-1]}", "zone": z, "address": f"10.0.{16 * (i + 1)}.10",
+              "host_key": stack_values("prod")["multizone:ssh"]["publicKey"]}
+             for i, z in enumerate(ZONES)]
+    bastion = {"name": "mz-prod-bastion", "address": "10.0.0.10",
+               "host_key": hosts[0]["host_key"]}
+    data = build(s, hosts, bastion, "lb.example.internal",
+                 {z: f"api-{z[-1]}.mz-prod.internal" for z in ZONES})
+    assert inventory_module.parse(data).pki == s.pki

@@ -57,7 +57,7 @@ def test_every_mistake_of_every_file_is_listed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "content", "expected"), [
     ("Pulumi.prod.yaml", None, "cannot read it"),
-    ("Pulumi.prod.yaml", "config: [unclosed\n", "not valid YAML at line 2"),
+    ("Pulumi.prod.yaml", "config: [unclosed\n", "line 2: not valid YAML"),
     ("Pulumi.prod.yaml", "encryptionsalt: x\n", "config: missing"),
     ("prod.yaml", "config: {}\n", "name it Pulumi.<stack>.yaml"),
 ])
@@ -80,3 +80,76 @@ def test_an_encrypted_setting_is_named_not_misread(tmp_path: Path) -> None:
 def test_no_arguments_is_usage_and_exit_2() -> None:
     proc = run()
     assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def _prod_text() -> str:
+    return (ROOT / "stacks" / "Pulumi.prod.yaml").read_text()
+
+
+def _laughs(levels: int = 10) -> str:
+    lines = ["  lol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"  lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "config:\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"config:\n  aws:region: eu-west-1\n  \xff\xfe\x00\x01binary\n", "line 3: not UTF-8 text"),
+    ("config: {}\n".encode("utf-16"), "line 1: not UTF-8 text"),
+    (b"config:\n  1: x\n", "line 2: key 1 is not text; quote it"),
+    (b"config:\n  multizone:nodePool:\n    2024-01-01: x\n    1.5: y\n",
+     "line 4: key 1.5 is not text"),
+    (_prod_text().replace("    keyType: rsa\n", "    keyType: rsa\n    keyType: ecdsa\n").encode(),
+     "key 'keyType' is given twice"),
+    (_prod_text().encode() + b"  multizone:protect: false\n",
+     "key 'multizone:protect' is given twice"),
+    (_laughs().encode(), "aliases expand to more than"),
+    (b"config:\n" + b"  - " * 10_000 + b"x\n", "nested more than 64 levels deep"),
+    (b"config:\n  multizone:imageId: !!binary aGVsbG8=\n", "line 2: a !!binary value"),
+])
+def test_a_hostile_stack_file_is_one_line(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_bytes(content)
+    problems = check(path)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{path}: ") and expected in problems[0], problems
+    assert "\n" not in problems[0]
+
+
+def test_a_date_inside_a_structure_is_text_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.prod.yaml"
+    text = _prod_text().replace("instanceType: m6i.2xlarge", "instanceType: 2024-01-01")
+    assert "2024-01-01" in text
+    path.write_text(text)  # yaml.safe_load made it a date, which json.dumps cannot write
+    problems = check(path)
+    assert len(problems) == 1 and "multizone:nodePool.instanceType: '2024-01-01' is not " \
+                                   "valid" in problems[0], problems
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("multizone:pki", {**stack_values("prod")["multizone:pki"], "rsaBits": 1024},
+     "multizone:pki.rsaBits: 1024 is not one of"),
+    ("multizone:pki", {**stack_values("prod")["multizone:pki"], "validityDays": -1},
+     "multizone:pki.validityDays: -1 is out of range"),
+    ("multizone:pki", {**stack_values("prod")["multizone:pki"], "renewBeforeDays": 400},
+     "multizone:pki.renewBeforeDays: 400 days is not less than multizone:pki.validityDays"),
+    ("multizone:serviceCidr", 167772160, "multizone:serviceCidr: expected a network"),
+    ("multizone:ssh", {**stack_values("prod")["multizone:ssh"], "publicKey": "ssh-ed25519 AAAA"},
+     "multizone:ssh.publicKey: public key is truncated"),
+])
+def test_check_stack_refuses_what_the_bootstrap_would(tmp_path: Path, key: str, value: object,
+                                                      expected: str) -> None:
+    path = write_stack(tmp_path, "prod", {**stack_values("prod"), key: value})
+    problems = check(path)
+    assert len(problems) == 1 and problems[0].startswith(f"{path}: {expected}"), problems
+
+
+def test_cli_binary_stack_file_exit_2_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_bytes(bytes(range(256)) * 8)
+    proc = run(path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"{path}: line 1: not UTF-8 text (it holds NUL bytes: "
+                                        "UTF-16 or a binary file?); save it as UTF-8"]
