@@ -31,7 +31,7 @@ from bootstrap import k8s_bin
 from bootstrap.errors import MultizoneError
 from bootstrap.inventory import load as load_inventory
 from bootstrap.k8s_releases import supported_versions
-from bootstrap.lab import balancers
+from bootstrap.lab import balancers, volumes
 from bootstrap.lab.layout import (
     HOST_DIRS,
     LAB_NET,
@@ -374,6 +374,9 @@ def up(lab_dir: Path, workers: int = 3, say: Say = print) -> Layout:
             if not host.sshd_up:
                 say(f"lab {layout.prefix}: restarting sshd on {host.name}")
                 restart_sshd(lab_dir, host.name)
+        state = State.load(lab_dir)
+        state.data["etcd_volumes"] = volumes.ensure(layout, say)
+        state.save()
         _write_inventory(layout)
         _balancers(layout)
         say(f"lab {layout.prefix} is up ({len(layout.hosts)} hosts)")
@@ -427,6 +430,7 @@ def _build(layout: Layout, state: State) -> None:
     _wait_for_sshd(layout, pids)
     keys = {"bastion": prepared[None][0], **{h.name: prepared[h.name][0] for h in layout.hosts}}
     state.data["host_keys"] = keys
+    state.data["etcd_volumes"] = volumes.ensure(layout, lambda _m: None)
     state.save()
     _write_inventory(layout, keys)
     _balancers(layout)
@@ -489,7 +493,8 @@ def _write_inventory(layout: Layout, keys: dict[str, str] | None = None) -> Path
     version = state.data.get("kubernetes_version") or _kubernetes_version()
     state.data["kubernetes_version"] = version
     state.save()
-    data = inventory_data(layout, keys, layout.dir / "id_ed25519", version)
+    data = inventory_data(layout, keys, layout.dir / "id_ed25519", version,
+                          state.data.get("etcd_volumes", {}))
     text = ("# Written by `python -m bootstrap lab up`. Endpoints are the lab's haproxy "
             "frontends\n# (one per zone, one regional) in the router namespace.\n"
             + yaml.safe_dump(data, sort_keys=False))
@@ -556,6 +561,7 @@ def down(lab_dir: Path, remove_files: bool = True, say: Say = print) -> list[str
     if Path(f"/sys/class/net/{root_if}").exists():
         _ip(["link", "del", root_if], check=False)
     _remove_guard_routes(_live_slots())
+    volumes.release(lab_dir)
     left = lab_namespaces(prefix)
     if left:
         raise LabError(f"lab {prefix}: namespaces left after down: {', '.join(left)}")

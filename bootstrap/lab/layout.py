@@ -143,12 +143,13 @@ def hosts_file(layout: Layout, host: LabHost) -> str:
 
 
 def inventory_data(layout: Layout, host_keys: dict[str, str], private_key: Path,
-                   kubernetes_version: str) -> dict:
+                   kubernetes_version: str, etcd_volumes: dict[str, str] | None = None) -> dict:
     """The inventory the lab hands to `bootstrap apply` (plain data for YAML).
 
     Endpoints are the lab's load balancers (`bootstrap.lab.balancers`): one per zone,
-    inside the zone, and a regional one.
+    inside the zone, and a regional one. `etcd_volumes`: host -> loop device.
     """
+    volumes = etcd_volumes or {}
     return {
         "cluster": {"name": "mzk-lab", "kubernetes_version": kubernetes_version,
                     "service_cidr": "10.96.0.0/12", "pod_cidr": "10.244.0.0/16",
@@ -162,7 +163,8 @@ def inventory_data(layout: Layout, host_keys: dict[str, str], private_key: Path,
         },
         "zones": [{"name": z, "subnets": [str(zone_subnet(i))]} for i, z in enumerate(ZONES)],
         "hosts": [{"name": h.name, "zone": h.zone, "roles": list(h.roles),
-                   "address": h.address, "host_key": host_keys[h.name]}
+                   "address": h.address, "host_key": host_keys[h.name],
+                   **({"etcd_volume": volumes[h.name]} if h.name in volumes else {})}
                   for h in layout.hosts],
         "ssh": {"user": "root", "private_key": str(private_key),
                 "bastion": {"name": "bastion", "address": layout.bastion_address,

@@ -8,12 +8,13 @@ from bootstrap.steps.binaries import BINARIES
 from bootstrap.steps.cluster_objects import CLUSTER_OBJECTS
 from bootstrap.steps.control_plane import CONTROL_PLANE, CONTROL_PLANE_RETIRE
 from bootstrap.steps.etcd import ETCD, ETCD_RETIRE
+from bootstrap.steps.etcd_volume import ETCD_VOLUME
 from bootstrap.steps.facts import FACTS
 from bootstrap.steps.guard import LOCK, TRUST
 from bootstrap.steps.pki import PLACE_PKI
 from bootstrap.steps.preflight import PREFLIGHT
 
-ACTION = (FACTS, LOCK, TRUST, PREFLIGHT, BINARIES, PLACE_PKI, ETCD, ETCD_RETIRE, CONTROL_PLANE,
-          CLUSTER_OBJECTS, CONTROL_PLANE_RETIRE)
+ACTION = (FACTS, LOCK, TRUST, PREFLIGHT, BINARIES, PLACE_PKI, ETCD_VOLUME, ETCD, ETCD_RETIRE,
+          CONTROL_PLANE, CLUSTER_OBJECTS, CONTROL_PLANE_RETIRE)
 
 __all__ = ["ACTION"]

@@ -262,8 +262,9 @@ def test_member_list_parser():
 
 def test_the_action_order_removes_members_before_retiring_hosts():
     titles = [s.title for s in steps.ACTION]
-    assert titles == ["facts", "lock", "trust", "preflight", "binaries", "pki", "etcd",
-                      "etcd-retire", "control-plane", "cluster-objects", "control-plane-retire"]
+    assert titles == ["facts", "lock", "trust", "preflight", "binaries", "pki", "etcd-volume",
+                      "etcd", "etcd-retire", "control-plane", "cluster-objects",
+                      "control-plane-retire"]
 
 
 # --------------------------------------------------------------------------- engine
