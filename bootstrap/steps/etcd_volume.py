@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
 from bootstrap.inventory import Host, Inventory
-from bootstrap.ssh import run_on_hosts
+from bootstrap.ssh import HostsFailed, run_on_hosts
 from bootstrap.steps import etcd
 
 MOUNT_POINT = "/var/lib/etcd"
@@ -54,7 +54,11 @@ def state_script(volume: str) -> str:
         'echo "device $dev"',
         'echo "signature $(blkid -p -o value -s TYPE "$dev" 2>/dev/null || true)'
         '$(blkid -p -o value -s PTTYPE "$dev" 2>/dev/null || true)"',
-        f'echo "mounted $(findmnt -n -o SOURCE --mountpoint {q} 2>/dev/null | head -n1)"',
+        'echo "devnum $(printf \'%d:%d\' 0x$(stat -L -c %t "$dev") 0x$(stat -L -c %T "$dev"))"',
+        # The topmost mount at the mount point: "MAJ:MIN FSROOT" (a bind mount of a
+        # directory has FSROOT other than /: the root disk, as far as etcd is concerned).
+        f'echo "mounted $(findmnt -n -r -o MAJ:MIN,FSROOT --mountpoint {q} 2>/dev/null '
+        '| tail -n1)"',
         f'echo "data $(ls -A {q} 2>/dev/null | head -n1)"',
     ]) + "\n"
 
@@ -63,7 +67,8 @@ def state_script(volume: str) -> str:
 class VolumeState:
     device: str | None
     signature: str
-    mounted: str
+    device_number: str  # "259:1"
+    mounted: str  # the device number of a whole file system mounted there, or ""
     has_data: bool
 
     @classmethod
@@ -73,8 +78,10 @@ class VolumeState:
             key, _, value = line.partition(" ")
             fields[key] = value.strip()
         device = fields.get("device", "-")
+        number, _, root = fields.get("mounted", "").partition(" ")
         return cls(None if device in ("", "-") else device, fields.get("signature", ""),
-                   fields.get("mounted", ""), bool(fields.get("data")))
+                   fields.get("devnum", ""), number if root == "/" else "",
+                   bool(fields.get("data")))
 
 
 def _state(ctx: HostContext) -> VolumeState:
@@ -106,12 +113,11 @@ def converge_host(ctx: HostContext) -> bool:
         raise StepError(f"{ctx.name}: etcd volume {volume} not found (no such device); "
                         "check that it is attached to this host")
     if found.mounted:
-        here = ctx.runner.run(f"readlink -f {shlex.quote(found.mounted)}").stdout.strip()
-        if here == found.device:
+        if found.mounted == found.device_number:
             return False
-        raise StepError(f"{ctx.name}: {MOUNT_POINT} already has {found.mounted} mounted, "
-                        f"not the etcd volume {volume} ({found.device}); unmount it or fix "
-                        "the inventory")
+        raise StepError(f"{ctx.name}: {MOUNT_POINT} already has device {found.mounted} "
+                        f"mounted, not the etcd volume {volume} ({found.device}, "
+                        f"{found.device_number}); unmount it or fix the inventory")
     if found.signature and found.signature != "ext4":
         raise StepError(f"{ctx.name}: etcd volume {volume} ({found.device}) holds "
                         f"{found.signature}, not ext4; it is never formatted over: wipe it "
@@ -157,13 +163,24 @@ def converge(group: list[HostContext]) -> None:
     moving = [c for c in with_volume if any(_running(c, s.service) for s in etcd.CLUSTERS)
               and c.facts.get("etcd_traces")]
     rest = [c for c in with_volume if c not in moving]
+    failures: dict[str, BaseException] = {}
     if rest:
-        run_on_hosts(rest, converge_host, rest[0].inventory.ssh.parallel,
-                     title="etcd-volume", progress=lambda *_: None)
-    for ctx in moving:
-        if converge_host(ctx) and not ctx.dry_run:
-            for cluster in etcd.CLUSTERS:
-                etcd.wait_healthy(ctx, cluster)
+        try:
+            run_on_hosts(rest, converge_host, rest[0].inventory.ssh.parallel,
+                         title="etcd-volume", progress=lambda *_: None)
+        except HostsFailed as err:
+            failures.update(err.failures)
+    for ctx in moving:  # one at a time, each member healthy again before the next
+        try:
+            if converge_host(ctx) and not ctx.dry_run:
+                for cluster in etcd.CLUSTERS:
+                    etcd.wait_healthy(ctx, cluster)
+        except Exception as err:  # noqa: BLE001 - named per host below
+            failures[ctx.name] = err
+            break  # the quorum may be short of this member: move no other
+    if failures:
+        raise HostsFailed("etcd-volume", failures,
+                          {c.name: None for c in with_volume if c.name not in failures})
 
 
 def _etcd_hosts(inventory: Inventory) -> tuple[Host, ...]:

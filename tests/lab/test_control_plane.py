@@ -557,3 +557,18 @@ def test_lab_up_with_another_worker_count_resizes_in_place(cplab: Lab) -> None:
     assert f"{cplab.layout.prefix}-node-4" not in subprocess.run(
         ["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert not apply(cplab).changed
+
+
+def test_etcd_keeps_its_data_on_its_own_volume(cplab: Lab) -> None:
+    for host in ("cp-a", "cp-b", "cp-c"):
+        device = cplab.inventory.host(host).etcd_volume
+        assert device and device.startswith("/dev/loop")
+        mounted = in_host(cplab, host, ["findmnt", "-n", "-r", "-o", "SOURCE,FSTYPE",
+                                        "--mountpoint", "/var/lib/etcd"]).stdout.split("\n")
+        assert f"{device} ext4" in mounted, mounted
+        # The members' data is on the volume: the host directory under the mount is empty.
+        beneath = cplab.layout.host(host).home(cplab.dir) / "fs" / "var" / "lib" / "etcd"
+        assert list(beneath.iterdir()) == []
+        assert on(cplab, host, "test -d /var/lib/etcd/main/member && "
+                               "test -d /var/lib/etcd/events/member").ok
+    assert not apply(cplab).changed
