@@ -88,6 +88,9 @@ class SSHSettings:
     command_timeout: float
     retries: int
     parallel: int
+    # Operator keys every host's `ssh.user` accepts (besides the one this run logs in with,
+    # which is always kept, so that a rotation never locks the tool out); none: left alone.
+    authorized_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -419,7 +422,7 @@ def _hosts(r: _Reader, raw: Any, zones: tuple[Zone, ...], cluster: Cluster) -> t
 def _ssh(r: _Reader, raw: Any, hosts: tuple[Host, ...]) -> SSHSettings:
     s = r.mapping(raw, "ssh", required=("user", "private_key"),
                   optional=("bastion", "connect_timeout", "command_timeout", "retries",
-                            "parallel"))
+                            "parallel", "authorized_keys"))
     bastion = None
     if s.get("bastion") is not None:
         b = r.mapping(s["bastion"], "ssh.bastion", required=("name", "address", "host_key"),
@@ -442,6 +445,10 @@ def _ssh(r: _Reader, raw: Any, hosts: tuple[Host, ...]) -> SSHSettings:
         command_timeout=r.number(s.get("command_timeout", 300), "ssh.command_timeout", 1, 86400),
         retries=r.integer(s.get("retries", 3), "ssh.retries", 0, 20),
         parallel=r.integer(s.get("parallel", 32), "ssh.parallel", 1, 1024),
+        authorized_keys=tuple(r.items(
+            s["authorized_keys"], "ssh.authorized_keys",
+            lambda v, w: r.check(rules.public_key, v, w, what="public key",
+                                 hint=_HOST_KEY_HINT))) if "authorized_keys" in s else (),
     )
 
 

@@ -100,7 +100,11 @@ class ControlPlane(Component):
                                "tags": self.tags(zone, zone, str(i + 1), "root")},
             disable_api_termination=s.protect,
             tags={**self.tags(zone, zone, str(i + 1)), "multizone/role": "control-plane"},
-            opts=self.opts())
+            # User data is read at first boot only. Without this, a new operator key in the
+            # stack settings would replace every control-plane host at once (etcd's quorum
+            # with them); the bootstrap installs the key on running hosts instead.
+            opts=pulumi.ResourceOptions.merge(self.opts(),
+                                              pulumi.ResourceOptions(ignore_changes=["userData"])))
         volume = aws.ebs.Volume(
             self.child_name(zone, str(i + 1), "etcd"), availability_zone=zone,
             size=s.etcd_volume_gib, type="gp3", encrypted=True,

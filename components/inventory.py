@@ -36,9 +36,13 @@ def build(settings: Settings, hosts: Sequence[dict[str, Any]], bastion: dict[str
         },
         "zones": [{"name": z.name, "subnets": [z.private_subnet]} for z in s.zones],
         "hosts": [{"name": h["name"], "zone": h["zone"], "roles": ["control-plane", "etcd"],
-                   "address": h["address"], "ssh_port": 22, "host_key": h["host_key"]}
+                   "address": h["address"], "ssh_port": 22, "host_key": h["host_key"],
+                   "etcd_volume": h["etcd_volume"]}
                   for h in hosts],
         "ssh": {"user": s.ssh.user, "private_key": s.ssh.private_key_path,
+                # The bootstrap keeps every host's authorized_keys to this (plus the key it
+                # logs in with): the key rotates without replacing any instance.
+                "authorized_keys": [s.ssh.public_key],
                 "bastion": {"name": bastion["name"], "address": bastion["address"],
                             "ssh_port": 22, "host_key": bastion["host_key"]}},
         "pki": {"key_type": p.key_type, "rsa_bits": p.rsa_bits,
@@ -54,8 +58,10 @@ def inventory(settings: Settings, hosts: Sequence[ControlPlaneHost], bastion_nam
               zonal: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[dict[str, Any]]:
     """The inventory as one Output; only public values flow into it."""
     def resolved(h: ControlPlaneHost) -> pulumi.Output[dict[str, str]]:
-        return pulumi.Output.all(h.instance.private_ip, h.host_key.public_key).apply(
-            lambda v: {"name": h.name, "zone": h.zone, "address": v[0], "host_key": v[1]})
+        return pulumi.Output.all(h.instance.private_ip, h.host_key.public_key,
+                                 h.etcd_volume.id).apply(
+            lambda v: {"name": h.name, "zone": h.zone, "address": v[0], "host_key": v[1],
+                       "etcd_volume": v[2]})
 
     resolved_hosts = pulumi.Output.all(*[resolved(h) for h in hosts])
     bastion = pulumi.Output.all(bastion_address, bastion_key).apply(

@@ -191,13 +191,13 @@ def _live_slots() -> set[int]:
     return slots
 
 
-def _sshd_config(home: Path, address: str, authorized: Path) -> str:
+def _sshd_config(home: Path, address: str) -> str:
     return "\n".join([
         f"ListenAddress {address}",
         "Port 22",
         f"HostKey {home / 'sshd' / 'ssh_host_ed25519_key'}",
         f"PidFile {home / 'sshd' / 'sshd.pid'}",
-        f"AuthorizedKeysFile {authorized}",
+        "AuthorizedKeysFile .ssh/authorized_keys",
         "PermitRootLogin prohibit-password",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
@@ -244,12 +244,18 @@ def _prepare_host_files(layout: Layout, host: LabHost | None, authorized: Path) 
     (home / "sshd").mkdir(parents=True, exist_ok=True)
     public = ensure_keypair(home / "sshd" / "ssh_host_ed25519_key", f"root@{name}")
     address = host.address if host else "0.0.0.0"  # noqa: S104 - bastion: both links
-    (home / "sshd" / "sshd_config").write_text(_sshd_config(home, address, authorized))
+    (home / "sshd" / "sshd_config").write_text(_sshd_config(home, address))
     (home / "sshd" / "sshd.pid").unlink(missing_ok=True)
     for target in HOST_DIRS if host is not None else ("/root",):
         src = home / "fs" / target.lstrip("/")
         src.mkdir(parents=True, exist_ok=True)
         os.chmod(src, 0o700 if target == "/root" else 0o755)  # noqa: S103
+    # Like cloud-init on EC2: the operator's key in the user's own authorized_keys, once;
+    # afterwards the bootstrap keeps that file (its ssh-access step), so rotations are real.
+    dot_ssh = home / "fs" / "root" / ".ssh"
+    dot_ssh.mkdir(mode=0o700, exist_ok=True)
+    if not (dot_ssh / "authorized_keys").exists():
+        _write_private(dot_ssh / "authorized_keys", authorized.read_bytes())
     if host is not None:
         (home / "fs" / "etc" / "mzk" / "lab-host").write_text(
             f"lab host {name} of {layout.dir}\n")

@@ -167,6 +167,8 @@ def inventory_data(layout: Layout, host_keys: dict[str, str], private_key: Path,
                    **({"etcd_volume": volumes[h.name]} if h.name in volumes else {})}
                   for h in layout.hosts],
         "ssh": {"user": "root", "private_key": str(private_key),
+                "authorized_keys": [" ".join(Path(f"{private_key}.pub").read_text()
+                                             .split()[:2])],
                 "bastion": {"name": "bastion", "address": layout.bastion_address,
                             "host_key": host_keys["bastion"]},
                 "connect_timeout": 5, "command_timeout": 120, "retries": 3, "parallel": 32},

@@ -13,8 +13,9 @@ from bootstrap.steps.facts import FACTS
 from bootstrap.steps.guard import LOCK, TRUST
 from bootstrap.steps.pki import PLACE_PKI
 from bootstrap.steps.preflight import PREFLIGHT
+from bootstrap.steps.ssh_access import SSH_ACCESS
 
-ACTION = (FACTS, LOCK, TRUST, PREFLIGHT, BINARIES, PLACE_PKI, ETCD_VOLUME, ETCD, ETCD_RETIRE,
-          CONTROL_PLANE, CLUSTER_OBJECTS, CONTROL_PLANE_RETIRE)
+ACTION = (FACTS, LOCK, TRUST, PREFLIGHT, SSH_ACCESS, BINARIES, PLACE_PKI, ETCD_VOLUME, ETCD,
+          ETCD_RETIRE, CONTROL_PLANE, CLUSTER_OBJECTS, CONTROL_PLANE_RETIRE)
 
 __all__ = ["ACTION"]

@@ -7,7 +7,7 @@ from typing import Any
 from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.hostfiles import parse_states, state_script
 from bootstrap.services import LAB_MARKER, parse_status, status_script
-from bootstrap.steps import cluster_objects, control_plane, etcd, guard
+from bootstrap.steps import cluster_objects, control_plane, etcd, guard, ssh_access
 from bootstrap.steps.binaries import K8S_RELEASE_MARK
 from bootstrap.steps.pki import watched_paths
 
@@ -104,7 +104,10 @@ def gather(ctx: HostContext) -> None:
         sections["services"] = status_script(watched_services)
     if ctx.host.has("control-plane"):
         sections["drain"] = control_plane.DRAIN_SCRIPT
-    watched = watched_paths(ctx) + control_plane.watched_paths(ctx)
+    watched = watched_paths(ctx) + control_plane.watched_paths(ctx) + \
+        ssh_access.watched_paths(ctx)
+    if ctx.inventory.ssh.authorized_keys:
+        sections["ssh_user"] = ssh_access.facts_script(ctx.inventory.ssh.user)
     if watched:
         sections["files"] = state_script(watched)
     objects = "pki" in ctx.shared and ctx.inventory.control_plane[:1] == (ctx.host,)
@@ -119,7 +122,8 @@ def gather(ctx: HostContext) -> None:
     finally:
         guard.finish_lock(ctx, locking)
     base, found = split_sections(out)
-    ctx.facts.update(parse(base + found.get("etcd", "") + found.get("drain", "")))
+    ctx.facts.update(parse(base + found.get("etcd", "") + found.get("drain", "")
+                           + found.get("ssh_user", "")))
     ctx.facts["services"] = parse_status(found.get("services", ""))
     if ctx.host.has("etcd"):
         ctx.facts["etcd_facts"] = etcd.read_facts(found)

@@ -572,3 +572,40 @@ def test_etcd_keeps_its_data_on_its_own_volume(cplab: Lab) -> None:
         assert on(cplab, host, "test -d /var/lib/etcd/main/member && "
                                "test -d /var/lib/etcd/events/member").ok
     assert not apply(cplab).changed
+
+
+def test_the_operator_key_rotates_over_ssh_without_replacing_hosts(
+        cplab: Lab, tmp_path: Path) -> None:
+    from bootstrap.errors import HostConnectionError
+    from bootstrap.lab.build import ensure_keypair
+
+    old_key = cplab.inventory.ssh.private_key
+    new_public = ensure_keypair(tmp_path / "new_ed25519", "new-operator-key")
+    new_public = " ".join(new_public.split()[:2])
+    old_public = cplab.inventory.ssh.authorized_keys[0]
+
+    def with_keys(private: str, keys: tuple[str, ...]) -> Inventory:
+        return dataclasses.replace(cplab.inventory, ssh=dataclasses.replace(
+            cplab.inventory.ssh, private_key=private, authorized_keys=keys))
+
+    def logs_in(private: str) -> bool:
+        try:
+            with Connections(dataclasses.replace(with_keys(private, ()), ssh=dataclasses.replace(
+                    cplab.inventory.ssh, private_key=private, retries=0))) as conns:
+                return conns.runner("cp-b").run("true").ok
+        except HostConnectionError:
+            return False
+
+    # 1. The new key is added (the old one logs in and is kept: it is this run's key).
+    report = apply(cplab, with_keys(old_key, (new_public,)))
+    assert len([line for line in report.lines() if "ssh-access: write" in line]) == 6
+    assert logs_in(str(tmp_path / "new_ed25519")) and logs_in(old_key)
+    # 2. Switch to the new key: the old one is gone from every host.
+    apply(cplab, with_keys(str(tmp_path / "new_ed25519"), (new_public,)))
+    assert not logs_in(old_key)
+    assert logs_in(str(tmp_path / "new_ed25519"))
+    # Back to the lab's own key, the same way round.
+    apply(cplab, with_keys(str(tmp_path / "new_ed25519"), (old_public,)))
+    apply(cplab)
+    assert not logs_in(str(tmp_path / "new_ed25519"))
+    assert not apply(cplab).changed

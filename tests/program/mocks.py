@@ -404,12 +404,14 @@ class RecordingMonitor(MockMonitor):
         self.components: list[tuple[str, str, str]] = []  # (type, name, parent urn)
         # What the engine would keep secret in state whatever the program passes it.
         self.additional_secret_outputs: dict[tuple[str, str], frozenset[str]] = {}
+        self.ignore_changes: dict[tuple[str, str], frozenset[str]] = {}
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC name)
         self.meta[(request.type, request.name)] = (request.protect,
                                                    _secret_keys(request.object))
         self.additional_secret_outputs[(request.type, request.name)] = frozenset(
             request.additionalSecretOutputs)
+        self.ignore_changes[(request.type, request.name)] = frozenset(request.ignoreChanges)
         if not request.custom:
             self.components.append((request.type, request.name, request.parent))
         return super().RegisterResource(request)

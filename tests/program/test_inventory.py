@@ -84,3 +84,31 @@ def test_every_name_a_client_is_given_is_in_the_api_server_certificate(
 def test_inventory_is_plain_data(prod: Evaluation) -> None:
     text = yaml.safe_dump(prod.outputs["inventory"])  # safe_dump refuses non-plain objects
     assert parse(yaml.safe_load(text)) == parse(prod.outputs["inventory"])
+
+
+def test_a_new_operator_key_replaces_no_control_plane_host(prod: Evaluation) -> None:
+    """User data is read at first boot; the bootstrap installs keys on running hosts, so
+    the instances ignore later user-data changes (a key rotation would otherwise replace
+    every control-plane host, and etcd's quorum, at once)."""
+    instances = [r for r in prod.of_type("aws:ec2/instance:Instance")
+                 if r.inputs["tags"].get("multizone/role") == "control-plane"]
+    assert len(instances) == 3
+    for inst in instances:
+        assert "userData" in prod.monitor.ignore_changes[("aws:ec2/instance:Instance",
+                                                          inst.name)]
+    inv = parse(prod.outputs["inventory"])
+    key = prod.outputs["inventory"]["ssh"]["authorized_keys"][0]
+    assert inv.ssh.authorized_keys == (" ".join(key.split()[:2]),)
+
+
+def test_each_control_plane_host_names_its_own_etcd_volume(prod: Evaluation) -> None:
+    inv = parse(prod.outputs["inventory"])
+    volumes = {v.outputs["id"] if "id" in v.outputs else v.id: v
+               for v in prod.of_type("aws:ebs/volume:Volume")}
+    attached = {a.inputs["volumeId"]: a.inputs["instanceId"]
+                for a in prod.of_type("aws:ec2/volumeAttachment:VolumeAttachment")}
+    by_address = {i.outputs["privateIp"]: i.id for i in prod.of_type("aws:ec2/instance:Instance")}
+    for host in inv.control_plane:
+        assert host.etcd_volume in volumes
+        assert attached[host.etcd_volume] == by_address[host.address]
+        assert volumes[host.etcd_volume].inputs["encrypted"] is True

@@ -194,7 +194,8 @@ def test_pki_settings_the_stack_accepts_the_inventory_accepts(pki: dict) -> None
     """One set of rules: what passes `check-stack` passes the bootstrap, unchanged."""
     s = from_config(stack_config("prod", pki=pki), "prod", ZONES)
     hosts = [{"name": f"mz-prod-cp-{z[-1]}", "zone": z, "address": f"10.0.{16 * (i + 1)}.10",
-              "host_key": stack_values("prod")["multizone:ssh"]["publicKey"]}
+              "host_key": stack_values("prod")["multizone:ssh"]["publicKey"],
+              "etcd_volume": f"vol-0{i}abcdef01234567"}
              for i, z in enumerate(ZONES)]
     bastion = {"name": "mz-prod-bastion", "address": "10.0.0.10",
                "host_key": hosts[0]["host_key"]}

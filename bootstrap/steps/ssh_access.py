@@ -1,0 +1,72 @@
+"""The operator's keys on every host: `ssh.user`'s authorized_keys holds exactly the
+inventory's `ssh.authorized_keys` plus the key this run logs in with.
+
+This is how the operator key rotates without replacing hosts (user data, read at first
+boot only, no longer decides): put the new public key in the settings and apply with the
+old private key (both are accepted now); then switch `ssh.private_key` to the new one and
+apply again (the old one is dropped). The key a run logs in with is never removed, so no
+run can lock the tool out. An inventory without `ssh.authorized_keys` leaves the file
+alone. The file's state comes with the facts, so a converged host costs no round trip.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+
+from bootstrap.engine import HostContext, Step, all_hosts
+from bootstrap.hostfiles import FileSpec, sync
+from bootstrap.ssh import load_private_key
+
+
+def _login_key(ctx: HostContext) -> str:
+    cached = ctx.shared.get("login_public_key")
+    if cached is None:
+        key = load_private_key(ctx.inventory.ssh.private_key)
+        cached = f"{key.get_name()} {key.get_base64()}"
+        ctx.shared["login_public_key"] = cached
+    return str(cached)
+
+
+def facts_script(user: str) -> str:
+    """`ssh_user <name> <group> <home>` of the login user (for the facts round trip)."""
+    u = shlex.quote(user)
+    return (f'echo "ssh_user $(id -un {u}) $(id -gn {u}) '
+            f'$(getent passwd {u} | cut -d: -f6)"')
+
+
+def desired(ctx: HostContext) -> FileSpec | None:
+    keys = ctx.inventory.ssh.authorized_keys
+    found = str(ctx.facts.get("ssh_user", "")).split()
+    if not keys or len(found) != 3:
+        return None
+    user, group, home = found
+    lines = sorted(dict.fromkeys([*keys, _login_key(ctx)]))
+    content = ("# Written by multizone-k8s bootstrap from ssh.authorized_keys; local edits "
+               "are overwritten.\n" + "".join(f"{line}\n" for line in lines)).encode()
+    return FileSpec(posixpath.join(home, ".ssh", "authorized_keys"), content, 0o600, user,
+                    group)
+
+
+def watched_paths(ctx: HostContext) -> list[str]:
+    """Where the file most likely is (the facts learn the home directory in the same round
+    trip; a host where it lies elsewhere costs one more)."""
+    if not ctx.inventory.ssh.authorized_keys:
+        return []
+    user = ctx.inventory.ssh.user
+    home = "/root" if user == "root" else f"/home/{user}"
+    return [f"{home}/.ssh/authorized_keys"]
+
+
+def converge(ctx: HostContext) -> None:
+    spec = desired(ctx)
+    if spec is None:
+        return
+    written, _ = sync(ctx.runner, [spec], dry_run=ctx.dry_run,
+                      known=ctx.facts.get("file_states"))
+    for path in written:
+        ctx.note(f"write {path} ({len(ctx.inventory.ssh.authorized_keys)} operator key(s) "
+                 "and the key this run logs in with)")
+
+
+SSH_ACCESS = Step("ssh-access", all_hosts, run=converge)
