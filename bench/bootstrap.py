@@ -86,9 +86,11 @@ def one(workers: int, runs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workers", default="12,48")
-    parser.add_argument("--runs", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--workers", default="12,48",
+                        help="worker counts, comma-separated (3 control-plane hosts each)")
+    parser.add_argument("--runs", type=int, default=3, help="no-op re-applies per lab")
     args = parser.parse_args()
     for workers in (int(w) for w in args.workers.split(",")):
         one(workers, args.runs)
