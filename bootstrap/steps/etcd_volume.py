@@ -138,6 +138,8 @@ def converge_host(ctx: HostContext) -> bool:
                    f"mkdir -p {aside}",
                    f"find {MOUNT_POINT} -mindepth 1 -maxdepth 1 -exec mv -t {aside} {{}} +"]
     ctx.note(f"mount {found.device} at {MOUNT_POINT}")
+    # What the facts saw under the mount point is not what etcd will find: probe anew.
+    ctx.facts.pop("etcd_facts", None)
     if ctx.dry_run:
         return moving and bool(running)
     manager = etcd._manager(ctx)
