@@ -136,6 +136,8 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
         shared: dict[str, Any] = {"pki": pki, "k8s_bin": binaries,
                                   "encryption": encryption_config, "locks": locks}
         with Connections(inventory, progress=progress) as connections:
+            if inventory.ssh.authorized_keys:
+                shared["bastion_runner"] = connections.bastion_runner()
             try:
                 host_report = run_steps(inventory, ACTION, connections.runner,
                                         dry_run=dry_run, shared=shared, progress=progress)

@@ -604,6 +604,15 @@ class Connections:
             transport.set_keepalive(15)
             return transport
 
+    def bastion_runner(self) -> SSHRunner | None:
+        """A runner on the bastion itself (the ssh-access step keeps its keys too)."""
+        if self.ssh.bastion is None:
+            return None
+        self._via()
+        assert self._bastion is not None
+        return SSHRunner(self.ssh.bastion.name, self._bastion, self.ssh.user,
+                         self.ssh.command_timeout)
+
     def runner(self, host: Any) -> SSHRunner:
         """The runner for a host (an inventory `Host` or its name), connecting if needed."""
         if isinstance(host, str):

@@ -46,6 +46,8 @@ class Bastion(Component):
             root_block_device={"encrypted": True, "volume_type": "gp3",
                                "tags": self.tags(args.zone, args.zone, "root")},
             disable_api_termination=s.protect, tags=self.tags(args.zone, args.zone),
-            opts=self.opts())
+            # First boot only: a new operator key is installed over SSH by the bootstrap.
+            opts=pulumi.ResourceOptions.merge(self.opts(),
+                                              pulumi.ResourceOptions(ignore_changes=["userData"])))
         self.address = self.instance.public_ip
         self.register_outputs({"address": self.address, "hostKey": self.host_key.public_key})

@@ -60,13 +60,34 @@ def watched_paths(ctx: HostContext) -> list[str]:
 
 def converge(ctx: HostContext) -> None:
     spec = desired(ctx)
+    if spec is not None:
+        written, _ = sync(ctx.runner, [spec], dry_run=ctx.dry_run,
+                          known=ctx.facts.get("file_states"))
+        for path in written:
+            ctx.note(f"write {path} ({len(ctx.inventory.ssh.authorized_keys)} operator "
+                     "key(s) and the key this run logs in with)")
+    if ctx.host == ctx.inventory.hosts[0]:
+        _bastion(ctx)
+
+
+def _bastion(ctx: HostContext) -> None:
+    """The bastion too, or the new key would stop at the bastion (its change is noted
+    on the first host, which carries it out)."""
+    runner = ctx.shared.get("bastion_runner")
+    if runner is None or not ctx.inventory.ssh.authorized_keys:
+        return
+    from bootstrap.steps.facts import parse  # facts imports this module
+
+    bastion = HostContext(host=ctx.host, runner=runner, inventory=ctx.inventory,
+                          dry_run=ctx.dry_run, shared=ctx.shared)
+    bastion.facts.update(parse(runner.run(facts_script(ctx.inventory.ssh.user)).stdout))
+    spec = desired(bastion)
     if spec is None:
         return
-    written, _ = sync(ctx.runner, [spec], dry_run=ctx.dry_run,
-                      known=ctx.facts.get("file_states"))
+    written, _ = sync(runner, [spec], dry_run=ctx.dry_run)
     for path in written:
-        ctx.note(f"write {path} ({len(ctx.inventory.ssh.authorized_keys)} operator key(s) "
-                 "and the key this run logs in with)")
+        ctx.note(f"write {path} on the bastion ({len(ctx.inventory.ssh.authorized_keys)} "
+                 "operator key(s) and the key this run logs in with)")
 
 
 SSH_ACCESS = Step("ssh-access", all_hosts, run=converge)

@@ -598,7 +598,7 @@ def test_the_operator_key_rotates_over_ssh_without_replacing_hosts(
 
     # 1. The new key is added (the old one logs in and is kept: it is this run's key).
     report = apply(cplab, with_keys(old_key, (new_public,)))
-    assert len([line for line in report.lines() if "ssh-access: write" in line]) == 6
+    assert len([line for line in report.lines() if "ssh-access: write" in line]) == 7  # +bastion
     assert logs_in(str(tmp_path / "new_ed25519")) and logs_in(old_key)
     # 2. Switch to the new key: the old one is gone from every host.
     apply(cplab, with_keys(str(tmp_path / "new_ed25519"), (new_public,)))
