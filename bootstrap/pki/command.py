@@ -7,16 +7,34 @@ import sys
 import time
 
 from bootstrap import inventory as inventory_module
-from bootstrap.pki.issue import generate
+from bootstrap.pki.issue import MAX_WORKERS, generate
+
+
+def _directory(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("empty; name the PKI directory, e.g. --out ./pki")
+    return text
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to "
+                                         f"{MAX_WORKERS}; leave it out for one per core")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("inventory", help="inventory YAML file")
-    parser.add_argument("--out", required=True, metavar="DIR",
+    parser.add_argument("--out", required=True, metavar="DIR", type=_directory,
                         help="directory of the PKI: DIR/local (CAs, admin.conf) and "
-                             "DIR/<host>/<path on host>")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="processes for key generation (default: one per core)")
+                             "DIR/<host>/<path on host>; new, empty, or an earlier run's")
+    parser.add_argument("--workers", type=_workers, default=None,
+                        help=f"processes for key generation, 1 to {MAX_WORKERS} (default: one "
+                             "per core)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
 
 

@@ -13,6 +13,12 @@ SANs/CN/O/key/usages changed, inside the renewal window), writes only what chang
 `ca_keys_on_hosts` is turned off, hosts gone from the inventory). A leaf signed by a
 different CA of the same name is an error: silently re-issuing would hide a replaced CA.
 Hosts are processed in parallel processes: key generation is the cost, RSA above all.
+
+The writer writes only what it owns, only where it was asked (`bootstrap.pki.files`): DIR
+must be new, empty, or a PKI directory (one with local/manifest.json); nothing under it is
+reached through a symbolic link; only files the table names (and our own temporary files)
+are ever removed, and only from host directories whose names the manifest lists and the
+inventory's name rule accepts.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import datetime as dt
 import json
 import multiprocessing
 import os
-import shutil
+import re
 import stat
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +38,8 @@ from cryptography import x509
 
 from bootstrap.errors import ConfigError, PKIError
 from bootstrap.inventory import Host, Inventory
-from bootstrap.pki import certs, kubeconfig
+from bootstrap.pki import certs, files, kubeconfig
+from bootstrap.pki.files import PRIVATE_DIR_MODE, PUBLIC_DIR_MODE, Tree
 from bootstrap.pki.table import (
     CA,
     CAS,
@@ -52,9 +59,17 @@ from bootstrap.pki.table import (
 
 LOCAL = "local"  # DIR/local: the operator's own files, never a host's
 MANIFEST = "manifest.json"  # DIR/local/manifest.json: the hosts written last time
+MANIFEST_PATH = f"{LOCAL}/{MANIFEST}"
 KEY_MODE = 0o600
 CERT_MODE = 0o644
-PRIVATE_DIR_MODE = 0o700
+MAX_WORKERS = 256  # key generation in more processes than that is a typo, not a plan
+# The inventory's rule for host names (an RFC 1123 label): a name read back from the
+# manifest must pass it before it may name a directory to remove.
+HOST_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+
+# Every file is written by `Tree.write`, the one atomic writer; this is its entry for a
+# single path (bootstrap.control_plane.encryption writes DIR/local/encryption-keys.yaml so).
+_write = files.write
 
 
 @dataclass(frozen=True)
@@ -106,33 +121,145 @@ class CAMaterial:
 def generate(inventory: Inventory, out_dir: str | Path, *, now: dt.datetime | None = None,
              workers: int | None = None) -> PKIResult:
     """Bring DIR up to date with the inventory; see the module docstring."""
-    out = Path(out_dir)
     now = now or dt.datetime.now(dt.UTC)
+    workers = check_workers(workers)
     if any(h.name == LOCAL for h in inventory.hosts):
         raise ConfigError(f"{inventory.source}: hosts: the host name {LOCAL!r} is reserved for "
                           "the operator's own files; rename that host")
-    local_written: list[str] = []
-    local_files = out / LOCAL
-    _make_parents(str(out))
-    if not local_files.is_dir():
-        local_files.mkdir(mode=PRIVATE_DIR_MODE)
-    key_spec = certs.KeySpec(inventory.pki.key_type, inventory.pki.rsa_bits)
-    cas, warnings = _ensure_cas(local_files / "pki", inventory, key_spec, now, local_written)
-    sa_key_pem, sa_pub_pem = _ensure_sa(local_files / "pki", key_spec, local_written)
+    root = open_out(out_dir)
+    try:
+        with root:
+            return _generate(inventory, root, now, workers)
+    except OSError as err:  # a full disk, a permission taken away mid-run
+        where = f" ({err.filename})" if err.filename else ""
+        raise PKIError(f"{root.path}: {err.strerror or err}{where}; fix that and run again "
+                       "(what was written is kept, the rest follows)") from err
 
-    job = _Job(inventory=inventory, out=out, cas=cas, sa_key_pem=sa_key_pem,
+
+def _generate(inventory: Inventory, root: Tree, now: dt.datetime, workers: int) -> PKIResult:
+    previous = _previous_hosts(root)  # refuses a foreign directory before anything changes
+    root.claim(PRIVATE_DIR_MODE)
+    current = {h.name for h in inventory.hosts}
+    local_written: list[str] = []
+    # Hosts about to be written are listed first: a run cut short leaves a directory that
+    # the next run still recognises, and whose hosts it still owns.
+    _write_manifest(root, previous | current)
+    key_spec = certs.KeySpec(inventory.pki.key_type, inventory.pki.rsa_bits)
+    cas, warnings = _ensure_cas(root, inventory, key_spec, now, local_written)
+    sa_key_pem, sa_pub_pem = _ensure_sa(root, key_spec, local_written)
+
+    job = _Job(inventory=inventory, root=root, cas=cas, sa_key_pem=sa_key_pem,
                sa_pub_pem=sa_pub_pem, key_spec=key_spec, now=now)
     hosts = _run_hosts(job, [h.name for h in inventory.hosts], workers)
 
     # The operator's admin kubeconfig, for the regional endpoint (seed 003).
-    admin_conf, reason = job.kubeconfig_bytes(
-        local_files / "admin.conf", OPERATOR_ADMIN, inventory.regional_endpoint.url, None)
-    if _write(local_files / "admin.conf", admin_conf, KEY_MODE):
-        local_written.append(str(local_files / "admin.conf"))
-    removed = _remove_departed_hosts(out, {h.name for h in inventory.hosts})
+    admin = f"{LOCAL}/admin.conf"
+    admin_conf, reason = job.kubeconfig_bytes(root, admin, OPERATOR_ADMIN,
+                                              inventory.regional_endpoint.url, None)
+    if root.write(admin, admin_conf, KEY_MODE):
+        local_written.append(root.full(admin))
+    removed, kept = _remove_departed_hosts(root, previous - current)
+    warnings += kept
+    _write_manifest(root, current)
     local = HostPKI(host=LOCAL, files=(), written=tuple(local_written), removed=tuple(removed),
                     issued=(f"admin.conf: {reason}",) if reason else ())
-    return PKIResult(out_dir=out, local=local, hosts=hosts, warnings=tuple(warnings))
+    return PKIResult(out_dir=Path(root.path), local=local, hosts=hosts,
+                     warnings=tuple(warnings))
+
+
+def check_workers(workers: int | None) -> int:
+    """The number of worker processes: default one per core, else 1..MAX_WORKERS."""
+    if workers is None:
+        return os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or \
+            not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers: {workers!r} is not between 1 and {MAX_WORKERS}; give "
+                          "a process count such as the number of cores, or leave it out")
+    return workers
+
+
+def open_out(out_dir: str | Path) -> Tree:
+    """DIR, made if missing, opened without following a link. Refused, with one line and
+    nothing changed: an empty name, a link, a file, a path under a file, a place that cannot
+    be written. (Whether an existing DIR is a PKI directory is `_previous_hosts`'s question.)
+    """
+    if not os.fspath(out_dir):
+        raise ConfigError("--out: empty; name the PKI directory, e.g. --out ./pki")
+    path = str(Path(out_dir))  # "pki/" -> "pki", as the paths in messages and results show
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except NotADirectoryError as err:
+        raise ConfigError(f"{path}: {_file_above(path)} is a file, so nothing can be made "
+                          "under it; give a directory path for the PKI") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be inspected ({err.strerror}); give another "
+                          "directory for the PKI") from err
+    if st is None:
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            os.mkdir(path, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            pass  # made meanwhile: checked below like any existing one
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot be created ({err.strerror}); give a directory "
+                              "you can write to") from err
+        st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise ConfigError(f"{path}: is a symbolic link; give the directory itself "
+                          f"({os.path.realpath(path)}): the PKI never follows links")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{path}: is a file, not a directory; give a directory for the PKI")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{path}: not writable; give a directory you can write to")
+    try:
+        return Tree.open(path, private=frozenset({"pki", LOCAL}))
+    except PKIError as err:  # replaced by a link or a file since the check above
+        raise ConfigError(str(err)) from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be opened ({err.strerror}); give a directory you "
+                          "can write to") from err
+
+
+def _file_above(path: str) -> str:
+    """The first component of `path` that exists and is not a directory."""
+    parts = Path(path).parents
+    for parent in reversed(parts):
+        if os.path.lexists(parent) and not os.path.isdir(parent):
+            return str(parent)
+    return str(Path(path).parent)
+
+
+def _previous_hosts(root: Tree) -> set[str]:
+    """The hosts of the manifest; an empty DIR is a new PKI. A DIR with anything in it but
+    without our manifest is not ours to write into (let alone to clean up): refused."""
+    if not root.names(""):
+        return set()
+    where = root.full(MANIFEST_PATH)
+    data = root.read(MANIFEST_PATH)  # a link at local/ or at the manifest is refused
+    if data is None:
+        raise ConfigError(f"{root.path}: not empty and not a PKI directory (no "
+                          f"{MANIFEST_PATH}); give a new or empty directory, or the "
+                          "directory of an earlier `pki` run. Nothing was changed")
+    try:
+        names = json.loads(data)["hosts"]
+        if not isinstance(names, list):
+            raise TypeError("hosts is not a list")
+    except (ValueError, KeyError, TypeError) as err:
+        raise PKIError(f"{where}: not a PKI manifest ({err}); restore it, or write "
+                       '{"hosts": []} if the directory holds only this PKI. Nothing was '
+                       "changed") from err
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or name == LOCAL or not HOST_NAME.match(name):
+            raise PKIError(f"{where}: hosts[{i}]: {name!r} is not a host name (lower-case "
+                           "letters, digits, '-'); restore the manifest. Nothing was changed")
+    return set(names)
+
+
+def _write_manifest(root: Tree, hosts: set[str]) -> None:
+    root.write(MANIFEST_PATH, json.dumps({"hosts": sorted(hosts)}, indent=1).encode() + b"\n",
+               CERT_MODE)
 
 
 def files_of(host: Host, inventory: Inventory) -> list[tuple[str, int]]:
@@ -180,30 +307,33 @@ def _cas_for(host: Host) -> list[CA]:
 # --------------------------------------------------------------------------- CAs and SA key
 
 
-def _ensure_cas(pki: Path, inventory: Inventory, key_spec: certs.KeySpec, now: dt.datetime,
+def _ensure_cas(root: Tree, inventory: Inventory, key_spec: certs.KeySpec, now: dt.datetime,
                 written: list[str]) -> tuple[dict[str, CAMaterial], list[str]]:
     cas: dict[str, CAMaterial] = {}
     warnings: list[str] = []
     for ca in CAS:
-        crt_path, key_path = pki / f"{ca.base}.crt", pki / f"{ca.base}.key"
-        if not crt_path.exists():
-            if key_path.exists():
-                raise PKIError(f"{key_path}: a CA key without its certificate {crt_path.name}; "
-                               "restore the certificate or remove the key to start a new CA")
-            key = certs.new_key(key_spec)
-            cert = certs.new_ca(ca.name, key, now, inventory.pki.ca_validity_days)
-            _write(key_path, certs.key_pem(key), KEY_MODE, durable=True)
-            _write(crt_path, certs.cert_pem(cert), CERT_MODE, durable=True)
-            written += [str(key_path), str(crt_path)]
-        cas[ca.name] = _load_ca(ca, crt_path, key_path, now, warnings,
-                                inventory.pki.renew_before_days)
+        crt, key = f"{LOCAL}/pki/{ca.base}.crt", f"{LOCAL}/pki/{ca.base}.key"
+        cert_pem, key_pem = root.read(crt), root.read(key)
+        if cert_pem is None:
+            if key_pem is not None:
+                raise PKIError(f"{root.full(key)}: a CA key without its certificate "
+                               f"{os.path.basename(crt)}; restore the certificate or remove "
+                               "the key to start a new CA")
+            new_key = certs.new_key(key_spec)
+            cert_pem = certs.cert_pem(certs.new_ca(ca.name, new_key, now,
+                                                   inventory.pki.ca_validity_days))
+            key_pem = certs.key_pem(new_key)
+            root.write(key, key_pem, KEY_MODE, durable=True)
+            root.write(crt, cert_pem, CERT_MODE, durable=True)
+            written += [root.full(key), root.full(crt)]
+        cas[ca.name] = _load_ca(ca, root.full(crt), cert_pem, root.full(key), key_pem, now,
+                                warnings, inventory.pki.renew_before_days)
     return cas, warnings
 
 
-def _load_ca(ca: CA, crt_path: Path, key_path: Path, now: dt.datetime, warnings: list[str],
-             renew_before_days: int) -> CAMaterial:
+def _load_ca(ca: CA, crt_path: str, cert_pem: bytes, key_path: str, key_pem: bytes | None,
+             now: dt.datetime, warnings: list[str], renew_before_days: int) -> CAMaterial:
     try:
-        cert_pem = crt_path.read_bytes()
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as err:
         raise PKIError(f"{crt_path}: not a PEM certificate ({err}); restore the CA "
@@ -217,39 +347,43 @@ def _load_ca(ca: CA, crt_path: Path, key_path: Path, now: dt.datetime, warnings:
     if facts.not_after <= now:
         raise PKIError(f"{crt_path}: the {ca.name} CA expired on {facts.not_after:%Y-%m-%d}; "
                        "rotate the CA (a new CA means new certificates on every host)")
-    if facts.not_after - now <= dt.timedelta(days=renew_before_days):
-        warnings.append(f"{crt_path}: the {ca.name} CA expires on {facts.not_after:%Y-%m-%d}; "
-                        "plan a CA rotation")
-    key = key_pem = None
-    if key_path.exists():
-        key_pem = key_path.read_bytes()
+    left = facts.not_after - now
+    if left <= dt.timedelta(days=renew_before_days):
+        warnings.append(f"{crt_path}: the {ca.name} CA expires in {left.days} days "
+                        f"({facts.not_after:%Y-%m-%d}); the certificates it signs end with it "
+                        "and can no longer be renewed: rotate the CA")
+    key = None
+    if key_pem is not None:
         try:
             key = certs.load_key(key_pem)
         except ValueError as err:
             raise PKIError(f"{key_path}: not a readable private key ({err}); restore it") \
                 from err
         if not certs.same_public_key(cert, key):
-            raise PKIError(f"{key_path}: does not match {crt_path.name}; restore the pair "
-                           "that belongs together")
+            raise PKIError(f"{key_path}: does not match {os.path.basename(crt_path)}; restore "
+                           "the pair that belongs together")
     return CAMaterial(spec=ca, cert=cert, cert_pem=cert_pem, key=key, key_pem=key_pem)
 
 
-def _ensure_sa(pki: Path, key_spec: certs.KeySpec, written: list[str]) -> tuple[bytes, bytes]:
+def _ensure_sa(root: Tree, key_spec: certs.KeySpec, written: list[str]) -> tuple[bytes, bytes]:
     """sa.key/sa.pub: the service-account signing pair. sa.pub always follows sa.key."""
-    key_path, pub_path = pki / "sa.key", pki / "sa.pub"
-    if key_path.exists():
+    key_rel, pub_rel = f"{LOCAL}/pki/sa.key", f"{LOCAL}/pki/sa.pub"
+    key_pem = root.read(key_rel)
+    if key_pem is not None:
         try:
-            key = certs.load_key(key_path.read_bytes())
+            key = certs.load_key(key_pem)
         except ValueError as err:
-            raise PKIError(f"{key_path}: not a readable private key ({err}); restore it") \
-                from err
+            raise PKIError(f"{root.full(key_rel)}: not a readable private key ({err}); "
+                           "restore it") from err
     else:
         key = certs.new_key(key_spec)
-        _write(key_path, certs.key_pem(key), KEY_MODE, durable=True)
-        written.append(str(key_path))
-    if _write(pub_path, certs.public_pem(key), CERT_MODE, durable=True):
-        written.append(str(pub_path))
-    return key_path.read_bytes(), certs.public_pem(key)
+        key_pem = certs.key_pem(key)
+        root.write(key_rel, key_pem, KEY_MODE, durable=True)
+        written.append(root.full(key_rel))
+    pub_pem = certs.public_pem(key)
+    if root.write(pub_rel, pub_pem, CERT_MODE, durable=True):
+        written.append(root.full(pub_rel))
+    return key_pem, pub_pem
 
 
 # --------------------------------------------------------------------------- per host work
@@ -257,10 +391,11 @@ def _ensure_sa(pki: Path, key_spec: certs.KeySpec, written: list[str]) -> tuple[
 
 @dataclass
 class _Job:
-    """Everything a worker needs; sent once to each worker process."""
+    """Everything a worker needs; reaches each worker process by fork (with DIR's open
+    descriptor, so that workers too reach every path from it)."""
 
     inventory: Inventory
-    out: Path
+    root: Tree
     cas: dict[str, CAMaterial]
     sa_key_pem: bytes
     sa_pub_pem: bytes
@@ -273,7 +408,12 @@ class _Job:
 
     def host(self, name: str) -> HostPKI:
         host = self.inventory.host(name)
-        root = f"{self.out}/{host.name}"
+        tree = self.root.sub(host.name, create=True, own_mode=PUBLIC_DIR_MODE)
+        assert tree is not None
+        with tree:
+            return self._host(host, tree)
+
+    def _host(self, host: Host, tree: Tree) -> HostPKI:
         ctx = Context(inventory=self.inventory, host=host)
         files: list[HostFile] = []
         issued: list[str] = []
@@ -290,7 +430,7 @@ class _Job:
             files += [HostFile(SA_KEY, self.sa_key_pem, KEY_MODE),
                       HostFile(SA_PUB, self.sa_pub_pem, CERT_MODE)]
         for leaf in _leaves_for(host):
-            cert_pem, key_pem, reason = self.leaf_bytes(root, leaf, ctx)
+            cert_pem, key_pem, reason = self.leaf_bytes(tree, leaf, ctx)
             if reason:
                 issued.append(f"{leaf.name}: {reason}")
             files += [HostFile(leaf.cert_path, cert_pem, CERT_MODE),
@@ -298,32 +438,30 @@ class _Job:
         for kc in _kubeconfigs_for(host):
             server = (self.inventory.zone(host.zone).endpoint.url if kc.endpoint == "zone"
                       else _url(host.address, self.inventory.cluster.api_port))
-            content, reason = self.kubeconfig_bytes(_under(root, kc.path), kc, server, host)
+            content, reason = self.kubeconfig_bytes(tree, _rel(kc.path), kc, server, host)
             if reason:
                 issued.append(f"{kc.file}: {reason}")
             files.append(HostFile(kc.path, content, KEY_MODE))
 
-        existed = os.path.isdir(root)
-        written = [_under(root, f.path) for f in files
-                   if _write(_under(root, f.path), f.content, f.mode)]
-        removed = _remove_others(root, {f.path for f in files}) if existed else []
+        written = [tree.full(_rel(f.path)) for f in files
+                   if tree.write(_rel(f.path), f.content, f.mode)]
+        removed = [] if tree.made else _remove_others(tree, {_rel(f.path) for f in files})
         return HostPKI(host=host.name, files=tuple(files), issued=tuple(issued),
                        written=tuple(written), removed=tuple(removed))
 
-    def leaf_bytes(self, root: str, leaf: Leaf, ctx: Context) -> tuple[bytes, bytes, str]:
+    def leaf_bytes(self, tree: Tree, leaf: Leaf, ctx: Context) -> tuple[bytes, bytes, str]:
         """(cert PEM, key PEM, why it was issued or '' if kept)."""
-        cert_file, key_file = _under(root, leaf.cert_path), _under(root, leaf.key_path)
-        old_cert = _read(cert_file)
-        old_key = _read(key_file)
+        cert_rel, key_rel = _rel(leaf.cert_path), _rel(leaf.key_path)
+        old_cert = None if tree.made else tree.read(cert_rel)
+        old_key = None if tree.made else tree.read(key_rel)
         cn = leaf.common_name(ctx.host)
-        cert_pem, key_pem, reason = self.reuse_or_issue(
-            cert_file, old_cert, old_key, ca_name=leaf.ca, cn=cn, orgs=leaf.orgs,
+        return self.reuse_or_issue(
+            tree.full(cert_rel), old_cert, old_key, ca_name=leaf.ca, cn=cn, orgs=leaf.orgs,
             kinds=leaf.kinds, sans=leaf.sans(ctx))
-        return cert_pem, key_pem, reason
 
-    def kubeconfig_bytes(self, path: Path | str, kc: Kubeconfig, server: str,
+    def kubeconfig_bytes(self, tree: Tree, rel: str, kc: Kubeconfig, server: str,
                          host: Host | None) -> tuple[bytes, str]:
-        old = _read(path)
+        old = None if tree.made else tree.read(rel)
         old_cert = old_key = None
         if old is not None:
             try:
@@ -332,7 +470,7 @@ class _Job:
                 pass
         cn = kc.common_name(host) if host else kc.cn
         cert_pem, key_pem, reason = self.reuse_or_issue(
-            path, old_cert, old_key, ca_name=KUBECONFIG_CA, cn=cn, orgs=kc.orgs,
+            tree.full(rel), old_cert, old_key, ca_name=KUBECONFIG_CA, cn=cn, orgs=kc.orgs,
             kinds=("client",), sans=certs.SANs())
         ca = self.cas[KUBECONFIG_CA]
         return kubeconfig.render(server, kc.credential, ca.cert_pem, cert_pem, key_pem), reason
@@ -393,9 +531,9 @@ def _host_in_worker(name: str) -> HostPKI:
     return _JOB.host(name)
 
 
-def _run_hosts(job: _Job, names: list[str], workers: int | None) -> dict[str, HostPKI]:
-    workers = workers or os.cpu_count() or 1
-    if workers <= 1 or len(names) <= 1:
+def _run_hosts(job: _Job, names: list[str], workers: int) -> dict[str, HostPKI]:
+    workers = min(workers, len(names))
+    if workers <= 1:
         return {name: job.host(name) for name in names}
     chunk = max(1, len(names) // (workers * 8))
     # fork: the job (CA keys included) reaches workers without being written anywhere.
@@ -408,98 +546,65 @@ def _run_hosts(job: _Job, names: list[str], workers: int | None) -> dict[str, Ho
 # --------------------------------------------------------------------------- files
 
 
-def _under(root: Path | str, absolute: str) -> str:
-    return f"{root}{absolute}"
+def _rel(absolute: str) -> str:
+    """A host's absolute path as a path inside its directory: /etc/x -> etc/x."""
+    return absolute.lstrip("/")
 
 
-def _read(path: Path | str) -> bytes | None:
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except FileNotFoundError:
-        return None
+def _owned_by_dir() -> dict[str, frozenset[str]]:
+    """directory (inside a host's directory) -> names of the files the table can put there:
+    every file the PKI could have written for any host, whatever its roles."""
+    paths = [SA_KEY, SA_PUB, *(p for ca in CAS for p in (ca.cert_path, ca.key_path)),
+             *(p for leaf in LEAVES for p in (leaf.cert_path, leaf.key_path)),
+             *(kc.path for kc in KUBECONFIGS)]
+    owned: dict[str, set[str]] = {}
+    for path in paths:
+        directory, _, name = _rel(path).rpartition("/")
+        owned.setdefault(directory, set()).add(name)
+    return {directory: frozenset(names) for directory, names in owned.items()}
 
 
-def _dir_mode(path: str) -> int:
-    return PRIVATE_DIR_MODE if "/pki/" in path + "/" else 0o755
+_OWNED = _owned_by_dir()
+# Every directory the PKI makes inside a host's directory, deepest first.
+_OWNED_DIRS = sorted({"/".join(d.split("/")[:i]) for d in _OWNED
+                      for i in range(1, d.count("/") + 2)}, key=lambda d: -d.count("/"))
 
 
-def _make_parents(directory: str) -> None:
-    """mkdir -p, each new directory with its mode (0700 for pki directories)."""
-    missing = []
-    while not os.path.isdir(directory):
-        missing.append(directory)
-        directory = os.path.dirname(directory)
-    for path in reversed(missing):
-        os.mkdir(path)
-        os.chmod(path, _dir_mode(path))  # mkdir's mode is filtered by the umask
-
-
-def _write(path: Path | str, content: bytes, mode: int, durable: bool = False) -> bool:
-    """Write if the bytes or mode differ; atomically (temp file in the same directory, then
-    rename), created with its final mode so a key is never readable by others. True if
-    anything changed. (Plain os calls: this runs tens of thousands of times per run.)"""
-    name = str(path)
-    try:
-        st = os.stat(name)
-    except FileNotFoundError:
-        st = None
-    if st is not None and st.st_size == len(content):
-        with open(name, "rb") as existing:
-            same = existing.read() == content
-        if same:
-            if stat.S_IMODE(st.st_mode) == mode:
-                return False
-            os.chmod(name, mode)
-            return True
-    directory, base = os.path.split(name)
-    tmp = f"{directory}/.{base}.tmp{os.getpid()}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    try:
-        fd = os.open(tmp, flags, mode)
-    except FileNotFoundError:  # first file of its directory: make the parents, once
-        _make_parents(directory)
-        fd = os.open(tmp, flags, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, content)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, name)
-    return True
-
-
-def _remove_others(root: str, keep: set[str]) -> list[str]:
-    """Remove files under a host's directory that the host should no longer receive."""
+def _remove_others(tree: Tree, keep: set[str]) -> list[str]:
+    """Remove the files under a host's directory that the table could have put there but
+    the host should no longer receive (and our temporary files a crash left behind).
+    Anything else (a file of the operator's, say) is not ours, and stays."""
     removed: list[str] = []
-    prefix = len(root)
-    pending = [root]
-    while pending:
-        with os.scandir(pending.pop()) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
-                elif entry.path[prefix:] not in keep:
-                    os.unlink(entry.path)
-                    removed.append(entry.path)
+    for directory, owned in _OWNED.items():
+        for name in tree.names(directory):
+            rel = f"{directory}/{name}"
+            if (name in owned and rel not in keep) or files.is_temp_of(name, owned):
+                if tree.unlink(rel):  # refuses a link or a directory there
+                    removed.append(tree.full(rel))
     return removed
 
 
-def _remove_departed_hosts(out: Path, current: set[str]) -> list[str]:
-    """Hosts written last time but gone from the inventory lose their directory. Only
-    directories listed in our manifest are touched, never anything else in DIR."""
-    manifest = out / LOCAL / MANIFEST
-    try:
-        previous = set(json.loads(manifest.read_text())["hosts"])
-    except (FileNotFoundError, ValueError, KeyError):
-        previous = set()
-    removed = []
-    for name in sorted(previous - current):
-        if name != LOCAL and (out / name).is_dir():
-            shutil.rmtree(out / name)
-            removed.append(str(out / name))
-    _write(manifest, json.dumps({"hosts": sorted(current)}, indent=1).encode() + b"\n",
-           CERT_MODE)
-    return removed
+def _remove_departed_hosts(root: Tree, departed: set[str]) -> tuple[list[str], list[str]]:
+    """Hosts written last time but gone from the inventory lose their files and, once
+    empty, their directories. The names come from our manifest, validated by
+    `_previous_hosts`; what the PKI did not write stays, with a warning.
+    Returns (removed paths, warnings)."""
+    removed: list[str] = []
+    warnings: list[str] = []
+    for name in sorted(departed):
+        assert HOST_NAME.match(name) and name != LOCAL, name  # _previous_hosts checked it
+        tree = root.sub(name, create=False, own_mode=PUBLIC_DIR_MODE)
+        if tree is None:
+            continue
+        with tree:
+            gone = _remove_others(tree, set())
+            for directory in _OWNED_DIRS:
+                tree.rmdir_if_empty(directory)
+        if root.rmdir_if_empty(name):
+            removed.append(root.full(name))
+        else:
+            removed += gone
+            warnings.append(f"{root.full(name)}: the host left the inventory, but its "
+                            "directory holds files the PKI did not write; they were left in "
+                            "place, remove the directory yourself once they are not needed")
+    return removed, warnings

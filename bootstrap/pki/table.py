@@ -31,6 +31,12 @@ KIND_USAGES: dict[str, tuple[tuple[str, ...], str]] = {
     "server": (("digital_signature", "key_encipherment"), "server_auth"),
     "client": (("digital_signature", "key_encipherment"), "client_auth"),
 }
+# Beyond the document (DESIGN): the table's usages assume RSA. An ECDSA key cannot encipher
+# keys, and RFC 5480 (section 3) says keyEncipherment MUST NOT be set for one; ECDSA
+# certificates (CAs included) leave these out.
+NOT_FOR_ECDSA: frozenset[str] = frozenset({"key_encipherment"})
+# Our CAs sign leaves only, never another CA: BasicConstraints pathLenConstraint 0.
+CA_PATH_LENGTH = 0
 
 
 @dataclass(frozen=True)
