@@ -9,6 +9,7 @@ of performed. check: one line per host: reachable, and the health of its etcd me
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import shutil
 import sys
 import tempfile
@@ -27,7 +28,7 @@ from bootstrap.errors import ConfigError, MultizoneError
 from bootstrap.inventory import Host, Inventory
 from bootstrap.k8s_bin import LocalBinaries
 from bootstrap.k8s_releases import release_for, supported_versions
-from bootstrap.pki import generate
+from bootstrap.pki import generate, near_expiry
 from bootstrap.ssh import Connections
 from bootstrap.steps import ACTION
 from bootstrap.steps.etcd import CLUSTERS, status
@@ -36,9 +37,8 @@ from bootstrap.steps.facts import gather
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("inventory", help="inventory YAML file")
-    if name != "check":
-        parser.add_argument("--pki-dir", metavar="DIR", default=None,
-                            help="the PKI directory (default: pki/ beside the inventory)")
+    parser.add_argument("--pki-dir", metavar="DIR", default=None,
+                        help="the PKI directory (default: pki/ beside the inventory)")
     parser.add_argument("--k8s-bin-dir", metavar="DIR", default=None,
                         help=f"Kubernetes binaries for lab hosts (default: ${k8s_bin.ENV}); "
                              "real hosts install the pinned official release")
@@ -71,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
     inventory_module.check_private_key(inventory)  # bad input before anything is written
     if args.command == "check":
         directory = k8s_bin.resolve_dir(args.k8s_bin_dir)
-        return check(inventory, quiet=args.quiet,
+        code = check(inventory, quiet=args.quiet,
                      kubectl=str(directory / "kubectl") if directory else None)
+        warn_expiry(inventory, pki_dir_for(args, args.inventory))
+        return code
     dry_run = args.command == "plan"
     pki_dir = pki_dir_for(args, args.inventory)
     binaries = local_binaries(inventory, args.k8s_bin_dir)
@@ -161,6 +163,21 @@ def _merge(first: Report, second: Report) -> Report:
         for step, change in changes:
             first.add(host, step, change)
     return first
+
+
+EXPIRY_WARNING_DAYS = 90  # a CA or leaf this close to its end is named by `check`
+
+
+def warn_expiry(inventory: Inventory, pki_dir: Path) -> None:
+    """Name, with days left, every CA and leaf of the local PKI near its end (a warning:
+    the exit code stays the cluster's health)."""
+    within = max(EXPIRY_WARNING_DAYS, inventory.pki.renew_before_days)
+    try:
+        lines = near_expiry(pki_dir, dt.datetime.now(dt.UTC), within)
+    except MultizoneError as err:
+        lines = [f"cannot read the PKI in {pki_dir}: {err}"]
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def check(inventory: Inventory, quiet: bool = False, kubectl: str | None = None) -> int:

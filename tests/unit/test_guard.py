@@ -4,6 +4,7 @@ naming hosts and both fingerprints; the same CA (or a host without one) passes."
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,21 @@ def test_known_states_from_the_facts_spare_the_round_trip(two_pkis) -> None:  # 
             CA, "/etc/kubernetes/pki/etcd/ca.crt", "/etc/kubernetes/pki/front-proxy-ca.crt")}
     guard.check_trust(contexts)
     assert all(ctx.runner.commands == [] for ctx in contexts)
+
+
+def test_check_warns_with_days_left_when_a_ca_nears_its_end(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from bootstrap.apply_command import warn_expiry
+
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["pki"].update(key_type="ecdsa", ca_validity_days=40, validity_days=30,
+                       renew_before_days=10)
+    inv = parse(data)
+    generate(inv, tmp_path / "pki")
+    warn_expiry(inv, tmp_path / "pki")
+    err = capsys.readouterr().err
+    assert re.search(r"warning: kubernetes-ca \(local/pki/ca\.crt\) expires in (39|40) days",
+                     err), err
+    data["pki"].update(ca_validity_days=3650, validity_days=365, renew_before_days=30)
+    generate(parse(data), tmp_path / "fresh")
+    warn_expiry(parse(data), tmp_path / "fresh")
+    assert capsys.readouterr().err == ""
