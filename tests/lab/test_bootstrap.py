@@ -78,7 +78,18 @@ def fast(inv: Inventory) -> Inventory:
 
 
 def apply(lab: Lab, inv: Inventory | None = None, dry_run: bool = False):
-    return execute(fast(inv or lab.inventory), lab.dir / "pki", dry_run=dry_run)
+    """Planned first when it is to change something: the plan's lines must be the apply's."""
+    inventory = fast(inv or lab.inventory)
+    if dry_run:
+        return execute(inventory, lab.dir / "pki", dry_run=True)
+    try:
+        planned = execute(inventory, lab.dir / "pki", dry_run=True).lines()
+    except ActionFailed:
+        planned = None  # a host is down: the apply names it too
+    report = execute(inventory, lab.dir / "pki", dry_run=False)
+    if planned is not None:
+        assert report.lines() == planned, (planned, report.lines())
+    return report
 
 
 def on(lab: Lab, host: str, command: str, check: bool = True):
