@@ -20,6 +20,8 @@ COMMANDS = {
     "apply": ("bootstrap.apply_command", "bootstrap every host of an inventory over SSH"),
     "plan": ("bootstrap.apply_command", "show per host what apply would change"),
     "check": ("bootstrap.apply_command", "health of every host and etcd member"),
+    "rotate-ca": ("bootstrap.rotate_command", "replace CAs on purpose, the cluster working "
+                                              "throughout"),
 }
 
 

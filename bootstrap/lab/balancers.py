@@ -17,6 +17,7 @@ a restarted API server takes traffic only once it is ready again.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -32,8 +33,13 @@ CHECK_INTERVAL_MS = 300
 
 def render(layout: Layout, ca_file: Path, api_port: int = 6443) -> str:
     cps = [h for h in layout.hosts if "control-plane" in h.roles]
+    try:
+        trusted = hashlib.sha256(ca_file.read_bytes()).hexdigest()[:16]
+    except OSError:
+        trusted = "-"
     lines = [
         "# Written by `python -m bootstrap lab up`: the lab's API load balancers.",
+        f"# Trusted CAs: {trusted} (a new bundle reloads haproxy)",
         "global",
         "    maxconn 4096",
         "defaults",
@@ -87,21 +93,24 @@ def ensure(layout: Layout, ca_file: Path, pid: int | None) -> int:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-    if _alive(pid):
-        assert pid is not None
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
+    # A running haproxy hands over: the new one binds beside it (SO_REUSEPORT), then the
+    # old one stops listening and finishes its connections (-sf); no connection is refused.
+    handover = ["-sf", str(pid)] if _alive(pid) else []
     log = open(path.parent / "haproxy.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(["ip", "netns", "exec", layout.router_ns, HAPROXY, "-db",
-                                 "-f", str(path)], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log, start_new_session=True)
+                                 "-f", str(path), *handover], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, start_new_session=True)
     finally:
         log.close()
     time.sleep(0.1)
     if proc.poll() is not None:
         tail = (path.parent / "haproxy.log").read_text(errors="replace")[-400:]
         raise RuntimeError(f"haproxy exited at start: {tail}")
+    if handover and pid is not None:
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(pid):
+            os.kill(pid, signal.SIGTERM)
     return proc.pid

@@ -514,7 +514,15 @@ def _balancers(layout: Layout) -> None:
     state = State.load(layout.dir)
     inventory = load_inventory(layout.dir / "inventory.yaml")
     pki = generate(inventory, layout.dir / "pki")
-    ca_file = pki.out_dir / "local" / "pki" / "ca.crt"
+    # Health checks trust what the hosts trust: the cluster CA, and during a rotation
+    # (`rotate-ca`) the incoming one too; `lab up` between phases reloads haproxy.
+    local = pki.out_dir / "local" / "pki"
+    ca_file = layout.dir / "balancers" / "ca-bundle.crt"
+    ca_file.parent.mkdir(parents=True, exist_ok=True)
+    bundle = b"".join(p.read_bytes() for p in (local / "ca.crt", local / "next" / "ca.crt")
+                      if p.exists())
+    if not ca_file.exists() or ca_file.read_bytes() != bundle:
+        _write_private(ca_file, bundle, 0o644)
     pid = state.data.get("pids", {}).get("haproxy")
     try:
         new = balancers.ensure(layout, ca_file, pid)

@@ -23,6 +23,7 @@ inventory's name rule accepts.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import multiprocessing
@@ -108,11 +109,16 @@ class PKIResult:
 
 @dataclass(frozen=True)
 class CAMaterial:
+    """The CA that signs (during a rotation, the incoming one once leaves switch) and the
+    bundle hosts trust (the signing CA first, then the other one of a rotation)."""
+
     spec: CA
     cert: x509.Certificate
     cert_pem: bytes
     key: certs.PrivateKey | None  # None: the key is kept elsewhere, leaves are only checked
     key_pem: bytes | None
+    trust_pem: bytes = b""
+    trusted: tuple[x509.Certificate, ...] = ()
 
 
 # --------------------------------------------------------------------------- public API
@@ -311,6 +317,7 @@ def _ensure_cas(root: Tree, inventory: Inventory, key_spec: certs.KeySpec, now: 
                 written: list[str]) -> tuple[dict[str, CAMaterial], list[str]]:
     cas: dict[str, CAMaterial] = {}
     warnings: list[str] = []
+    rotation = read_rotation(root)
     for ca in CAS:
         crt, key = f"{LOCAL}/pki/{ca.base}.crt", f"{LOCAL}/pki/{ca.base}.key"
         cert_pem, key_pem = root.read(crt), root.read(key)
@@ -326,9 +333,65 @@ def _ensure_cas(root: Tree, inventory: Inventory, key_spec: certs.KeySpec, now: 
             root.write(key, key_pem, KEY_MODE, durable=True)
             root.write(crt, cert_pem, CERT_MODE, durable=True)
             written += [root.full(key), root.full(crt)]
-        cas[ca.name] = _load_ca(ca, root.full(crt), cert_pem, root.full(key), key_pem, now,
-                                warnings, inventory.pki.renew_before_days)
+        current = _load_ca(ca, root.full(crt), cert_pem, root.full(key), key_pem, now,
+                           warnings, inventory.pki.renew_before_days)
+        phase = rotation.get(ca.name)
+        if phase is None:
+            cas[ca.name] = dataclasses.replace(current, trust_pem=current.cert_pem,
+                                               trusted=(current.cert,))
+            continue
+        incoming = _ensure_next(root, ca, inventory, key_spec, now, written, warnings,
+                                create=phase == "trust")
+        signing, other = (current, incoming) if phase == "trust" else (incoming, current)
+        cas[ca.name] = dataclasses.replace(signing, trust_pem=signing.cert_pem + other.cert_pem,
+                                           trusted=(signing.cert, other.cert))
     return cas, warnings
+
+
+ROTATION = f"{LOCAL}/pki/rotation.json"  # {"<CA name>": "trust" | "switch"}
+ROTATION_PHASES = ("trust", "switch")
+
+
+def next_paths(ca: CA) -> tuple[str, str]:
+    """Where a rotation keeps the incoming CA until it retires the outgoing one."""
+    return f"{LOCAL}/pki/next/{ca.base}.crt", f"{LOCAL}/pki/next/{ca.base}.key"
+
+
+def read_rotation(root: Tree) -> dict[str, str]:
+    raw = root.read(ROTATION)
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as err:
+        raise PKIError(f"{root.full(ROTATION)}: not JSON; restore it or finish the rotation "
+                       "by hand") from err
+    names = {ca.name for ca in CAS}
+    if not isinstance(data, dict) or not all(
+            k in names and v in ROTATION_PHASES for k, v in data.items()):
+        raise PKIError(f"{root.full(ROTATION)}: not a rotation state ({{CA name: trust | "
+                       "switch}}); restore it")
+    return dict(data)
+
+
+def _ensure_next(root: Tree, ca: CA, inventory: Inventory, key_spec: certs.KeySpec,
+                 now: dt.datetime, written: list[str], warnings: list[str],
+                 create: bool) -> CAMaterial:
+    crt, key = next_paths(ca)
+    cert_pem, key_pem = root.read(crt), root.read(key)
+    if cert_pem is None or key_pem is None:
+        if not create:
+            raise PKIError(f"{root.full(crt)}: the incoming {ca.name} of a rotation is missing; "
+                           "restore it (the hosts already trust it)")
+        new_key = certs.new_key(key_spec)
+        cert_pem = certs.cert_pem(certs.new_ca(ca.name, new_key, now,
+                                               inventory.pki.ca_validity_days))
+        key_pem = certs.key_pem(new_key)
+        root.write(key, key_pem, KEY_MODE, durable=True)
+        root.write(crt, cert_pem, CERT_MODE, durable=True)
+        written += [root.full(key), root.full(crt)]
+    return _load_ca(ca, root.full(crt), cert_pem, root.full(key), key_pem, now, warnings,
+                    inventory.pki.renew_before_days)
 
 
 def _load_ca(ca: CA, crt_path: str, cert_pem: bytes, key_path: str, key_pem: bytes | None,
@@ -420,7 +483,7 @@ class _Job:
 
         for ca in _cas_for(host):
             material = self.cas[ca.name]
-            files.append(HostFile(ca.cert_path, material.cert_pem, CERT_MODE))
+            files.append(HostFile(ca.cert_path, material.trust_pem, CERT_MODE))
             if self.inventory.pki.ca_keys_on_hosts and host.has(CONTROL_PLANE):
                 if material.key_pem is None:
                     raise PKIError(f"{ca.name}: pki.ca_keys_on_hosts is true but the CA key is "
@@ -473,7 +536,7 @@ class _Job:
             tree.full(rel), old_cert, old_key, ca_name=KUBECONFIG_CA, cn=cn, orgs=kc.orgs,
             kinds=("client",), sans=certs.SANs())
         ca = self.cas[KUBECONFIG_CA]
-        return kubeconfig.render(server, kc.credential, ca.cert_pem, cert_pem, key_pem), reason
+        return kubeconfig.render(server, kc.credential, ca.trust_pem, cert_pem, key_pem), reason
 
     def reuse_or_issue(self, where: Path | str, old_cert: bytes | None, old_key: bytes | None, *,
                        ca_name: str, cn: str, orgs: tuple[str, ...], kinds: tuple[str, ...],
@@ -489,14 +552,19 @@ class _Job:
             except ValueError:
                 reason, key = "unreadable", None
             else:
-                if cert.issuer == ca.cert.subject and not certs.issued_by(cert, ca.cert):
+                trusted = ca.trusted or (ca.cert,)
+                if cert.issuer == ca.cert.subject and not any(
+                        certs.issued_by(cert, t) for t in trusted):
                     raise PKIError(
                         f"{where}: signed by a different {ca_name} than local/pki; the CA was "
                         "replaced. Restore the CA that signed it, or delete "
                         f"{os.path.dirname(where)} to re-issue deliberately")
-                found = certs.why_stale(cert, key, cn=cn, orgs=orgs, kinds=kinds, sans=sans,
-                                        ca_cert=ca.cert, key_spec=self.key_spec, now=self.now,
-                                        renew_before=self.renew_before)
+                if not certs.issued_by(cert, ca.cert):  # a rotation's outgoing CA
+                    found: str | None = f"signed by the outgoing {ca_name} (rotation)"
+                else:
+                    found = certs.why_stale(cert, key, cn=cn, orgs=orgs, kinds=kinds,
+                                            sans=sans, ca_cert=ca.cert, key_spec=self.key_spec,
+                                            now=self.now, renew_before=self.renew_before)
                 if found is None:
                     return old_cert, old_key, ""
                 reason = found

@@ -16,6 +16,7 @@ unit was written with.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 import shlex
@@ -262,6 +263,20 @@ def _ensure(ctx: HostContext, svc: Service, cluster: EtcdCluster,
     return True
 
 
+def _inputs(ctx: HostContext) -> dict[str, str]:
+    """`MZK_INPUTS`: a digest of the certificates the member reads. etcd reads its trusted
+    CA at start, so a new CA bundle (a rotation) must restart it, rolled like any change."""
+    pki = ctx.shared.get("pki")
+    if pki is None or ctx.name not in pki.hosts:
+        return {}
+    named = set(flags_for("etcd").values())
+    digest = hashlib.sha256()
+    for f in sorted(pki.hosts[ctx.name].files, key=lambda f: f.path):
+        if f.path in named:
+            digest.update(f"{f.path} {hashlib.sha256(f.content).hexdigest()}\n".encode())
+    return {"MZK_INPUTS": digest.hexdigest()}
+
+
 def _hand_over_leadership(ctx: HostContext, cluster: EtcdCluster) -> None:
     """If this member leads, move the leadership to another member before it restarts:
     writes then wait for no election (etcd's own transfer on shutdown can come too late
@@ -355,8 +370,8 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
             kept = recorded_env(probes[ctx.name].unit)
             if set(kept) == set(env):
                 env = kept
-        return service(cluster, inventory, ctx.host, ctx.facts.get("etcd", "etcd"), env,
-                       ctx.facts.get("etcd_id", ""))
+        return service(cluster, inventory, ctx.host, ctx.facts.get("etcd", "etcd"),
+                       {**env, **_inputs(ctx)}, ctx.facts.get("etcd_id", ""))
 
     with_data = [ctx for ctx in group if probes[ctx.name].has_data]
     if not with_data:
@@ -412,7 +427,8 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
                 etcdctl(anchor, cluster, f"member remove {m.id_hex}", client="admin")
     for ctx in newcomers:  # one at a time: each join changes the quorum
         ctx.note(f"join {cluster.service} as a new member (state existing)")
-        if dry_run:
+        if dry_run:  # what `_ensure` would say after the member add, as the apply says it
+            _ensure(ctx, definition(ctx, desired, "existing"), cluster)
             continue
         stale = [m for m in listed_as(ctx.host) if m.name]  # listed, but its data is gone
         for m in stale:

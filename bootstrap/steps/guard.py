@@ -88,13 +88,15 @@ def fingerprint(pem: bytes) -> str:
     return "SHA256:" + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
-def _public_key(pem: bytes) -> bytes | None:
+def _public_keys(pem: bytes) -> set[bytes]:
+    """The keys of every certificate in a file (a CA bundle during a rotation)."""
     try:
-        cert = x509.load_pem_x509_certificate(pem)
+        found = x509.load_pem_x509_certificates(pem)
     except ValueError:
-        return None
-    return cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+        return set()
+    return {c.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+            for c in found}
 
 
 def check_trust(group: list[HostContext]) -> None:
@@ -116,7 +118,8 @@ def check_trust(group: list[HostContext]) -> None:
             if state.split()[0] == hashlib.sha256(ours[path]).hexdigest():
                 continue
             theirs = ctx.runner.read(path)
-            if theirs is None or _public_key(theirs) == _public_key(ours[path]):
+            # A CA the host trusts is still in ours (a rotation adds or retires one).
+            if theirs is None or _public_keys(theirs) & _public_keys(ours[path]):
                 continue
             try:
                 their_print = fingerprint(theirs)

@@ -617,3 +617,71 @@ def test_the_operator_key_rotates_over_ssh_without_replacing_hosts(
     apply(cplab)
     assert not logs_in(str(tmp_path / "new_ed25519"))
     assert not apply(cplab).changed
+
+
+def test_rotating_every_ca_keeps_the_api_and_etcd_available(cplab: Lab, tmp_path: Path) -> None:
+    local = cplab.dir / "pki" / "local" / "pki"
+    bundle = tmp_path / "trusted.crt"
+
+    def trusted() -> str:  # what a client outside the cluster trusts: old and new CA
+        parts = [p.read_bytes() for p in (local / "ca.crt", local / "next" / "ca.crt")
+                 if p.exists()]
+        bundle.write_bytes(b"".join(parts) + (bundle.read_bytes() if bundle.exists() else b""))
+        return str(bundle)
+
+    def readyz() -> tuple[bool, str]:
+        out = in_host(cplab, "node-1", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                        "--max-time", "2", "--cacert", trusted(),
+                                        "https://api.lab.internal:6443/readyz"])
+        return out.stdout.strip() == "200", out.stdout.strip() + out.stderr.strip()[-100:]
+
+    addresses = ",".join(f"https://{cplab.inventory.host(h).address}:2379"
+                         for h in ("cp-a", "cp-b", "cp-c"))
+    pki = cplab.layout.host("cp-a").home(cplab.dir) / "fs" / "etc" / "kubernetes" / "pki"
+    written: list[str] = []
+    counter = iter(range(10**6))
+
+    def put() -> tuple[bool, str]:
+        key = f"/rotation/{next(counter):05d}"
+        out = in_host(cplab, "node-1", [
+            "etcdctl", f"--endpoints={addresses}", f"--cacert={pki}/etcd/ca.crt",
+            f"--cert={pki}/apiserver-etcd-client.crt", f"--key={pki}/apiserver-etcd-client.key",
+            "--dial-timeout=2s", "--command-timeout=5s", "put", key, "v"])
+        if out.returncode == 0:
+            written.append(key)
+        return out.returncode == 0, out.stderr.strip()[-120:]
+
+    def rotate(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "bootstrap", "rotate-ca",
+                               str(cplab.dir / "inventory.yaml"), "--quiet", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    old_ca = (local / "ca.crt").read_bytes()
+    trusted()
+    probes, writer = Prober(readyz), Prober(put)
+    probes.start()
+    writer.start()
+    try:
+        rotate("--through", "trust")
+        build.up(cplab.dir, workers=3, say=lambda _m: None)  # the lab's balancers trust both
+        rotate()  # switch and retire
+        build.up(cplab.dir, workers=3, say=lambda _m: None)
+        time.sleep(1)
+    finally:
+        api_results, etcd_results = probes.stop(), writer.stop()
+    failed = [r for r in api_results if not r[1]] + [r for r in etcd_results if not r[1]]
+    assert len(api_results) > 50 and len(etcd_results) > 50 and not failed, failed[:5]
+    # The new CA is the only one trusted; every leaf is its; nothing is left to do.
+    new_ca = (local / "ca.crt").read_bytes()
+    assert new_ca != old_ca and not (local / "next" / "ca.crt").exists()
+    host_ca = (cplab.layout.host("cp-b").home(cplab.dir) / "fs" / "etc" / "kubernetes" / "pki"
+               / "ca.crt").read_bytes()
+    assert host_ca == new_ca
+    listed = on(cplab, "cp-a", f"{ETCDCTL} --endpoints=https://127.0.0.1:2379 get /rotation/ "
+                               "--prefix --keys-only").stdout.split()
+    assert set(written) <= set(listed)
+    assert "kubernetes-admin" in in_host(cplab, "node-1", [
+        str(Path(str(_binaries())) / "kubectl"), f"--kubeconfig={cplab.dir}/pki/local/admin.conf",
+        "auth", "whoami"]).stdout
+    assert not apply(cplab).changed
