@@ -9,7 +9,7 @@ the AWS program builds (seed 004, part 1).
   cluster CA and the host's name: a host that answers TCP but is not ready, or presents a
   certificate our CA did not sign, takes no traffic.
 - TCP passthrough: the API server itself authenticates clients by their certificates.
-  A connection refused during a restart is retried on another server (`redispatch`).
+  A connection refused during a restart is retried at once on another server.
 
 Checks run every 300 ms, one failure marks a server down and two successes bring it back:
 a restarted API server takes traffic only once it is ready again.
@@ -48,8 +48,8 @@ def render(layout: Layout, ca_file: Path, api_port: int = 6443) -> str:
         "    timeout client 1h",
         "    timeout server 1h",
         "    timeout check 2s",
-        "    retries 3",
-        "    option redispatch",
+        "    retries 5",
+        "    option redispatch 1",  # every retry may go to another server
         f"    default-server inter {CHECK_INTERVAL_MS}ms fall 1 rise 2 check check-ssl "
         f"verify required ca-file {ca_file}",
         "",

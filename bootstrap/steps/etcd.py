@@ -277,7 +277,8 @@ def _inputs(ctx: HostContext) -> dict[str, str]:
     return {"MZK_INPUTS": digest.hexdigest()}
 
 
-def _hand_over_leadership(ctx: HostContext, cluster: EtcdCluster) -> None:
+def _hand_over_leadership(ctx: HostContext, cluster: EtcdCluster,
+                          avoid: set[str] | None = None) -> None:
     """If this member leads, move the leadership to another member before it restarts:
     writes then wait for no election (etcd's own transfer on shutdown can come too late
     for a client's deadline)."""
@@ -291,6 +292,7 @@ def _hand_over_leadership(ctx: HostContext, cluster: EtcdCluster) -> None:
     if not leads:
         return
     others = [m for m in members(ctx, cluster) if int(m.id_hex, 16) != me and m.name]
+    others.sort(key=lambda m: m.name in (avoid or set()))  # restarted or staying first
     if others:
         etcdctl(ctx, cluster, f"move-leader {others[0].id_hex}", client="admin", check=False)
 
@@ -392,9 +394,9 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
                and not _current(c, wanted[c.name], probes[c.name])]
     run_on_hosts(stopped, lambda c: _ensure(c, wanted[c.name], cluster, data_dir_exists=True),
                  limit, title=cluster.service, progress=_quiet)
-    for ctx in rolling:
-        if not dry_run:
-            _hand_over_leadership(ctx, cluster)
+    for i, ctx in enumerate(rolling):
+        if not dry_run:  # to a member that will not restart after this one
+            _hand_over_leadership(ctx, cluster, avoid={c.name for c in rolling[i + 1:]})
         _ensure(ctx, wanted[ctx.name], cluster, data_dir_exists=True)
         if not dry_run:
             wait_healthy(ctx, cluster)
