@@ -599,9 +599,15 @@ def _host_in_worker(name: str) -> HostPKI:
     return _JOB.host(name)
 
 
+SMALL_RERUN = 256  # hosts: a re-run of this many, mostly keeping files, is faster in-process
+
+
 def _run_hosts(job: _Job, names: list[str], workers: int) -> dict[str, HostPKI]:
     workers = min(workers, len(names))
-    if workers <= 1:
+    # A re-run (every host's directory exists) mostly reads and keeps: starting worker
+    # processes would cost more than it saves, for a cluster of ordinary size.
+    rerun = len(names) <= SMALL_RERUN and set(names) <= set(job.root.names(""))
+    if workers <= 1 or rerun:
         return {name: job.host(name) for name in names}
     chunk = max(1, len(names) // (workers * 8))
     # fork: the job (CA keys included) reaches workers without being written anywhere.

@@ -159,15 +159,16 @@ def etcdctl_command(binary: str, cluster: EtcdCluster, args: str, *, client: str
     return "ETCDCTL_API=3 " + " ".join(shlex.quote(w) for w in words) + " " + args
 
 
-def fact_scripts() -> dict[str, str]:
+def fact_scripts(members: bool = True) -> dict[str, str]:
     """For the facts round trip of etcd hosts, per cluster: the member's data and unit
     (what `probe` asks) and the member list (what `_anchor` asks), so that a converged
     cluster costs no round trip here."""
     scripts = {}
     for cluster in CLUSTERS:
         scripts[f"probe:{cluster.service}"] = _probe_script(cluster)
-        scripts[f"members:{cluster.service}"] = etcdctl_command(
-            "etcdctl", cluster, "member list -w json", client="admin")
+        if members:
+            scripts[f"members:{cluster.service}"] = etcdctl_command(
+                "etcdctl", cluster, "member list -w json", client="admin")
     return scripts
 
 
@@ -177,9 +178,11 @@ def read_facts(found: dict[str, str]) -> dict[str, object]:
     for cluster in CLUSTERS:
         if f"probe:{cluster.service}" in found:
             facts[f"probe:{cluster.service}"] = _parse_probe(found[f"probe:{cluster.service}"])
+        if f"members:{cluster.service}" not in found:
+            continue
         try:
             facts[f"members:{cluster.service}"] = parse_members(
-                found.get(f"members:{cluster.service}", ""))
+                found[f"members:{cluster.service}"])
         except (ValueError, KeyError, TypeError):
             facts[f"members:{cluster.service}"] = None
     return facts

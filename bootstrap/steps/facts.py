@@ -97,7 +97,10 @@ def gather(ctx: HostContext) -> None:
     sections: dict[str, str] = {}
     if ctx.host.has("etcd"):
         sections["etcd"] = SCRIPT_ETCD
-        sections.update(etcd.fact_scripts())
+        # Member lists from one member only (any member's answer is the cluster's): the
+        # Go clients are most of a no-op's CPU on every control-plane host at once.
+        first = ctx.inventory.etcd_members[:1] == (ctx.host,)
+        sections.update(etcd.fact_scripts(members=first))
     watched_services = (("etcd", "etcd-events") if ctx.host.has("etcd") else ()) + (
         control_plane.SERVICES if ctx.host.has("control-plane") else ())
     if watched_services:
