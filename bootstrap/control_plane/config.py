@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bootstrap.inventory import Host, Inventory
-from bootstrap.pki.table import LEAF_BY_NAME, flags_for
+from bootstrap.pki.table import LEAF_BY_NAME, flag_words
 
 CONFIG_DIR = "/etc/kubernetes"
 AUTHENTICATION = f"{CONFIG_DIR}/authentication.yaml"
@@ -159,7 +159,6 @@ def apiserver_command(inventory: Inventory, host: Host, binary: str, etcd_server
     etcd clusters' ports."""
     c = inventory.cluster
     reads, mutating = inflight_limits(c.max_nodes)
-    certificates = flags_for("kube-apiserver", inventory.pki.ca_keys_on_hosts)
     return [
         binary,
         f"--advertise-address={host.advertise_address}",
@@ -167,7 +166,7 @@ def apiserver_command(inventory: Inventory, host: Host, binary: str, etcd_server
         f"--secure-port={c.api_port}",
         f"--etcd-servers={etcd_servers}",
         f"--etcd-servers-overrides={etcd_overrides}",
-        *(f"{flag}={path}" for flag, path in sorted(certificates.items())),
+        *flag_words("kube-apiserver", inventory.pki.ca_keys_on_hosts),
         f"--requestheader-allowed-names={LEAF_BY_NAME['front-proxy-client'].cn}",
         "--requestheader-username-headers=X-Remote-User",
         "--requestheader-group-headers=X-Remote-Group",
@@ -195,13 +194,12 @@ def apiserver_command(inventory: Inventory, host: Host, binary: str, etcd_server
 
 def controller_manager_command(inventory: Inventory, binary: str) -> list[str]:
     c = inventory.cluster
-    certificates = flags_for("kube-controller-manager", inventory.pki.ca_keys_on_hosts)
     return [
         binary,
         f"--kubeconfig={CONTROLLER_MANAGER_CONF}",
         f"--authentication-kubeconfig={CONTROLLER_MANAGER_CONF}",
         f"--authorization-kubeconfig={CONTROLLER_MANAGER_CONF}",
-        *(f"{flag}={path}" for flag, path in sorted(certificates.items())),
+        *flag_words("kube-controller-manager", inventory.pki.ca_keys_on_hosts),
         "--bind-address=127.0.0.1",
         f"--secure-port={CONTROLLER_MANAGER_PORT}",
         "--leader-elect=true",

@@ -326,13 +326,7 @@ def _ensure_cas(root: Tree, inventory: Inventory, key_spec: certs.KeySpec, now: 
                 raise PKIError(f"{root.full(key)}: a CA key without its certificate "
                                f"{os.path.basename(crt)}; restore the certificate or remove "
                                "the key to start a new CA")
-            new_key = certs.new_key(key_spec)
-            cert_pem = certs.cert_pem(certs.new_ca(ca.name, new_key, now,
-                                                   inventory.pki.ca_validity_days))
-            key_pem = certs.key_pem(new_key)
-            root.write(key, key_pem, KEY_MODE, durable=True)
-            root.write(crt, cert_pem, CERT_MODE, durable=True)
-            written += [root.full(key), root.full(crt)]
+            cert_pem, key_pem = _new_ca(root, ca, crt, key, inventory, key_spec, now, written)
         current = _load_ca(ca, root.full(crt), cert_pem, root.full(key), key_pem, now,
                            warnings, inventory.pki.renew_before_days)
         phase = rotation.get(ca.name)
@@ -346,6 +340,19 @@ def _ensure_cas(root: Tree, inventory: Inventory, key_spec: certs.KeySpec, now: 
         cas[ca.name] = dataclasses.replace(signing, trust_pem=signing.cert_pem + other.cert_pem,
                                            trusted=(signing.cert, other.cert))
     return cas, warnings
+
+
+def _new_ca(root: Tree, ca: CA, crt: str, key: str, inventory: Inventory,
+            key_spec: certs.KeySpec, now: dt.datetime, written: list[str]) -> tuple[bytes, bytes]:
+    """A new CA's certificate and key, written (key first, durably) at `crt` and `key`."""
+    new_key = certs.new_key(key_spec)
+    cert_pem = certs.cert_pem(certs.new_ca(ca.name, new_key, now,
+                                           inventory.pki.ca_validity_days))
+    key_pem = certs.key_pem(new_key)
+    root.write(key, key_pem, KEY_MODE, durable=True)
+    root.write(crt, cert_pem, CERT_MODE, durable=True)
+    written += [root.full(key), root.full(crt)]
+    return cert_pem, key_pem
 
 
 ROTATION = f"{LOCAL}/pki/rotation.json"  # {"<CA name>": "trust" | "switch"}
@@ -383,13 +390,7 @@ def _ensure_next(root: Tree, ca: CA, inventory: Inventory, key_spec: certs.KeySp
         if not create:
             raise PKIError(f"{root.full(crt)}: the incoming {ca.name} of a rotation is missing; "
                            "restore it (the hosts already trust it)")
-        new_key = certs.new_key(key_spec)
-        cert_pem = certs.cert_pem(certs.new_ca(ca.name, new_key, now,
-                                               inventory.pki.ca_validity_days))
-        key_pem = certs.key_pem(new_key)
-        root.write(key, key_pem, KEY_MODE, durable=True)
-        root.write(crt, cert_pem, CERT_MODE, durable=True)
-        written += [root.full(key), root.full(crt)]
+        cert_pem, key_pem = _new_ca(root, ca, crt, key, inventory, key_spec, now, written)
     return _load_ca(ca, root.full(crt), cert_pem, root.full(key), key_pem, now, warnings,
                     inventory.pki.renew_before_days)
 

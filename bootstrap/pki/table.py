@@ -291,3 +291,9 @@ def flags_for(command: str, ca_keys_on_hosts: bool = True) -> dict[str, str]:
     if not ca_keys_on_hosts and "--cluster-signing-cert-file" in flags:
         del flags["--cluster-signing-cert-file"]  # signing needs both halves, or neither
     return flags
+
+
+def flag_words(command: str, ca_keys_on_hosts: bool = True) -> list[str]:
+    """`flags_for` as command-line words, `--flag=path`, in a stable order."""
+    return [f"{flag}={path}" for flag, path in sorted(flags_for(command,
+                                                               ca_keys_on_hosts).items())]

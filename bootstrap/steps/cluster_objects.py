@@ -38,8 +38,8 @@ KUBE_SYSTEM_REASON = ("privileged: control-plane and node add-ons (network, stor
 
 
 def kubectl_path(ctx: HostContext) -> str:
-    local = ctx.shared.get("k8s_bin")
-    return local.path("kubectl") if local is not None else "/usr/local/bin/kubectl"
+    """The kubectl the binaries step settled on for this host (lab or release)."""
+    return str(ctx.facts["k8s"]["kubectl"])
 
 
 def _kubectl(kubectl: str) -> str:

@@ -28,7 +28,7 @@ from bootstrap import ports
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
 from bootstrap.inventory import Host, Inventory
-from bootstrap.pki.table import LEAF_BY_NAME, flags_for
+from bootstrap.pki.table import LEAF_BY_NAME, flag_words, flags_for
 from bootstrap.services import (
     Service,
     ServiceManager,
@@ -100,7 +100,7 @@ def service(cluster: EtcdCluster, inventory: Inventory, host: Host, etcd_bin: st
         f"--initial-advertise-peer-urls={cluster.peer_url(host)}",
         "--client-cert-auth=true",
         "--peer-client-cert-auth=true",
-        *(f"{flag}={path}" for flag, path in sorted(flags_for("etcd").items())),
+        *flag_words("etcd"),
         "--snapshot-count=10000",
         "--experimental-initial-corrupt-check=true",
     ]
@@ -300,7 +300,7 @@ def _hand_over_leadership(ctx: HostContext, cluster: EtcdCluster,
         etcdctl(ctx, cluster, f"move-leader {others[0].id_hex}", client="admin", check=False)
 
 
-def _running(ctx: HostContext, cluster: EtcdCluster) -> bool:
+def member_running(ctx: HostContext, cluster: EtcdCluster) -> bool:
     """From the facts' service states (gathered with the facts on etcd hosts)."""
     found = ctx.facts.get("services", {}).get(cluster.service)
     return found is not None and found.running
@@ -392,7 +392,7 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
     # at once); running members that need a change restart one at a time, each healthy
     # again before the next, so the cluster never loses its quorum.
     wanted = {c.name: definition(c, desired, "existing") for c in with_data}
-    stopped = [c for c in with_data if not _running(c, cluster)]
+    stopped = [c for c in with_data if not member_running(c, cluster)]
     rolling = [c for c in with_data if c not in stopped
                and not _current(c, wanted[c.name], probes[c.name])]
     run_on_hosts(stopped, lambda c: _ensure(c, wanted[c.name], cluster, data_dir_exists=True),

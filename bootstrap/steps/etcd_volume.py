@@ -128,7 +128,7 @@ def converge_host(ctx: HostContext) -> bool:
         ctx.note(f"format {found.device} (ext4) for etcd")
         script.append(f"mkfs.ext4 -q -L etcd {d}")
     moving = found.has_data
-    running = [c for c in etcd.CLUSTERS if _running(ctx, c.service)]
+    running = [c for c in etcd.CLUSTERS if etcd.member_running(ctx, c)]
     if moving:
         ctx.note(f"move etcd's data from the root disk onto {found.device}")
         tmp = "/var/lib/mzk/etcd-volume.mnt"
@@ -173,16 +173,11 @@ def _peek(ctx: HostContext, device: str) -> None:
             known[f"probe:{cluster.service}"] = etcd.Probe(has_data=found, unit=probe.unit)
 
 
-def _running(ctx: HostContext, service: str) -> bool:
-    found = ctx.facts.get("services", {}).get(service)
-    return found is not None and found.running
-
-
 def converge(group: list[HostContext]) -> None:
     """Hosts whose members keep running are moved one at a time (the quorum holds);
     the others (new hosts, stopped members) side by side."""
     with_volume = [c for c in group if c.host.etcd_volume]
-    moving = [c for c in with_volume if any(_running(c, s.service) for s in etcd.CLUSTERS)
+    moving = [c for c in with_volume if any(etcd.member_running(c, s) for s in etcd.CLUSTERS)
               and c.facts.get("etcd_traces")]
     rest = [c for c in with_volume if c not in moving]
     failures: dict[str, BaseException] = {}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +58,21 @@ def netns_pids(netns: str) -> list[int]:
     out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
                          check=True).stdout
     return [int(p) for p in out.split()]
+
+
+def kill_host(lab: Lab, host: str) -> None:
+    """SIGKILL every process of a lab host (etcd, supervisors, the control plane, sshd),
+    as if the machine died; returns once none is left."""
+    netns = lab.layout.host(host).netns
+    for pid in netns_pids(netns):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while netns_pids(netns) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not netns_pids(netns)
 
 
 def sshd_pids(netns: str) -> list[int]:

@@ -31,7 +31,7 @@ from bootstrap.lab.build import ensure_keypair
 from bootstrap.ssh import Connections, Result
 from bootstrap.steps.etcd import EVENTS, MAIN, EtcdCluster
 
-from .conftest import Lab, lab_unavailable, netns_pids, running_lab, sshd_pids
+from .conftest import Lab, kill_host, lab_unavailable, netns_pids, running_lab, sshd_pids
 
 pytestmark = pytest.mark.lab
 # Written by the control-plane step (not the PKI), untouched by this cut.
@@ -227,25 +227,11 @@ def test_a_write_in_zone_a_is_read_back_in_zone_c(blab: Lab) -> None:
         assert got.stdout.strip() == "written-in-a"
 
 
-def _kill_zone(lab: Lab, host: str) -> None:
-    """Every process of the zone's host: etcd, etcd-events, supervisors, sshd."""
-    netns = lab.layout.host(host).netns
-    for pid in netns_pids(netns):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 5
-    while netns_pids(netns) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not netns_pids(netns)
-
-
 def test_zone_loss_drill(blab: Lab) -> None:
     a = blab.inventory.host("cp-a").address
     b = blab.inventory.host("cp-b").address
     on(blab, "cp-a", f"{etcd_at(a, MAIN)} put /drill/before kept")
-    _kill_zone(blab, "cp-c")
+    kill_host(blab, "cp-c")
 
     # Writes and reads still succeed through zone A within a few seconds, in both clusters
     # (either may have lost its leader with zone C and need an election first).

@@ -32,7 +32,7 @@ from bootstrap.pki.table import KUBECONFIGS, LEAF_BY_NAME
 from bootstrap.ssh import Connections, Result
 from bootstrap.steps import etcd as etcd_step
 
-from .conftest import Lab, lab_unavailable, netns_pids, running_lab
+from .conftest import Lab, kill_host, lab_unavailable, netns_pids, running_lab
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
@@ -422,19 +422,6 @@ def test_an_etcd_change_rolls_one_member_at_a_time_and_loses_no_write(
 # --------------------------------------------------------------------------- zone drill
 
 
-def _kill_host(lab: Lab, host: str) -> None:
-    netns = lab.layout.host(host).netns
-    for pid in netns_pids(netns):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 5
-    while netns_pids(netns) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not netns_pids(netns)
-
-
 def _lease_holders(lab: Lab, via: str) -> dict[str, str]:
     out = kubectl(lab, via, "get lease -n kube-system kube-controller-manager kube-scheduler "
                             "-o json", check=False)
@@ -450,7 +437,7 @@ FAILOVER_BOUND_S = 3.0  # haproxy checks every 300 ms; one failure marks a serve
 def test_losing_cp_a_moves_zone_a_to_another_zone_and_back(cplab: Lab) -> None:
     assert served_by(cplab, "node-1", "api-a.lab.internal") == "cp-a"
     holders = _lease_holders(cplab, "cp-b")
-    _kill_host(cplab, "cp-a")
+    kill_host(cplab, "cp-a")
     killed = time.monotonic()
 
     # Zone A's endpoint answers from another zone within the bound.

@@ -3,21 +3,16 @@ of a CA's life, and the near-expiry report for `check`."""
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import hashlib
-import os
-import stat
 import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from pki_support import cert, example_data, load, snapshot
 
-from bootstrap import inventory
 from bootstrap.pki import certs, generate, kubeconfig
 from bootstrap.pki.expiry import near_expiry
 from bootstrap.pki.table import SANs
@@ -31,29 +26,6 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 LEAVES = 3 * (7 + 3) + 3 * 2 + 1
 
 
-def example_data() -> dict:
-    data = yaml.safe_load(EXAMPLE.read_text())
-    data["pki"]["key_type"] = "ecdsa"
-    return data
-
-
-def load(data: dict) -> inventory.Inventory:
-    return inventory.parse(copy.deepcopy(data), source="test")
-
-
-def cert(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
-
-
-def snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
-    out = {}
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            p = Path(dirpath, name)
-            st = p.stat()
-            out[str(p.relative_to(root))] = (hashlib.sha256(p.read_bytes()).hexdigest(),
-                                             stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-    return out
 
 
 def every_leaf(out: Path) -> list[tuple[str, x509.Certificate]]:

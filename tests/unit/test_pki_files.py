@@ -8,7 +8,6 @@ cleaned; temporary files cannot be pre-planted; directories get their modes back
 
 from __future__ import annotations
 
-import copy
 import errno
 import hashlib
 import json
@@ -20,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pki_support import example_data, load
 
-from bootstrap import inventory
 from bootstrap.cli import main
 from bootstrap.errors import ConfigError, MultizoneError, PKIError
 from bootstrap.pki import files, generate
@@ -31,16 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "inventory.yaml"
 PKI = "etc/kubernetes/pki"
 SENTINEL = b"operator's own file\n"
-
-
-def example_data() -> dict:
-    data = yaml.safe_load(EXAMPLE.read_text())
-    data["pki"]["key_type"] = "ecdsa"
-    return data
-
-
-def load(data: dict) -> inventory.Inventory:
-    return inventory.parse(copy.deepcopy(data), source="test")
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int, int]]:

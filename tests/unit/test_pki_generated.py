@@ -4,10 +4,7 @@ and re-runs shown to keep or re-issue exactly what they should."""
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import hashlib
-import os
 import shutil
 import stat
 import subprocess
@@ -17,8 +14,8 @@ import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pki_support import cert, example_data, load, snapshot
 
-from bootstrap import inventory
 from bootstrap.errors import PKIError
 from bootstrap.pki import generate, kubeconfig
 from bootstrap.pki.certs import facts, load_key, same_public_key, signed_by
@@ -52,30 +49,6 @@ DOC_KUBECONFIGS = {
 }
 
 
-def example_data(key_type: str = "ecdsa") -> dict:
-    data = yaml.safe_load(EXAMPLE.read_text())
-    data["pki"]["key_type"] = key_type
-    return data
-
-
-def load(data: dict) -> inventory.Inventory:
-    return inventory.parse(copy.deepcopy(data), source="test")
-
-
-def cert(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
-
-
-def snapshot(root: Path) -> dict[str, tuple[str, int, int]]:
-    """path -> (sha256, mode, mtime_ns) of every file under root."""
-    out = {}
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            p = Path(dirpath, name)
-            st = p.stat()
-            out[str(p.relative_to(root))] = (hashlib.sha256(p.read_bytes()).hexdigest(),
-                                             stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-    return out
 
 
 @pytest.fixture(scope="module")
