@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bootstrap import k8s_bin
 from bootstrap.inventory import Inventory, load
 from bootstrap.lab import build
 from bootstrap.lab.layout import Layout
@@ -26,6 +27,14 @@ def lab_unavailable() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     return None
+
+
+def require_k8s_binaries() -> None:
+    """Skip, with one line naming MZK_K8S_BIN_DIR, a test whose apply starts the control
+    plane where no Kubernetes binaries are given (bin/mzk sets it from ../shared/k8s-bin)."""
+    if k8s_bin.resolve_dir(None) is None:
+        pytest.skip(f"no Kubernetes binaries: set {k8s_bin.ENV} (bin/mzk test unpacks "
+                    "../shared/k8s-bin and sets it)")
 
 
 @pytest.hookimpl(hookwrapper=True)

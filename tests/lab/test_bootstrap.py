@@ -31,7 +31,15 @@ from bootstrap.lab.build import ensure_keypair
 from bootstrap.ssh import Connections, Result
 from bootstrap.steps.etcd import EVENTS, MAIN, EtcdCluster
 
-from .conftest import Lab, kill_host, lab_unavailable, netns_pids, running_lab, sshd_pids
+from .conftest import (
+    Lab,
+    kill_host,
+    lab_unavailable,
+    netns_pids,
+    require_k8s_binaries,
+    running_lab,
+    sshd_pids,
+)
 
 pytestmark = pytest.mark.lab
 # Written by the control-plane step (not the PKI), untouched by this cut.
@@ -50,6 +58,7 @@ def blab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = lab_unavailable()
     if reason:
         pytest.fail(reason)
+    require_k8s_binaries()  # apply starts the control plane too
     with running_lab(tmp_path_factory, "blab", workers=3) as running:
         execute(running.inventory, running.dir / "pki", dry_run=False)
         yield running

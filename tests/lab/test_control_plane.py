@@ -32,7 +32,14 @@ from bootstrap.pki.table import KUBECONFIGS, LEAF_BY_NAME
 from bootstrap.ssh import Connections, Result
 from bootstrap.steps import etcd as etcd_step
 
-from .conftest import Lab, kill_host, lab_unavailable, netns_pids, running_lab
+from .conftest import (
+    Lab,
+    kill_host,
+    lab_unavailable,
+    netns_pids,
+    require_k8s_binaries,
+    running_lab,
+)
 
 pytestmark = pytest.mark.lab
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,9 +59,7 @@ def cplab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = lab_unavailable()
     if reason:
         pytest.fail(reason)
-    if _binaries() is None:
-        pytest.skip(f"no Kubernetes binaries: set {k8s_bin.ENV} (bin/mzk test unpacks "
-                    "../shared/k8s-bin and sets it)")
+    require_k8s_binaries()
     with running_lab(tmp_path_factory, "cplab", workers=3) as running:
         execute(running.inventory, running.dir / "pki", dry_run=False)
         yield running
