@@ -84,9 +84,20 @@ def kill_host(lab: Lab, host: str) -> None:
     assert not netns_pids(netns)
 
 
+def netns_commands(netns: str) -> dict[int, str]:
+    """pid -> command name of every process in a namespace; one that exits while it is
+    being listed is not running, and is left out."""
+    found = {}
+    for pid in netns_pids(netns):
+        try:
+            found[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+        except FileNotFoundError:
+            continue
+    return found
+
+
 def sshd_pids(netns: str) -> list[int]:
-    return [p for p in netns_pids(netns)
-            if Path(f"/proc/{p}/comm").read_text().strip() == "sshd"]
+    return [p for p, name in netns_commands(netns).items() if name == "sshd"]
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ from .conftest import (
     Lab,
     kill_host,
     lab_unavailable,
-    netns_pids,
+    netns_commands,
     require_k8s_binaries,
     running_lab,
     sshd_pids,
@@ -376,6 +376,6 @@ def test_a_fourth_member_joins_and_a_removed_one_leaves_first(blab: Lab) -> None
     for cluster in (MAIN, EVENTS):
         assert member_names(blab, "cp-b", cluster) == ["cp-a", "cp-b", "cp-c"]
     node1 = blab.layout.host("node-1").netns
-    comms = [Path(f"/proc/{p}/comm").read_text().strip() for p in netns_pids(node1)]
+    comms = list(netns_commands(node1).values())
     assert "etcd" not in comms
     assert not apply(blab).changed

@@ -36,7 +36,7 @@ from .conftest import (
     Lab,
     kill_host,
     lab_unavailable,
-    netns_pids,
+    netns_commands,
     require_k8s_binaries,
     running_lab,
 )
@@ -500,8 +500,7 @@ def test_a_host_that_loses_the_control_plane_role_stops_its_services(cplab: Lab)
     report = apply(cplab)
     assert any(line.startswith("node-2: control-plane-retire: stop kube-apiserver")
                for line in report.lines()), report.lines()
-    comms = [Path(f"/proc/{p}/comm").read_text().strip()
-             for p in netns_pids(cplab.layout.host("node-2").netns)]
+    comms = list(netns_commands(cplab.layout.host("node-2").netns).values())
     assert not any(c.startswith("kube-") for c in comms), comms
     assert not apply(cplab).changed
 
