@@ -271,13 +271,13 @@ def _write_manifest(root: Tree, hosts: set[str]) -> None:
 def files_of(host: Host, inventory: Inventory) -> list[tuple[str, int]]:
     """(path, mode) of every file a host receives, without generating anything."""
     paths: list[tuple[str, int]] = []
-    for ca in _cas_for(host):
+    for ca in _cas_for(host, inventory):
         paths.append((ca.cert_path, CERT_MODE))
-        if inventory.pki.ca_keys_on_hosts and host.has(CONTROL_PLANE):
+        if _ca_key_goes_to(ca, host, inventory):
             paths.append((ca.key_path, KEY_MODE))
     if host.has(CONTROL_PLANE):
         paths += [(SA_KEY, KEY_MODE), (SA_PUB, CERT_MODE)]
-    for leaf in _leaves_for(host):
+    for leaf in _leaves_for(host, inventory):
         paths += [(leaf.cert_path, CERT_MODE), (leaf.key_path, KEY_MODE)]
     paths += [(kc.path, KEY_MODE) for kc in _kubeconfigs_for(host)]
     return paths
@@ -290,24 +290,35 @@ def _has_any(host: Host, roles: Iterable[str]) -> bool:
     return any(host.has(r) for r in roles)
 
 
-def _leaves_for(host: Host) -> list[Leaf]:
-    return [leaf for leaf in LEAVES if _has_any(host, leaf.roles)]
+def _in_mode(row: Leaf | CA, inventory: Inventory) -> bool:
+    """Rows of one egress mode (Konnectivity's) go to hosts only in that mode."""
+    return row.egress is None or row.egress == inventory.cluster.egress
+
+
+def _leaves_for(host: Host, inventory: Inventory) -> list[Leaf]:
+    return [leaf for leaf in LEAVES
+            if _has_any(host, leaf.roles) and _in_mode(leaf, inventory)]
 
 
 def _kubeconfigs_for(host: Host) -> list[Kubeconfig]:
     return [kc for kc in KUBECONFIGS if _has_any(host, kc.roles)]
 
 
-def _cas_for(host: Host) -> list[CA]:
-    """Control-plane hosts hold all three CAs; etcd hosts the etcd CA; nodes the cluster CA."""
-    if host.has(CONTROL_PLANE):
-        return list(CAS)
+def _cas_for(host: Host, inventory: Inventory) -> list[CA]:
+    """Control-plane hosts hold every CA; etcd hosts the etcd CA; nodes the cluster CA (and
+    the Konnectivity CA, which control-plane hosts and nodes hold only in that mode)."""
     names = set()
+    if host.has(CONTROL_PLANE):
+        names |= {ca.name for ca in CAS}
     if host.has(ETCD):
         names.add("etcd-ca")
     if host.has(NODE):
-        names.add("kubernetes-ca")
-    return [ca for ca in CAS if ca.name in names]
+        names |= {"kubernetes-ca", "konnectivity-ca"}
+    return [ca for ca in CAS if ca.name in names and _in_mode(ca, inventory)]
+
+
+def _ca_key_goes_to(ca: CA, host: Host, inventory: Inventory) -> bool:
+    return inventory.pki.ca_keys_on_hosts and host.has(CONTROL_PLANE) and ca.key_on_hosts
 
 
 # --------------------------------------------------------------------------- CAs and SA key
@@ -482,10 +493,10 @@ class _Job:
         files: list[HostFile] = []
         issued: list[str] = []
 
-        for ca in _cas_for(host):
+        for ca in _cas_for(host, self.inventory):
             material = self.cas[ca.name]
             files.append(HostFile(ca.cert_path, material.trust_pem, CERT_MODE))
-            if self.inventory.pki.ca_keys_on_hosts and host.has(CONTROL_PLANE):
+            if _ca_key_goes_to(ca, host, self.inventory):
                 if material.key_pem is None:
                     raise PKIError(f"{ca.name}: pki.ca_keys_on_hosts is true but the CA key is "
                                    "not in local/pki; restore it or set ca_keys_on_hosts: false")
@@ -493,7 +504,7 @@ class _Job:
         if host.has(CONTROL_PLANE):
             files += [HostFile(SA_KEY, self.sa_key_pem, KEY_MODE),
                       HostFile(SA_PUB, self.sa_pub_pem, CERT_MODE)]
-        for leaf in _leaves_for(host):
+        for leaf in _leaves_for(host, self.inventory):
             cert_pem, key_pem, reason = self.leaf_bytes(tree, leaf, ctx)
             if reason:
                 issued.append(f"{leaf.name}: {reason}")

@@ -46,6 +46,16 @@ class CA:
     name: str  # the document's default CN doubles as our handle
     base: str  # path of .crt/.key relative to PKI_DIR, without extension
     description: str
+    source: str = DOCUMENT
+    why: str = ""
+    egress: str | None = None  # hosts receive it only in this `cluster.egress` mode
+
+    @property
+    def key_on_hosts(self) -> bool:
+        """Whether `pki.ca_keys_on_hosts` puts its key on control-plane hosts: only the
+        document's CAs (the controller-manager signs with the cluster CA); ours sign
+        nothing on hosts."""
+        return self.source == DOCUMENT
 
     @property
     def cert_path(self) -> str:
@@ -60,6 +70,10 @@ CAS: tuple[CA, ...] = (
     CA("kubernetes-ca", "ca", "Kubernetes general CA"),
     CA("etcd-ca", "etcd/ca", "for all etcd-related functions"),
     CA("kubernetes-front-proxy-ca", "front-proxy-ca", "for the front-end proxy"),
+    CA("konnectivity-ca", "konnectivity/ca", "for Konnectivity servers and agents",
+       source=DESIGN, egress="konnectivity",
+       why="proxy-servers accept agents whose client certificate this CA signed; signed by "
+           "the cluster CA, any kubelet or admin certificate would pass as an agent"),
 )
 CA_BY_NAME = {ca.name: ca for ca in CAS}
 
@@ -114,6 +128,13 @@ def node_name_and_address(ctx: Context) -> SANs:
                                                    ctx.host.advertise_address)))
 
 
+def konnectivity_server_sans(ctx: Context) -> SANs:
+    """The name and address agents dial (the regional endpoint), and the host's own."""
+    regional = ctx.inventory.regional_endpoint
+    return SANs(dns=_unique((regional.name, ctx.host.name)),
+                ips=_unique(tuple(a for a in (regional.address, ctx.host.address) if a)))
+
+
 def _unique(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
 
@@ -133,6 +154,7 @@ class Leaf:
     roles: tuple[str, ...]  # which hosts receive it
     source: str = DOCUMENT
     why: str = ""
+    egress: str | None = None  # hosts receive it only in this `cluster.egress` mode
 
     def common_name(self, host: Host) -> str:
         return self.cn.format(node=host.name)
@@ -164,6 +186,14 @@ LEAVES: tuple[Leaf, ...] = (
          f"{KUBELET_PKI_DIR}/kubelet.key", roles=(NODE,), source=DESIGN,
          why="the API server verifies kubelets (--kubelet-certificate-authority); a kubelet "
              "left to itself serves a self-signed certificate"),
+    Leaf("konnectivity-server", "konnectivity-server", "konnectivity-ca", (), ("server",),
+         konnectivity_server_sans, *_pki("konnectivity/server"), roles=(CONTROL_PLANE,),
+         source=DESIGN, egress="konnectivity",
+         why="agents verify the proxy-server they dial (seed 001: no unverified connection)"),
+    Leaf("konnectivity-agent", "konnectivity-agent:{node}", "konnectivity-ca", (),
+         ("client",), no_sans, *_pki("konnectivity/agent"), roles=(NODE,), source=DESIGN,
+         egress="konnectivity",
+         why="proxy-servers accept only agents with a certificate of ours"),
 )
 LEAF_BY_NAME = {leaf.name: leaf for leaf in LEAVES}
 
@@ -257,6 +287,14 @@ FILE_USES: tuple[FileUse, ...] = (
             why="kubelet authentication: no anonymous requests, clients signed by the CA"),
     FileUse("kubelet-serving", "kubelet", ("--tls-private-key-file",), ("--tls-cert-file",),
             source=DESIGN, why="kubelet serves with a CA-signed certificate"),
+    FileUse("konnectivity-ca", "proxy-server", (), ("--cluster-ca-cert",), source=DESIGN,
+            why="accept agents signed by the Konnectivity CA only"),
+    FileUse("konnectivity-server", "proxy-server", ("--cluster-key",), ("--cluster-cert",),
+            source=DESIGN, why="the TLS identity agents verify"),
+    FileUse("konnectivity-ca", "proxy-agent", (), ("--ca-cert",), source=DESIGN,
+            why="verify the proxy-server"),
+    FileUse("konnectivity-agent", "proxy-agent", ("--agent-key",), ("--agent-cert",),
+            source=DESIGN, why="the agent's client certificate"),
 )
 
 

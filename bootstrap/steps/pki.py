@@ -1,12 +1,18 @@
 """Place the PKI: every host gets exactly the files `bootstrap.pki` issued for it, and
-loses CA keys it must no longer hold (when `pki.ca_keys_on_hosts` is off)."""
+loses CA keys it must no longer hold (when `pki.ca_keys_on_hosts` is off) and the files of
+an egress mode the cluster left (Konnectivity's certificates after a switch to SSH
+tunnels)."""
 
 from __future__ import annotations
 
 from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.hostfiles import FileSpec, sync
 from bootstrap.pki import PKIResult
-from bootstrap.pki.table import CAS
+from bootstrap.pki.table import CAS, LEAVES
+
+# Files that only one egress mode puts on hosts: removed where not issued.
+_MODE_FILES = [p for row in (*CAS, *LEAVES) if row.egress
+               for p in (row.cert_path, row.key_path)]
 
 
 def planned(ctx: HostContext) -> tuple[list[FileSpec], list[str]]:
@@ -14,7 +20,8 @@ def planned(ctx: HostContext) -> tuple[list[FileSpec], list[str]]:
     result: PKIResult = ctx.shared["pki"]
     files = [FileSpec(f.path, f.content, f.mode) for f in result.hosts[ctx.name].files]
     held = {f.path for f in files}
-    return files, [ca.key_path for ca in CAS if ca.key_path not in held]
+    stray = dict.fromkeys([ca.key_path for ca in CAS] + _MODE_FILES)
+    return files, [p for p in stray if p not in held]
 
 
 def watched_paths(ctx: HostContext) -> list[str]:
@@ -32,7 +39,9 @@ def place(ctx: HostContext) -> None:
     for path in written:
         ctx.note(f"write {path}")
     for path in removed:
-        ctx.note(f"remove {path} (CA keys stay off this host)")
+        why = "CA keys stay off this host" if path.endswith(".key") and any(
+            path == ca.key_path for ca in CAS) else "not used in this egress mode"
+        ctx.note(f"remove {path} ({why})")
 
 
 PLACE_PKI = Step("pki", all_hosts, run=place)

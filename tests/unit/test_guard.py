@@ -14,12 +14,13 @@ from bootstrap.engine import HostContext
 from bootstrap.errors import ConfigError
 from bootstrap.inventory import parse
 from bootstrap.pki import generate
+from bootstrap.pki.table import CAS
 from bootstrap.ssh import FakeFile, FakeRunner
 from bootstrap.steps import guard
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "inventory.yaml"
 CA = "/etc/kubernetes/pki/ca.crt"
-OTHER_CAS = ("/etc/kubernetes/pki/etcd/ca.crt", "/etc/kubernetes/pki/front-proxy-ca.crt")
+OTHER_CAS = tuple(ca.cert_path for ca in CAS if ca.cert_path != CA)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +76,7 @@ def test_known_states_from_the_facts_spare_the_round_trip(two_pkis) -> None:  # 
     contexts = group(inv, live, None)
     digest = hashlib.sha256(ca_of(live)).hexdigest()
     for ctx in contexts:
-        ctx.facts["file_states"] = {p: f"{digest} 644 root root" for p in (
-            CA, "/etc/kubernetes/pki/etcd/ca.crt", "/etc/kubernetes/pki/front-proxy-ca.crt")}
+        ctx.facts["file_states"] = {p: f"{digest} 644 root root" for p in (CA, *OTHER_CAS)}
     guard.check_trust(contexts)
     assert all(ctx.runner.commands == [] for ctx in contexts)
 

@@ -23,7 +23,9 @@ PKI = "etc/kubernetes/pki"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 # Leaves of the example: 7 files and 3 kubeconfigs per control-plane host, a serving
 # certificate and kubelet.conf per node, and the operator's admin.conf.
-LEAVES = 3 * (7 + 3) + 3 * 2 + 1
+# control plane 7 + 3 kubeconfigs, nodes 2, the operator's admin; the example runs
+# Konnectivity: a proxy-server certificate per control-plane host, an agent's per node
+LEAVES = 3 * (7 + 3) + 3 * 2 + 1 + 3 + 3
 
 
 
@@ -59,7 +61,7 @@ def test_ecdsa_certificates_carry_no_key_encipherment(ecdsa_pki):
     for where, c in leaves:
         assert isinstance(c.public_key(), ec.EllipticCurvePublicKey)
         assert certs.facts(c).key_usages == {"digital_signature"}, where
-    for name in ("ca", "etcd/ca", "front-proxy-ca"):
+    for name in ("ca", "etcd/ca", "front-proxy-ca", "konnectivity/ca"):
         facts = certs.facts(cert(out / "local/pki" / f"{name}.crt"))
         assert facts.key_usages == {"digital_signature", "key_cert_sign"}, name
 
@@ -108,7 +110,7 @@ def test_an_ecdsa_leaf_with_key_encipherment_is_reissued_once(tmp_path):
 
 def test_cas_are_limited_to_signing_leaves(ecdsa_pki):
     _data, out = ecdsa_pki
-    for name in ("ca", "etcd/ca", "front-proxy-ca"):
+    for name in ("ca", "etcd/ca", "front-proxy-ca", "konnectivity/ca"):
         ext = cert(out / "local/pki" / f"{name}.crt").extensions.get_extension_for_class(
             x509.BasicConstraints)
         assert ext.critical
@@ -193,9 +195,10 @@ def test_near_expiry_names_a_ca_inside_the_window_with_days_left(late_in_ca_life
         f"kubernetes-front-proxy-ca (local/pki/front-proxy-ca.crt) expires in 12 days "
         f"({ca_end:%Y-%m-%d}); rotate it",
     ]
+    assert lines[3].startswith("konnectivity-ca (local/pki/konnectivity/ca.crt) expires in 12")
     # every leaf now ends with its CA, and says that only a new CA helps
-    assert len(lines) == 3 + LEAVES
-    assert all(line.endswith(": rotate that CA") for line in lines[3:])
+    assert len(lines) == 4 + LEAVES
+    assert all(line.endswith(": rotate that CA") for line in lines[4:])
     assert "cp-a/etc/kubernetes/pki/apiserver.crt" in " ".join(lines)
 
 

@@ -51,10 +51,17 @@ DOC_KUBECONFIGS = {
 
 
 
+def tunnel_data() -> dict:
+    """The example in `ssh-tunnel` mode: hosts get exactly the document's files."""
+    data = example_data()
+    data["cluster"]["egress"] = "ssh-tunnel"
+    return data
+
+
 @pytest.fixture(scope="module")
 def issued(tmp_path_factory):
     out = tmp_path_factory.mktemp("pki")
-    inv = load(example_data())
+    inv = load(tunnel_data())
     result = generate(inv, out)
     return inv, out, result
 
@@ -219,7 +226,7 @@ def test_result_lists_files_per_host_with_contents(issued):
 
 @pytest.fixture
 def fresh(tmp_path):
-    data = example_data()
+    data = tunnel_data()
     out = tmp_path / "pki"
     generate(load(data), out)
     return data, out
@@ -363,3 +370,31 @@ def test_rsa_by_default_and_key_type_change_reissues(fresh):
     assert facts(cert(out / "node-a1/var/lib/kubelet/pki/kubelet.crt")).key_usages == {
         "digital_signature", "key_encipherment"}
     assert not generate(load(data), out).changed
+
+
+def test_konnectivity_mode_adds_its_ca_and_leaves_and_leaving_it_removes_them(fresh):
+    data, out = fresh
+    data["cluster"]["egress"] = "konnectivity"
+    result = generate(load(data), out)
+    local = out / "local" / "pki"
+    ca = cert(local / "konnectivity" / "ca.crt")
+    assert not (out / "cp-a" / PKI.lstrip("/") / "konnectivity" / "ca.key").exists()
+    for host in ("cp-a", "cp-b", "cp-c"):
+        server = cert(out / host / PKI.lstrip("/") / "konnectivity" / "server.crt")
+        sans = facts(server)
+        assert sans.cn == "konnectivity-server" and sans.ext_key_usages == {"server_auth"}
+        assert "api.mz-example.internal" in sans.dns and host in sans.dns
+        assert signed_by(server, ca)
+        assert not signed_by(server, cert(local / "ca.crt"))
+        assert result.hosts[host].issued == ("konnectivity-server: new",)
+    for node in ("node-a1", "node-b1", "node-c1"):
+        agent = cert(out / node / PKI.lstrip("/") / "konnectivity" / "agent.crt")
+        assert facts(agent).cn == f"konnectivity-agent:{node}"
+        assert facts(agent).ext_key_usages == {"client_auth"}
+        assert (out / node / PKI.lstrip("/") / "konnectivity" / "ca.crt").exists()
+    data["cluster"]["egress"] = "ssh-tunnel"
+    generate(load(data), out)
+    left = [p for p in out.rglob("*") if "konnectivity" in p.parts and p.is_file()
+            and p.parts[len(out.parts)] != "local"]
+    assert left == []
+    assert (local / "konnectivity" / "ca.crt").exists()  # the CA stays, as every CA does
