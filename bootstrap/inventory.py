@@ -103,6 +103,9 @@ class Cluster:
     api_port: int
     egress: str
     max_nodes: int  # the scale the control plane is sized for (in-flight request limits)
+    # Node ports besides the kubelet's that the API server's proxy may reach through an SSH
+    # tunnel (a tunnel key may forward to nothing else); Konnectivity agents are not limited.
+    egress_node_ports: tuple[int, ...] = ()
 
     @property
     def kubernetes_service_ip(self) -> str:
@@ -282,7 +285,7 @@ def _join(where: str, key: str) -> str:
 def _cluster(r: _Reader, raw: Any) -> Cluster:
     c = r.mapping(raw, "cluster", required=("name", "kubernetes_version"),
                   optional=("service_cidr", "pod_cidr", "dns_domain", "api_port", "egress",
-                            "max_nodes"))
+                            "max_nodes", "egress_node_ports"))
     name = r.check(rules.dns_label, c["name"], "cluster.name")
     # Any release >= 1.28 here: the lab brings its own binaries; real hosts need a pinned
     # one, which `apply` checks (apply_command.local_binaries) and the stack settings demand.
@@ -300,6 +303,9 @@ def _cluster(r: _Reader, raw: Any) -> Cluster:
         egress=r.choice(c.get("egress", "konnectivity"), "cluster.egress", EGRESS_MODES),
         # 0 until the hosts are read: then the number of nodes in the inventory.
         max_nodes=r.integer(c.get("max_nodes", 0), "cluster.max_nodes", 0, MAX_NODES),
+        egress_node_ports=() if "egress_node_ports" not in c else tuple(sorted(set(r.items(
+            c["egress_node_ports"], "cluster.egress_node_ports",
+            lambda v, where: r.integer(v, where, 1, 65535))))),
     )
 
 
