@@ -23,6 +23,7 @@ from bootstrap import inventory as inventory_module
 from bootstrap import k8s_bin
 from bootstrap.apply_lock import HeldLock
 from bootstrap.control_plane import encryption, health
+from bootstrap.egress import tunnel_keys
 from bootstrap.engine import ActionFailed, HostContext, Report, run_steps
 from bootstrap.errors import ConfigError, MultizoneError
 from bootstrap.inventory import Host, Inventory
@@ -127,15 +128,20 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
             work = pki_dir
         pki = generate(inventory, work)
         encryption_config, made_key = encryption.ensure(work)
+        keys = tunnel_keys.ensure(work, inventory)
         report = Report()
         if made_key:
             report.add("local", "pki", f"write {encryption.path_in(work).relative_to(work)}")
+        for rel in keys.written:
+            report.add("local", "pki", f"write {rel}")
+        for rel in keys.removed:
+            report.add("local", "pki", f"remove {rel} (egress is {inventory.cluster.egress})")
         for path in pki.local.written:
             report.add("local", "pki", f"write {Path(path).relative_to(work)}")
         for line in pki.local.issued:
             report.add("local", "pki", f"issue {line}")
         locks: list[HeldLock] = []
-        shared: dict[str, Any] = {"pki": pki, "k8s_bin": binaries,
+        shared: dict[str, Any] = {"pki": pki, "k8s_bin": binaries, "tunnel_keys": keys,
                                   "encryption": encryption_config, "locks": locks}
         with Connections(inventory, progress=progress) as connections:
             if inventory.ssh.authorized_keys:

@@ -187,6 +187,10 @@ def parse(data: Any, source: str = "<memory>") -> Inventory:
     ssh = _ssh(r, top["ssh"], hosts)
     pki = _pki(r, top["pki"] if "pki" in top else {})  # written: must be a mapping
     _check_topology(r, zones, hosts)
+    if cluster.egress == "ssh-tunnel" and not ssh.authorized_keys:
+        raise r.fail("ssh.authorized_keys", "cluster.egress ssh-tunnel adds the control "
+                     "plane's tunnel keys to the nodes' authorized_keys, which the bootstrap "
+                     "then manages: list the operator public keys to keep there")
     if cluster.max_nodes == 0:
         cluster = dataclasses.replace(cluster, max_nodes=max(1, sum(h.has("node")
                                                                     for h in hosts)))

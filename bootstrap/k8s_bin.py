@@ -28,6 +28,8 @@ from bootstrap.errors import ConfigError
 ENV = "MZK_K8S_BIN_DIR"
 CONTROL_PLANE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler",
                           "kubectl")
+# Konnectivity's binaries have no --version: taken when present, identified by digest.
+KONNECTIVITY_BINARIES = ("proxy-server", "proxy-agent")
 VERSIONS_CACHE = ".mzk-versions.json"
 _VERSION = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
 
@@ -140,9 +142,14 @@ def load(directory: Path, kubernetes_version: str,
                               f"{paths[name]} is v{have}; set the version to "
                               f"{'.'.join(have.split('.')[:2])}.x or give binaries of "
                               f"{'.'.join(want)}")
+    for name in KONNECTIVITY_BINARIES:
+        path = directory / name
+        if path.is_file() and os.access(path, os.X_OK):
+            paths[name] = path
+            known[name] = {"version": "-", "sha256": sums.get(name) or _sha256(path)}
     return LocalBinaries(dir=directory, paths={n: str(p) for n, p in paths.items()},
-                         versions={n: known[n]["version"] for n in names},
-                         digests={n: known[n]["sha256"] for n in names})
+                         versions={n: known[n]["version"] for n in paths},
+                         digests={n: known[n]["sha256"] for n in paths})
 
 
 def version_of(directory: Path) -> str | None:

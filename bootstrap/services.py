@@ -77,6 +77,17 @@ def unit_path(name: str) -> str:
     return f"{UNIT_DIR}/{name}.service"
 
 
+def inputs_digest(binary_id: str, command: Sequence[str], contents: Mapping[str, bytes]) -> str:
+    """`MZK_INPUTS` of a unit: its binary's identity and the digest of every file (of
+    `contents`) its command line names, so a new certificate or configuration changes the
+    unit, and a changed unit restarts its service."""
+    named = {part for word in command for part in re.split(r"[=,#;]", word)}
+    digest = hashlib.sha256(binary_id.encode())
+    for path in sorted(p for p in contents if p in named):
+        digest.update(f"\n{path} {hashlib.sha256(contents[path]).hexdigest()}".encode())
+    return digest.hexdigest()
+
+
 def render_unit(service: Service) -> str:
     """The systemd unit for a service; the lab supervisor reads the same file."""
     after = " ".join(["network-online.target", *(
@@ -292,6 +303,18 @@ def parse_status(text: str) -> dict[str, ServiceStatus]:
             sha = words[3] if len(words) > 3 and words[3] != "-" else None
             found[words[1]] = ServiceStatus(sha is not None, sha)
     return found
+
+
+def change_from_facts(service: Service, unit_state: str | None,
+                      status: ServiceStatus | None) -> str | None:
+    """What `ensure` would do, decided from facts already gathered (the unit file's state
+    and the keeper's status), or None: no round trip for a converged host."""
+    unit = render_unit(service).encode()
+    if unit_state != f"{hashlib.sha256(unit).hexdigest()} 644 root root":
+        return f"write {unit_path(service.name)} and (re)start {service.name}"
+    if status is None or not status.current(unit):
+        return f"(re)start {service.name} (not running the current unit)"
+    return None
 
 
 def pending_change(runner: Runner, service: Service) -> str | None:

@@ -15,6 +15,8 @@ Choices (each one a line of seed 000/001/004, or the reason given):
   `identity` last, so data written before encryption was on stays readable.
 - An audit log with size and age limits; request bodies are never logged for Secrets,
   ConfigMaps or token requests.
+- Connections to nodes, pods and services go through the egress selector's `cluster` path
+  (`bootstrap.egress`): SSH tunnels or Konnectivity, never straight over the network.
 - The API server listens on the host's own address only; the controller-manager and the
   scheduler on 127.0.0.1 only (no other control-plane component serves remote traffic).
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bootstrap.egress import hostconfig
 from bootstrap.inventory import Host, Inventory
 from bootstrap.pki.table import LEAF_BY_NAME, flag_words
 
@@ -150,6 +153,7 @@ def files(inventory: Inventory, encryption: bytes) -> list[ConfigFile]:
         ConfigFile(ADMISSION, admission_config(inventory.cluster.kubernetes_version), 0o644),
         ConfigFile(AUDIT_POLICY, AUDIT_POLICY_TEXT.encode(), 0o644),
         ConfigFile(ENCRYPTION, encryption, 0o600),
+        ConfigFile(hostconfig.SELECTOR, hostconfig.selector_config(), 0o644),
     ]
 
 
@@ -186,6 +190,7 @@ def apiserver_command(inventory: Inventory, host: Host, binary: str, etcd_server
         f"--max-requests-inflight={reads}",
         f"--max-mutating-requests-inflight={mutating}",
         "--kubelet-preferred-address-types=InternalIP,Hostname",
+        f"--egress-selector-config-file={hostconfig.SELECTOR}",
         "--allow-privileged=true",
         "--profiling=false",
         "--tls-min-version=VersionTLS12",

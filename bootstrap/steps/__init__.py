@@ -7,6 +7,8 @@ Each module holds one step (or two closely related ones); `ACTION` is what `appl
 from bootstrap.steps.binaries import BINARIES
 from bootstrap.steps.cluster_objects import CLUSTER_OBJECTS
 from bootstrap.steps.control_plane import CONTROL_PLANE, CONTROL_PLANE_RETIRE
+from bootstrap.steps.egress import EGRESS, EGRESS_RETIRE
+from bootstrap.steps.egress_nodes import EGRESS_NODES, EGRESS_NODES_RETIRE
 from bootstrap.steps.etcd import ETCD, ETCD_RETIRE
 from bootstrap.steps.etcd_volume import ETCD_VOLUME
 from bootstrap.steps.facts import FACTS
@@ -16,6 +18,7 @@ from bootstrap.steps.preflight import PREFLIGHT
 from bootstrap.steps.ssh_access import SSH_ACCESS
 
 ACTION = (FACTS, LOCK, TRUST, PREFLIGHT, SSH_ACCESS, BINARIES, PLACE_PKI, ETCD_VOLUME, ETCD,
-          ETCD_RETIRE, CONTROL_PLANE, CLUSTER_OBJECTS, CONTROL_PLANE_RETIRE)
+          ETCD_RETIRE, CONTROL_PLANE, EGRESS_NODES, EGRESS, EGRESS_NODES_RETIRE, EGRESS_RETIRE,
+          CLUSTER_OBJECTS, CONTROL_PLANE_RETIRE)
 
 __all__ = ["ACTION"]

@@ -147,15 +147,38 @@ def ensure_kubernetes(ctx: HostContext) -> None:
         ctx.runner.run(kubernetes_install_script(release, arch, names), timeout=900)
 
 
+def konnectivity_binary(host: Host) -> str:
+    """proxy-server on control-plane hosts, proxy-agent on nodes."""
+    return "proxy-server" if host.has("control-plane") else "proxy-agent"
+
+
+def ensure_konnectivity(ctx: HostContext) -> None:
+    name = konnectivity_binary(ctx.host)
+    local: LocalBinaries | None = ctx.shared.get("k8s_bin")
+    if ctx.facts.get("lab"):
+        if local is None or name not in local.paths:
+            raise StepError(f"{ctx.name}: a lab host in konnectivity mode needs {name} from "
+                            "this machine: put it in --k8s-bin-dir / MZK_K8S_BIN_DIR")
+        ctx.facts["konnectivity"] = local.path(name)
+        ctx.facts["konnectivity_id"] = f"sha256:{local.digests[name]}"
+        return
+    raise StepError(f"{ctx.name}: installing {name} on a real host is not available yet; "
+                    "use cluster.egress: ssh-tunnel")
+
+
 def ensure_all(ctx: HostContext) -> None:
     if ctx.host.has("etcd"):
         ensure_etcd(ctx)
     if ctx.host.has("control-plane"):
         ensure_kubernetes(ctx)
+    if ctx.inventory.cluster.egress == "konnectivity" and (
+            ctx.host.has("control-plane") or ctx.host.has("node")):
+        ensure_konnectivity(ctx)
 
 
 def _binary_hosts(inventory: Inventory) -> tuple[Host, ...]:
-    return tuple(h for h in inventory.hosts if h.has("etcd") or h.has("control-plane"))
+    return tuple(h for h in inventory.hosts if h.has("etcd") or h.has("control-plane")
+                 or (h.has("node") and inventory.cluster.egress == "konnectivity"))
 
 
 BINARIES = Step("binaries", _binary_hosts, run=ensure_all)

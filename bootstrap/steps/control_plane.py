@@ -15,8 +15,6 @@ controller-manager and the scheduler start only after their own API server is re
 
 from __future__ import annotations
 
-import hashlib
-import re
 import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +26,14 @@ from bootstrap.errors import StepError
 from bootstrap.hostfiles import FileSpec, put_many, stat_many
 from bootstrap.inventory import Host, Inventory
 from bootstrap.pki.table import CA_BY_NAME
-from bootstrap.services import Service, ServiceStatus, manager_from, render_unit, unit_path
+from bootstrap.services import (
+    Service,
+    ServiceStatus,
+    inputs_digest,
+    manager_from,
+    render_unit,
+    unit_path,
+)
 from bootstrap.ssh import run_on_hosts
 from bootstrap.steps.etcd import etcd_servers, etcd_servers_overrides
 
@@ -53,19 +58,6 @@ def watched_paths(ctx: HostContext) -> list[str]:
     return [f.path for f in config.files(ctx.inventory, b"")] + [unit_path(s) for s in SERVICES]
 
 
-def _values(command: list[str]) -> set[str]:
-    """Every value on a command line (`--flag=a,b` gives a and b): the files it names."""
-    return {part for word in command for part in re.split(r"[=,#;]", word)}
-
-
-def _inputs_digest(binary_id: str, command: list[str], contents: dict[str, bytes]) -> str:
-    named = _values(command)
-    digest = hashlib.sha256(binary_id.encode())
-    for path in sorted(p for p in contents if p in named):
-        digest.update(f"\n{path} {hashlib.sha256(contents[path]).hexdigest()}".encode())
-    return digest.hexdigest()
-
-
 def services(ctx: HostContext) -> list[Service]:
     """The three services of this host, in start order."""
     inventory, host = ctx.inventory, ctx.host
@@ -86,7 +78,7 @@ def services(ctx: HostContext) -> list[Service]:
     described = {APISERVER: "Kubernetes API server", CONTROLLER_MANAGER:
                  "Kubernetes controller manager", SCHEDULER: "Kubernetes scheduler"}
     return [Service(name=name, command_line=commands[name],
-                    env={"MZK_INPUTS": _inputs_digest(ids[name], commands[name], contents)},
+                    env={"MZK_INPUTS": inputs_digest(ids[name], commands[name], contents)},
                     after=after[name], description=described[name]) for name in SERVICES]
 
 

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from bootstrap.egress import hostconfig
 from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.hostfiles import parse_states, state_script
 from bootstrap.services import LAB_MARKER, parse_status, status_script
-from bootstrap.steps import cluster_objects, control_plane, etcd, guard, ssh_access
+from bootstrap.steps import (
+    cluster_objects,
+    control_plane,
+    egress,
+    egress_nodes,
+    etcd,
+    guard,
+    ssh_access,
+)
 from bootstrap.steps.binaries import K8S_RELEASE_MARK
 from bootstrap.steps.pki import watched_paths
 
@@ -102,13 +111,17 @@ def gather(ctx: HostContext) -> None:
         first = ctx.inventory.etcd_members[:1] == (ctx.host,)
         sections.update(etcd.fact_scripts(members=first))
     watched_services = (("etcd", "etcd-events") if ctx.host.has("etcd") else ()) + (
-        control_plane.SERVICES if ctx.host.has("control-plane") else ())
+        control_plane.SERVICES if ctx.host.has("control-plane") else ()) + egress.SERVICES + (
+        (hostconfig.PROXY_AGENT,) if ctx.host.has("node") else ())
     if watched_services:
         sections["services"] = status_script(watched_services)
     if ctx.host.has("control-plane"):
         sections["drain"] = control_plane.DRAIN_SCRIPT
     watched = watched_paths(ctx) + control_plane.watched_paths(ctx) + \
-        ssh_access.watched_paths(ctx)
+        ssh_access.watched_paths(ctx) + egress.watched_paths(ctx) + \
+        egress_nodes.watched_paths(ctx)
+    if ctx.host.has("node"):
+        sections["egress_firewall"] = egress_nodes.FACTS_SCRIPT
     if ctx.inventory.ssh.authorized_keys:
         sections["ssh_user"] = ssh_access.facts_script(ctx.inventory.ssh.user)
     if watched:
@@ -126,7 +139,7 @@ def gather(ctx: HostContext) -> None:
         guard.finish_lock(ctx, locking)
     base, found = split_sections(out)
     ctx.facts.update(parse(base + found.get("etcd", "") + found.get("drain", "")
-                           + found.get("ssh_user", "")))
+                           + found.get("ssh_user", "") + found.get("egress_firewall", "")))
     ctx.facts["services"] = parse_status(found.get("services", ""))
     if ctx.host.has("etcd"):
         ctx.facts["etcd_facts"] = etcd.read_facts(found)

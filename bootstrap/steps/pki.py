@@ -8,11 +8,11 @@ from __future__ import annotations
 from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.hostfiles import FileSpec, sync
 from bootstrap.pki import PKIResult
-from bootstrap.pki.table import CAS, LEAVES
+from bootstrap.pki.table import CA, CAS, LEAVES, Leaf
 
 # Files that only one egress mode puts on hosts: removed where not issued.
-_MODE_FILES = [p for row in (*CAS, *LEAVES) if row.egress
-               for p in (row.cert_path, row.key_path)]
+_MODE_ROWS: list[CA | Leaf] = [*(c for c in CAS if c.egress), *(x for x in LEAVES if x.egress)]
+_MODE_FILES = [p for row in _MODE_ROWS for p in (row.cert_path, row.key_path)]
 
 
 def planned(ctx: HostContext) -> tuple[list[FileSpec], list[str]]:

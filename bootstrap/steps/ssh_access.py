@@ -14,6 +14,7 @@ from __future__ import annotations
 import posixpath
 import shlex
 
+from bootstrap.egress import tunnel_access
 from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.hostfiles import FileSpec, sync
 from bootstrap.ssh import load_private_key
@@ -35,17 +36,32 @@ def facts_script(user: str) -> str:
             f'$(getent passwd {u} | cut -d: -f6)"')
 
 
-def desired(ctx: HostContext) -> FileSpec | None:
+def desired(ctx: HostContext, tunnels: bool = True) -> FileSpec | None:
     keys = ctx.inventory.ssh.authorized_keys
     found = str(ctx.facts.get("ssh_user", "")).split()
     if not keys or len(found) != 3:
         return None
     user, group, home = found
     lines = sorted(dict.fromkeys([*keys, _login_key(ctx)]))
+    lines += tunnel_lines(ctx) if tunnels else []
     content = ("# Written by multizone-k8s bootstrap from ssh.authorized_keys; local edits "
                "are overwritten.\n" + "".join(f"{line}\n" for line in lines)).encode()
     return FileSpec(posixpath.join(home, ".ssh", "authorized_keys"), content, 0o600, user,
                     group)
+
+
+def tunnel_lines(ctx: HostContext) -> list[str]:
+    """On a node in `ssh-tunnel` mode: each control-plane host's tunnel key, allowed to
+    forward to this node's own address on the tunnel ports and to do nothing else."""
+    if not ctx.host.has("node") or ctx.inventory.cluster.egress != "ssh-tunnel":
+        return []
+    from bootstrap.steps.egress import tunnel_ports  # egress imports the engine's steps
+
+    keys = ctx.shared["tunnel_keys"].keys
+    return [tunnel_access.authorized_keys_line(
+        keys[cp.name].public_line, ctx.host.address, tunnel_ports(ctx.inventory),
+        f"mzk-egress-tunnel@{cp.name}") for cp in ctx.inventory.control_plane
+        if cp.name in keys and cp.name != ctx.name]
 
 
 def watched_paths(ctx: HostContext) -> list[str]:
@@ -64,8 +80,10 @@ def converge(ctx: HostContext) -> None:
         written, _ = sync(ctx.runner, [spec], dry_run=ctx.dry_run,
                           known=ctx.facts.get("file_states"))
         for path in written:
+            tunnels = len(tunnel_lines(ctx))
             ctx.note(f"write {path} ({len(ctx.inventory.ssh.authorized_keys)} operator "
-                     "key(s) and the key this run logs in with)")
+                     "key(s) and the key this run logs in with"
+                     + (f", {tunnels} control-plane tunnel key(s))" if tunnels else ")"))
     if ctx.host == ctx.inventory.hosts[0]:
         _bastion(ctx)
 
@@ -81,7 +99,7 @@ def _bastion(ctx: HostContext) -> None:
     bastion = HostContext(host=ctx.host, runner=runner, inventory=ctx.inventory,
                           dry_run=ctx.dry_run, shared=ctx.shared)
     bastion.facts.update(parse(runner.run(facts_script(ctx.inventory.ssh.user)).stdout))
-    spec = desired(bastion)
+    spec = desired(bastion, tunnels=False)
     if spec is None:
         return
     written, _ = sync(runner, [spec], dry_run=ctx.dry_run)

@@ -18,7 +18,7 @@ from bootstrap.control_plane import config, encryption, health
 from bootstrap.errors import ConfigError
 from bootstrap.inventory import parse
 from bootstrap.pki.table import flags_for
-from bootstrap.services import ServiceStatus, parse_status
+from bootstrap.services import ServiceStatus, inputs_digest, parse_status
 from bootstrap.steps import cluster_objects, control_plane
 from bootstrap.steps.etcd import etcd_servers, etcd_servers_overrides
 
@@ -121,12 +121,12 @@ def test_max_nodes_defaults_to_the_inventory_nodes() -> None:
 def test_the_input_digest_changes_with_a_named_file_only() -> None:
     command = ["/k/kube-apiserver", "--tls-cert-file=/p/a.crt", "--etcd-servers=x#/p/b.crt"]
     base = {"/p/a.crt": b"one", "/p/b.crt": b"two", "/p/unused": b"x"}
-    digest = control_plane._inputs_digest("sha256:1", command, base)
-    assert digest == control_plane._inputs_digest("sha256:1", command,
+    digest = inputs_digest("sha256:1", command, base)
+    assert digest == inputs_digest("sha256:1", command,
                                                   {**base, "/p/unused": b"changed"})
-    assert digest != control_plane._inputs_digest("sha256:1", command,
+    assert digest != inputs_digest("sha256:1", command,
                                                   {**base, "/p/a.crt": b"renewed"})
-    assert digest != control_plane._inputs_digest("sha256:2", command, base)
+    assert digest != inputs_digest("sha256:2", command, base)
 
 
 def test_flag_changes_name_old_and_new_values() -> None:

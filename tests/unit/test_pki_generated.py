@@ -55,6 +55,8 @@ def tunnel_data() -> dict:
     """The example in `ssh-tunnel` mode: hosts get exactly the document's files."""
     data = example_data()
     data["cluster"]["egress"] = "ssh-tunnel"
+    data["ssh"]["authorized_keys"] = [
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAiayuIPqbcwPI4xnOIwHLZ9KXeTTK72PzxUaIfmZbJh"]
     return data
 
 
