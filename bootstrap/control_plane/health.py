@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from bootstrap.control_plane.config import ADMIN_CONF, CONTROLLER_MANAGER_PORT, SCHEDULER_PORT
 from bootstrap.inventory import Host, Inventory
 from bootstrap.pki.table import CA_BY_NAME
+from bootstrap.steps.egress import check_script
 
 CA_CERT = CA_BY_NAME["kubernetes-ca"].cert_path
 LEASES = ("kube-controller-manager", "kube-scheduler")
@@ -42,7 +43,7 @@ def script(inventory: Inventory, host: Host, kubectl: str) -> str:
         f"echo \"version $({k} version -o json 2>/dev/null | tr -d ' \\n')\"",
         f"echo \"leases $({k} get lease -n kube-system {leases} -o json 2>/dev/null "
         "| tr -d ' \\n')\"",
-    ]) + "\n"
+    ]) + "\n" + check_script(inventory, host)
 
 
 @dataclass
@@ -52,10 +53,15 @@ class Health:
     components: dict[str, bool] = field(default_factory=dict)
     endpoints: dict[str, bool] = field(default_factory=dict)
     leases: dict[str, str] = field(default_factory=dict)  # lease -> holder host
+    egress: str = "?"  # the mode
+    egress_total: int = 0  # nodes this host's egress should reach
+    egress_reached: int = 0
+    egress_down: list[str] = field(default_factory=list)  # "node-3: why"
 
     @property
     def healthy(self) -> bool:
-        return self.ready and all(self.components.values()) and all(self.endpoints.values())
+        return (self.ready and all(self.components.values()) and all(self.endpoints.values())
+                and self.egress_reached == self.egress_total)
 
     def phrase(self) -> str:
         parts = [f"apiserver {'ready' if self.ready else 'NOT READY'} {self.version}"]
@@ -65,6 +71,8 @@ class Health:
                   for lease, holder in sorted(self.leases.items()) if holder]
         parts += [f"{name} {'answers' if ok else 'DOES NOT ANSWER'}"
                   for name, ok in self.endpoints.items()]
+        parts.append(f"egress {self.egress} reaches {self.egress_reached}/{self.egress_total} "
+                     "nodes" + "".join(f" (UNREACHABLE {d})" for d in self.egress_down))
         return ", ".join(parts)
 
 
@@ -83,6 +91,18 @@ def parse(text: str, host: str) -> Health:
                 health.version = json.loads(value)["serverVersion"]["gitVersion"]
             except (ValueError, KeyError, TypeError):
                 pass
+        elif key == "egress":
+            mode, _, total = value.strip().partition(" ")
+            health.egress = mode
+            health.egress_total = int(total) if total.isdigit() else 0
+        elif key == "egress-agents":
+            health.egress_reached = int(value) if value.strip().isdigit() else 0
+        elif key == "egress-line":
+            node, _, state = value.strip().partition(": ")
+            if state.startswith("tunnel up"):
+                health.egress_reached += 1
+            elif state.startswith("tunnel down"):
+                health.egress_down.append(f"{node}: {state.partition(': ')[2] or state}")
         elif key == "leases":
             try:
                 items = json.loads(value)["items"]

@@ -147,7 +147,8 @@ def roll_host(plan: HostPlan) -> None:
         manager.stop(ctx.runner, plan.stop)
         disable = (f"systemctl disable --quiet {plan.stop}.service; "
                    if ctx.facts.get("systemd") else "")
-        ctx.runner.run(f"{disable}rm -f {shlex.quote(unit_path(plan.stop))}")
+        status = f" {tunnel_access.STATUS}" if plan.stop == hostconfig.TUNNEL else ""
+        ctx.runner.run(f"{disable}rm -f {shlex.quote(unit_path(plan.stop))}{status}")
     if plan.remove:
         ctx.runner.run("rm -f -- " + " ".join(shlex.quote(p) for p in plan.remove))
     if plan.start or plan.stop:
@@ -186,10 +187,25 @@ def reach_probe(ctx: HostContext) -> str:
     """Shell printing how many nodes this host's egress service reaches now."""
     if ctx.inventory.cluster.egress == "ssh-tunnel":
         python = ctx.facts.get("bin", {}).get("python3") or "python3"
-        return (f"{python} {TUNNEL_PROGRAM} --config {TUNNEL_CONFIG} --check 2>/dev/null "
-                "| grep -c ': up'")
+        return (f"o=$({python} {TUNNEL_PROGRAM} --config {TUNNEL_CONFIG} --check 2>/dev/null)"
+                "; case \"$o\" in *'service: answering'*) echo \"$o\" | grep -c ': tunnel up'"
+                ";; *) echo 0;; esac")
     return (f"curl -s --max-time 2 {_ADMIN_METRICS} 2>/dev/null | "
             f"awk '/^{_READY_METRIC}/ {{n+=$2}} END {{print n+0}}'")
+
+
+def check_script(inventory: Inventory, host: Host, python: str = "python3") -> str:
+    """For `check`: the mode, how many nodes this host's egress should reach, how many it
+    does, and (SSH tunnels) each node that is down with the reason."""
+    nodes = [h for h in inventory.nodes if h.name != host.name]
+    lines = [f'echo "egress {inventory.cluster.egress} {len(nodes)}"']
+    if inventory.cluster.egress == "ssh-tunnel":
+        lines.append(f"{python} {TUNNEL_PROGRAM} --config {TUNNEL_CONFIG} --check 2>&1 | "
+                     "sed 's/^/egress-line /'")
+    else:
+        lines.append(f"curl -s --max-time 2 {_ADMIN_METRICS} 2>/dev/null | awk "
+                     f"'/^{_READY_METRIC}/ {{n+=$2}} END {{print \"egress-agents \" n+0}}'")
+    return "\n".join(lines) + "\n"
 
 
 def converge(group: list[HostContext]) -> None:
