@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from bootstrap import k8s_bin
+from bootstrap.apply_command import execute
+from bootstrap.engine import Report
 from bootstrap.inventory import Inventory, load
 from bootstrap.lab import build
 from bootstrap.lab.layout import Layout
+from bootstrap.ssh import Connections, Result
 
 
 def lab_unavailable() -> str | None:
@@ -107,3 +111,42 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         pytest.skip(reason)
     with running_lab(tmp_path_factory, "lab", workers=2) as running:
         yield running
+
+
+def apply(lab: Lab, inv: Inventory | None = None, dry_run: bool = False) -> Report:
+    """Every apply of these tests is planned first: the plan's lines must be the apply's
+    (one code path; issue: plan and apply disagreeing)."""
+    inventory = inv or lab.inventory
+    planned = execute(inventory, lab.dir / "pki", dry_run=True)
+    if dry_run:
+        return planned
+    report = execute(inventory, lab.dir / "pki", dry_run=False)
+    assert report.lines() == planned.lines(), (planned.lines(), report.lines())
+    return report
+
+
+def on(lab: Lab, host: str, command: str, check: bool = True, stdin: bytes | None = None
+       ) -> Result:
+    with Connections(lab.inventory) as conns:
+        return conns.runner(host).run(command, check=check, stdin=stdin)
+
+
+def KUBECTL() -> str:  # noqa: N802 - reads like the constant it is, once binaries are given
+    """The kubectl of MZK_K8S_BIN_DIR (lab hosts see this machine's file system)."""
+    return str(Path(str(k8s_bin.resolve_dir(None))) / "kubectl")
+
+
+def kubectl(lab: Lab, host: str, args: str, kubeconfig: str = "/etc/kubernetes/admin.conf",
+            check: bool = True, stdin: bytes | None = None) -> Result:
+    tool = KUBECTL()
+    return on(lab, host, f"{tool} --kubeconfig={kubeconfig} --request-timeout=10s {args}",
+              check=check, stdin=stdin)
+
+
+def in_host(lab: Lab, host: str, argv: list[str], timeout: float = 10
+            ) -> subprocess.CompletedProcess[str]:
+    """Run a command from this machine inside a lab host's network and mount namespaces
+    (its /etc/hosts names the endpoints), as a client in that host's zone would."""
+    pid = json.loads((lab.dir / "lab-state.json").read_text())["pids"][host]
+    return subprocess.run(["nsenter", "-t", str(pid), "-n", "-m", *argv], capture_output=True,
+                          text=True, timeout=timeout, check=False)

@@ -23,9 +23,8 @@ import pytest
 import yaml
 from cryptography import x509
 
-from bootstrap import k8s_bin
 from bootstrap.apply_command import execute
-from bootstrap.engine import ActionFailed, Report
+from bootstrap.engine import ActionFailed
 from bootstrap.inventory import Inventory
 from bootstrap.lab import build
 from bootstrap.pki.table import KUBECONFIGS, LEAF_BY_NAME
@@ -33,10 +32,15 @@ from bootstrap.ssh import Connections, Result
 from bootstrap.steps import etcd as etcd_step
 
 from .conftest import (
+    KUBECTL,
     Lab,
+    apply,
+    in_host,
     kill_host,
+    kubectl,
     lab_unavailable,
     netns_commands,
+    on,
     require_k8s_binaries,
     running_lab,
 )
@@ -47,10 +51,6 @@ PKI = "/etc/kubernetes/pki"
 ETCDCTL = (f"ETCDCTL_API=3 etcdctl --cacert={PKI}/etcd/ca.crt "
            f"--cert={PKI}/apiserver-etcd-client.crt --key={PKI}/apiserver-etcd-client.key "
            "--dial-timeout=2s --command-timeout=3s")
-
-
-def _binaries() -> k8s_bin.Path | None:
-    return k8s_bin.resolve_dir(None)
 
 
 @pytest.fixture(scope="module")
@@ -78,40 +78,6 @@ def heal(request: pytest.FixtureRequest, cplab: Lab) -> Iterator[None]:
             execute(cplab.inventory, cplab.dir / "pki", dry_run=False)
         except ActionFailed:
             pass
-
-
-def apply(lab: Lab, inv: Inventory | None = None, dry_run: bool = False) -> Report:
-    """Every apply of these tests is planned first: the plan's lines must be the apply's
-    (one code path; issue: plan and apply disagreeing)."""
-    inventory = inv or lab.inventory
-    planned = execute(inventory, lab.dir / "pki", dry_run=True)
-    if dry_run:
-        return planned
-    report = execute(inventory, lab.dir / "pki", dry_run=False)
-    assert report.lines() == planned.lines(), (planned.lines(), report.lines())
-    return report
-
-
-def on(lab: Lab, host: str, command: str, check: bool = True, stdin: bytes | None = None
-       ) -> Result:
-    with Connections(lab.inventory) as conns:
-        return conns.runner(host).run(command, check=check, stdin=stdin)
-
-
-def kubectl(lab: Lab, host: str, args: str, kubeconfig: str = "/etc/kubernetes/admin.conf",
-            check: bool = True, stdin: bytes | None = None) -> Result:
-    tool = Path(str(_binaries())) / "kubectl"
-    return on(lab, host, f"{tool} --kubeconfig={kubeconfig} --request-timeout=10s {args}",
-              check=check, stdin=stdin)
-
-
-def in_host(lab: Lab, host: str, argv: list[str], timeout: float = 10
-            ) -> subprocess.CompletedProcess[str]:
-    """Run a command from this machine inside a lab host's network and mount namespaces
-    (its /etc/hosts names the endpoints), as a client in that host's zone would."""
-    pid = json.loads((lab.dir / "lab-state.json").read_text())["pids"][host]
-    return subprocess.run(["nsenter", "-t", str(pid), "-n", "-m", *argv], capture_output=True,
-                          text=True, timeout=timeout, check=False)
 
 
 def curl_code(lab: Lab, host: str, url: str, max_time: float = 2) -> str:
@@ -165,7 +131,7 @@ def test_every_kubeconfig_authenticates_as_its_table_row(cplab: Lab) -> None:
         assert set(kc.orgs) <= set(who.get("groups", [])), kc.file
     # The operator's admin.conf, from zone A, through the regional endpoint.
     admin = str(cplab.dir / "pki" / "local" / "admin.conf")
-    out = in_host(cplab, "node-1", [str(Path(str(_binaries())) / "kubectl"),
+    out = in_host(cplab, "node-1", [KUBECTL(),
                                     f"--kubeconfig={admin}", "auth", "whoami", "-o", "json"])
     assert json.loads(out.stdout)["status"]["userInfo"]["username"] == "kubernetes-admin"
 
@@ -454,7 +420,7 @@ def test_losing_cp_a_moves_zone_a_to_another_zone_and_back(cplab: Lab) -> None:
 
     # Writes through the regional endpoint go on.
     admin = str(cplab.dir / "pki" / "local" / "admin.conf")
-    tool = str(Path(str(_binaries())) / "kubectl")
+    tool = KUBECTL()
     # (If cp-a led etcd, the first write may wait out the election: within 15 s.)
     deadline = time.monotonic() + 15
     while True:
@@ -719,6 +685,6 @@ def test_rotating_every_ca_keeps_the_api_and_etcd_available(cplab: Lab, tmp_path
                                "--prefix --keys-only").stdout.split()
     assert set(written) <= set(listed)
     assert "kubernetes-admin" in in_host(cplab, "node-1", [
-        str(Path(str(_binaries())) / "kubectl"), f"--kubeconfig={cplab.dir}/pki/local/admin.conf",
+        KUBECTL(), f"--kubeconfig={cplab.dir}/pki/local/admin.conf",
         "auth", "whoami"]).stdout
     assert not apply(cplab).changed

@@ -1,0 +1,375 @@
+"""Egress from the control plane to the nodes on the real lab, in both modes and across
+switches: the API server reaches every node only through its egress service (SSH tunnels,
+then Konnectivity, then SSH tunnels again), nodes' firewalls refuse the control plane
+directly, and drills take an egress service or a node's host key away.
+
+Until nodes run kubelets, each node runs `fake_kubelet.py` as a fixture: HTTPS on 10250
+with the node's kubelet serving certificate from our PKI, client certificates of the
+cluster CA required, and plain HTTP on 8080 for the service proxy. The tests run in file
+order on one lab, each leaving it converged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import io
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from bootstrap.apply_command import check, execute
+from bootstrap.egress import hostconfig
+from bootstrap.inventory import Inventory
+from bootstrap.lab import build
+
+from .conftest import (
+    KUBECTL,
+    Lab,
+    apply,
+    in_host,
+    lab_unavailable,
+    netns_commands,
+    on,
+    require_k8s_binaries,
+    running_lab,
+)
+
+pytestmark = pytest.mark.lab
+FAKE_KUBELET = Path(__file__).with_name("fake_kubelet.py")
+PROOF_PORT = 8080
+CPS = ("cp-a", "cp-b", "cp-c")
+RECOVERY_BOUND_S = 15  # an egress service killed on one host serves again within this
+
+
+def with_mode(inventory: Inventory, mode: str) -> Inventory:
+    return dataclasses.replace(inventory, cluster=dataclasses.replace(
+        inventory.cluster, egress=mode, egress_node_ports=(PROOF_PORT,)))
+
+
+class Kubelets:
+    """The fake kubelets, one per node, started inside each node's namespaces."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, node: str, cert: str = "/var/lib/kubelet/pki/kubelet.crt",
+              key: str = "/var/lib/kubelet/pki/kubelet.key") -> None:
+        self.stop(node)
+        pid = json.loads((self.lab.dir / "lab-state.json").read_text())["pids"][node]
+        address = self.lab.inventory.host(node).address
+        proc = subprocess.Popen(
+            ["nsenter", "-t", str(pid), "-n", "-m", "python3", str(FAKE_KUBELET), node,
+             address, cert, key, "/etc/kubernetes/pki/ca.crt", str(PROOF_PORT)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == b"ready\n", line + proc.stdout.read()
+        self.procs[node] = proc
+
+    def stop(self, node: str) -> None:
+        proc = self.procs.pop(node, None)
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+
+
+def raw(lab: Lab, via: str, path: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    """`kubectl get --raw PATH` against one control-plane host's own API server."""
+    return in_host(lab, via, [KUBECTL(), "--kubeconfig=/etc/kubernetes/admin.conf",
+                              "--request-timeout=5s", "get", "--raw", path], timeout=timeout)
+
+
+def node_proxy(lab: Lab, via: str, node: str, path: str = "/proof") -> str:
+    out = raw(lab, via, f"/api/v1/nodes/{node}/proxy{path}")
+    return out.stdout if out.returncode == 0 else f"ERROR {out.stderr.strip()}"
+
+
+def service_proxy(lab: Lab, via: str, node: str) -> str:
+    out = raw(lab, via, f"/api/v1/namespaces/egress-proof/services/web-{node}:http/proxy/svc")
+    return out.stdout if out.returncode == 0 else f"ERROR {out.stderr.strip()}"
+
+
+def proof_objects(lab: Lab) -> str:
+    """Node objects (no kubelet registers them yet) and, per node, a host-network pod on it
+    with a Service and manual Endpoints: the API server's service proxy only goes to
+    endpoints that are pods."""
+    docs = ["apiVersion: v1\nkind: Namespace\nmetadata:\n  name: egress-proof\n  labels: "
+            "{pod-security.kubernetes.io/enforce: privileged}\n"]
+    for node in lab.inventory.nodes:
+        n, a = node.name, node.address
+        docs.append(f"apiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\nstatus:\n"
+                    f"  addresses: [{{type: InternalIP, address: {a}}}]\n"
+                    "  daemonEndpoints: {kubeletEndpoint: {Port: 10250}}\n")
+        docs.append(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: web-{n}, namespace: "
+                    f"egress-proof}}\nspec:\n  nodeName: {n}\n  hostNetwork: true\n"
+                    "  containers: [{name: web, image: registry.k8s.io/pause:3.10}]\n")
+        docs.append(f"apiVersion: v1\nkind: Service\nmetadata: {{name: web-{n}, namespace: "
+                    "egress-proof}\nspec:\n  ports: [{name: http, port: 80, targetPort: "
+                    f"{PROOF_PORT}}}]\n")
+        docs.append(f"apiVersion: v1\nkind: Endpoints\nmetadata: {{name: web-{n}, namespace: "
+                    f"egress-proof}}\nsubsets:\n- addresses: [{{ip: {a}, nodeName: {n}, "
+                    f"targetRef: {{kind: Pod, name: web-{n}, namespace: egress-proof}}}}]\n"
+                    f"  ports: [{{name: http, port: {PROOF_PORT}}}]\n")
+    return "---\n".join(docs)
+
+
+@pytest.fixture(scope="module")
+def eglab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Kubelets]]:
+    """Three control-plane hosts, three nodes (one per zone), SSH tunnels first."""
+    reason = lab_unavailable()
+    if reason:
+        pytest.fail(reason)
+    require_k8s_binaries()
+    with running_lab(tmp_path_factory, "eglab", workers=3) as running:
+        running.inventory = with_mode(running.inventory, "ssh-tunnel")
+        execute(running.inventory, running.dir / "pki", dry_run=False)
+        kubectl_apply = on(running, "cp-a", f"{KUBECTL()} --kubeconfig=/etc/kubernetes/"
+                           "admin.conf apply -f -", stdin=proof_objects(running).encode())
+        assert kubectl_apply.ok
+        for node in running.inventory.nodes:
+            patch = json.dumps({"status": {"phase": "Running", "podIP": node.address,
+                                           "podIPs": [{"ip": node.address}],
+                                           "hostIP": node.address}})
+            assert on(running, "cp-a", f"{KUBECTL()} --kubeconfig=/etc/kubernetes/admin.conf "
+                      f"-n egress-proof patch pod web-{node.name} --subresource=status "
+                      f"--type=merge -p '{patch}'").ok
+        kubelets = Kubelets(running)
+        try:
+            for node in running.inventory.nodes:
+                kubelets.start(node.name)
+            yield running, kubelets
+        finally:
+            for name in list(kubelets.procs):
+                kubelets.stop(name)
+
+
+def assert_every_node_reached_through_every_api_server(lab: Lab) -> None:
+    for via in CPS:
+        for node in lab.inventory.nodes:
+            assert node_proxy(lab, via, node.name) == f"{node.name} /proof", (via, node.name)
+            assert service_proxy(lab, via, node.name) == f"{node.name} /svc", (via, node.name)
+
+
+def assert_control_plane_cannot_reach_nodes_directly(lab: Lab, ssh_allowed: bool) -> None:
+    for via in CPS:
+        for node in lab.inventory.nodes:
+            for port in (10250, PROOF_PORT):
+                out = in_host(lab, via, ["curl", "-sk", "--max-time", "1", "-o", "/dev/null",
+                                         "-w", "%{http_code}", f"https://{node.address}:{port}/"])
+                assert out.returncode == 28, (via, node.name, port, out)  # 28: timed out
+            ssh = in_host(lab, via, ["bash", "-c", f"exec 3<>/dev/tcp/{node.address}/22 && "
+                                     "head -c 4 <&3"], timeout=5)
+            assert (ssh.stdout == "SSH-") == ssh_allowed, (via, node.name, ssh)
+
+
+def check_lines(lab: Lab) -> dict[str, str]:
+    """`check`'s line per host, for the inventory the tests apply."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        check(lab.inventory, kubectl=KUBECTL())
+    return {line.split(":")[0]: line for line in out.getvalue().splitlines()}
+
+
+def service_pid(lab: Lab, host: str, service: str) -> int:
+    path = lab.layout.host(host).home(lab.dir) / "fs" / "run" / "mzk" / f"{service}.pid"
+    return int(path.read_text().strip())
+
+
+def until(predicate, limit: float) -> float:  # type: ignore[no-untyped-def]
+    """Seconds until `predicate()` held (polled), failing past `limit`."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < limit, f"not within {limit} s"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+# --------------------------------------------------------------------------- ssh-tunnel
+
+
+def test_ssh_tunnels_reach_every_node_and_nothing_else_does(eglab) -> None:  # type: ignore[no-untyped-def]
+    lab, _ = eglab
+    assert_every_node_reached_through_every_api_server(lab)
+    assert_control_plane_cannot_reach_nodes_directly(lab, ssh_allowed=True)
+    # The tunnel keys may forward to the node's kubelet and proof ports only.
+    keys = on(lab, "node-1", "cat /root/.ssh/authorized_keys").stdout
+    tunnel = [line for line in keys.splitlines() if "mzk-egress-tunnel@" in line]
+    assert len(tunnel) == 3
+    for line in tunnel:
+        assert line.startswith("restrict,port-forwarding,permitopen=\"10.213.1.20:8080\","
+                               "permitopen=\"10.213.1.20:10250\",command=\"/bin/false\" "), line
+
+
+def test_a_node_serving_a_certificate_of_another_ca_is_refused(eglab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lab, kubelets = eglab
+    node = lab.inventory.host("node-2")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node.name}")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName(node.name), x509.IPAddress(ipaddress.ip_address(node.address))]),
+                critical=False)
+            .sign(key, hashes.SHA256()))
+    home = lab.layout.host(node.name).home(lab.dir) / "fs" / "var" / "lib" / "kubelet"
+    (home / "impostor.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (home / "impostor.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    try:
+        kubelets.start(node.name, "/var/lib/kubelet/impostor.crt",
+                       "/var/lib/kubelet/impostor.key")
+        for via in CPS:
+            answer = node_proxy(lab, via, node.name)
+            assert answer.startswith("ERROR") and "certificate" in answer, answer
+        assert node_proxy(lab, "cp-a", "node-1") == "node-1 /proof"
+    finally:
+        kubelets.start(node.name)
+    assert node_proxy(lab, "cp-a", node.name) == f"{node.name} /proof"
+
+
+def test_a_killed_tunnel_service_fails_only_its_api_server_and_comes_back(eglab) -> None:  # type: ignore[no-untyped-def]
+    lab, _ = eglab
+    os.kill(service_pid(lab, "cp-a", hostconfig.TUNNEL), signal.SIGKILL)
+    for via in ("cp-b", "cp-c"):
+        for node in lab.inventory.nodes:
+            assert node_proxy(lab, via, node.name) == f"{node.name} /proof"
+    took = until(lambda: node_proxy(lab, "cp-a", "node-3") == "node-3 /proof",
+                 RECOVERY_BOUND_S)
+    assert took < RECOVERY_BOUND_S
+    assert not apply(lab, lab.inventory).changed
+
+
+def test_a_node_whose_host_key_changed_is_refused_and_named_by_check(eglab) -> None:  # type: ignore[no-untyped-def]
+    lab, _ = eglab
+    sshd_dir = lab.layout.host("node-2").home(lab.dir) / "sshd"
+    key = sshd_dir / "ssh_host_ed25519_key"
+    saved = {p: p.read_bytes() for p in (key, key.with_suffix(".pub"))}
+    try:
+        for p in saved:
+            p.unlink()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True)
+        build.restart_sshd(lab.dir, "node-2")
+        for cp in CPS:  # the tunnels' next connection to node-2 meets the new key
+            os.kill(service_pid(lab, cp, hostconfig.TUNNEL), signal.SIGKILL)
+        until(lambda: "host key" in node_proxy(lab, "cp-b", "node-2"), RECOVERY_BOUND_S)
+        for via in CPS:
+            assert node_proxy(lab, via, "node-1") == "node-1 /proof"
+        lines = check_lines(lab)
+        for cp in CPS:
+            assert "UNREACHABLE node-2: host key does not match" in lines[cp], lines[cp]
+            assert "reaches 2/3 nodes" in lines[cp]
+    finally:
+        for p, content in saved.items():
+            p.write_bytes(content)
+        build.restart_sshd(lab.dir, "node-2")
+        for cp in CPS:
+            os.kill(service_pid(lab, cp, hostconfig.TUNNEL), signal.SIGKILL)
+    until(lambda: all(node_proxy(lab, via, "node-2") == "node-2 /proof" for via in CPS),
+          RECOVERY_BOUND_S)
+
+
+# --------------------------------------------------------------------------- switching
+
+
+class Rounds(threading.Thread):
+    """Node proxy requests through all three API servers side by side, round after round:
+    how many failed in each round."""
+
+    def __init__(self, lab: Lab) -> None:
+        super().__init__(daemon=True)
+        self.lab, self.halt = lab, threading.Event()
+        self.rounds: list[list[str]] = []
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            with ThreadPoolExecutor(max_workers=len(CPS)) as pool:
+                answers = dict(zip(CPS, pool.map(
+                    lambda via: node_proxy(self.lab, via, "node-2"), CPS), strict=True))
+            self.rounds.append(sorted(v for v, r in answers.items() if r != "node-2 /proof"))
+
+    def stop(self) -> list[list[str]]:
+        self.halt.set()
+        self.join(timeout=60)
+        return self.rounds
+
+
+def switch(lab: Lab, mode: str) -> list[list[str]]:
+    lab.inventory = with_mode(lab.inventory, mode)
+    rounds = Rounds(lab)
+    rounds.start()
+    try:
+        apply(lab, lab.inventory)
+    finally:
+        failed = rounds.stop()
+    return failed
+
+
+def test_switching_to_konnectivity_keeps_two_api_servers_reaching_nodes(eglab) -> None:  # type: ignore[no-untyped-def]
+    lab, _ = eglab
+    rounds = switch(lab, "konnectivity")
+    assert len(rounds) >= 5
+    assert all(len(failed) <= 1 for failed in rounds), rounds
+    assert_every_node_reached_through_every_api_server(lab)
+    assert_control_plane_cannot_reach_nodes_directly(lab, ssh_allowed=False)
+    # Each proxy-server holds every agent.
+    for cp in CPS:
+        assert "egress konnectivity reaches 3/3 nodes" in check_lines(lab)[cp]
+    # Nothing of the tunnels is left: keys on nodes and locally, files and services on hosts.
+    for node in lab.inventory.nodes:
+        assert "mzk-egress-tunnel" not in on(lab, node.name,
+                                              "cat /root/.ssh/authorized_keys").stdout
+    assert not (lab.dir / "pki" / "local" / "egress-tunnel").exists()
+    for cp in CPS:
+        fs = lab.layout.host(cp).home(lab.dir) / "fs"
+        assert not (fs / "etc" / "mzk" / "egress").exists() or not any(
+            (fs / "etc" / "mzk" / "egress").iterdir())
+        assert "python3" not in netns_commands(lab.layout.host(cp).netns).values()
+    assert not apply(lab, lab.inventory).changed
+
+
+def test_a_killed_proxy_server_fails_only_its_api_server_and_comes_back(eglab) -> None:  # type: ignore[no-untyped-def]
+    lab, _ = eglab
+    os.kill(service_pid(lab, "cp-b", hostconfig.PROXY_SERVER), signal.SIGKILL)
+    for via in ("cp-a", "cp-c"):
+        for node in lab.inventory.nodes:
+            assert node_proxy(lab, via, node.name) == f"{node.name} /proof"
+    took = until(lambda: all(node_proxy(lab, "cp-b", n.name) == f"{n.name} /proof"
+                             for n in lab.inventory.nodes), RECOVERY_BOUND_S)
+    assert took < RECOVERY_BOUND_S
+
+
+def test_switching_back_to_ssh_tunnels_leaves_nothing_of_konnectivity(eglab) -> None:  # type: ignore[no-untyped-def]
+    lab, _ = eglab
+    rounds = switch(lab, "ssh-tunnel")
+    assert all(len(failed) <= 1 for failed in rounds), rounds
+    assert_every_node_reached_through_every_api_server(lab)
+    assert_control_plane_cannot_reach_nodes_directly(lab, ssh_allowed=True)
+    for host in lab.inventory.hosts:
+        names = set(netns_commands(lab.layout.host(host.name).netns).values())
+        assert not names & {"proxy-server", "proxy-agent"}, (host.name, names)
+        fs = lab.layout.host(host.name).home(lab.dir) / "fs"
+        assert not list((fs / "etc" / "kubernetes" / "pki").glob("konnectivity/*"))
+        assert not (fs / "etc" / "systemd" / "system" / "konnectivity-agent.service").exists()
+        assert not (fs / "etc" / "systemd" / "system" / "konnectivity-server.service").exists()
+    assert not apply(lab, lab.inventory).changed
