@@ -97,7 +97,7 @@ def proxy_agent_command(inventory: Inventory, host: Host, binary: str) -> list[s
         *flag_words("proxy-agent"),
         "--sync-forever",
         "--sync-interval=1s",
-        "--sync-interval-cap=10s",
+        "--sync-interval-cap=5s",
         "--probe-interval=1s",
         "--keepalive-time=30s",
         "--admin-bind-address=127.0.0.1",

@@ -71,10 +71,12 @@ def render(layout: Layout, ca_file: Path, api_port: int = 6443) -> str:
                [(h.name, h.address, h.zone != zone) for h in cps])
     listen("api-regional", layout.regional_endpoint, [(h.name, h.address, False) for h in cps])
     # Konnectivity agents dial the regional endpoint until they hold a connection to every
-    # proxy-server (TLS end to end; the check is the server's plain /healthz).
+    # proxy-server (TLS end to end; the check is the server's plain /healthz). Least
+    # connections: an agent's next dial goes to the server it lacks (a new or restarted one
+    # holds the fewest), not to one it holds already.
     lines += ["listen konnectivity-regional",
               f"    bind {layout.regional_endpoint}:{hostconfig.AGENT_PORT}",
-              "    balance roundrobin", "    option httpchk",
+              "    balance leastconn", "    option httpchk",
               "    http-check send meth GET uri /healthz", "    http-check expect status 200"]
     lines += [f"    server {h.name} {h.address}:{hostconfig.AGENT_PORT} "
               f"port {hostconfig.HEALTH_PORT} no-check-ssl" for h in cps]

@@ -43,7 +43,15 @@ TUNNEL_FILES = (TUNNEL_PROGRAM, TUNNEL_CONFIG, tunnel_access.IDENTITY,
 SERVICES = (hostconfig.TUNNEL, hostconfig.PROXY_SERVER)
 READY_TIMEOUT_S = 30
 _ADMIN_METRICS = f"http://127.0.0.1:{hostconfig.ADMIN_PORT}/metrics"
-_READY_METRIC = "konnectivity_network_proxy_server_ready_backend_connections"
+# Agents connected to this proxy-server (one gRPC Connect stream each); the "ready backends"
+# gauges count an agent once per identifier.
+_READY_METRIC = 'konnectivity_network_proxy_server_grpc_connections{service_method="Connect"}'
+
+
+
+def _shq(text: str) -> str:
+    """Inside an awk string inside single quotes: escape the metric's double quotes."""
+    return text.replace('"', '\\"')
 
 
 def _control_plane(inventory: Inventory) -> tuple[Host, ...]:
@@ -191,7 +199,7 @@ def reach_probe(ctx: HostContext) -> str:
                 "; case \"$o\" in *'service: answering'*) echo \"$o\" | grep -c ': tunnel up'"
                 ";; *) echo 0;; esac")
     return (f"curl -s --max-time 2 {_ADMIN_METRICS} 2>/dev/null | "
-            f"awk '/^{_READY_METRIC}/ {{n+=$2}} END {{print n+0}}'")
+            f"awk '$1 == \"{_shq(_READY_METRIC)}\" {{n+=$2}} END {{print n+0}}'")
 
 
 def check_script(inventory: Inventory, host: Host, python: str = "python3") -> str:
@@ -204,7 +212,7 @@ def check_script(inventory: Inventory, host: Host, python: str = "python3") -> s
                      "sed 's/^/egress-line /'")
     else:
         lines.append(f"curl -s --max-time 2 {_ADMIN_METRICS} 2>/dev/null | awk "
-                     f"'/^{_READY_METRIC}/ {{n+=$2}} END {{print \"egress-agents \" n+0}}'")
+                     f"'$1 == \"{_shq(_READY_METRIC)}\" {{n+=$2}} END {{print \"egress-agents \" n+0}}'")
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,7 @@ def handler(name: str) -> type[http.server.BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # noqa: N802 - the http.server interface
-            body = f"{name} {self.path}".encode()
+            body = f"{name} {self.path.split('?')[0]}".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))

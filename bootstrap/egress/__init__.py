@@ -1,0 +1,1 @@
+"""Egress from the control plane to the nodes."""
