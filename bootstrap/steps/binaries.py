@@ -13,6 +13,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from bootstrap.egress import konnectivity_release
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
 from bootstrap.inventory import Host, Inventory
@@ -85,6 +86,8 @@ def ensure_etcd(ctx: HostContext) -> None:
 
 
 K8S_RELEASE_MARK = "/var/lib/mzk/kubernetes-release"  # "<version> <archive sha512>"
+# Konnectivity releases follow Kubernetes minor versions (v0.36 serves 1.36).
+KONNECTIVITY_FOR_KUBERNETES = {"1.36": "0.36.0", "1.35": "0.35.0", "1.34": "0.34.0"}
 
 
 def kubernetes_install_script(release: K8sRelease, arch: str, names: tuple[str, ...],
@@ -162,8 +165,31 @@ def ensure_konnectivity(ctx: HostContext) -> None:
         ctx.facts["konnectivity"] = local.path(name)
         ctx.facts["konnectivity_id"] = f"sha256:{local.digests[name]}"
         return
-    raise StepError(f"{ctx.name}: installing {name} on a real host is not available yet; "
-                    "use cluster.egress: ssh-tunnel")
+    minor = ".".join(ctx.inventory.cluster.kubernetes_version.split(".")[:2])
+    version = KONNECTIVITY_FOR_KUBERNETES.get(minor)
+    if version is None:
+        raise StepError(f"{ctx.name}: no Konnectivity release is pinned for Kubernetes {minor}; "
+                        f"use one of {', '.join(sorted(KONNECTIVITY_FOR_KUBERNETES))} or "
+                        "cluster.egress: ssh-tunnel")
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64"}.get(
+        str(ctx.facts.get("arch")))
+    if arch is None:
+        raise StepError(f"{ctx.name}: architecture {ctx.facts.get('arch')} has no Konnectivity "
+                        "image; use amd64 or arm64 hosts")
+    digest = konnectivity_release.pinned_digest(name, version)
+    ctx.facts["konnectivity"] = f"{konnectivity_release.INSTALL_DIR}/{name}"
+    ctx.facts["konnectivity_id"] = f"v{version}/{digest}"
+    if ctx.facts.get(f"konnectivity_release.{name}") == konnectivity_release.marker_line(
+            name, version, digest):
+        return
+    missing = [tool for tool in ("curl", "tar", "python3") if not ctx.facts["bin"].get(tool)]
+    if missing:
+        raise StepError(f"{ctx.name}: {' and '.join(missing)} not found, needed to install "
+                        f"{name} {version}; install them")
+    ctx.note(f"install {name} {version} from its pinned image ({digest[:19]}...)")
+    if not ctx.dry_run:
+        ctx.runner.run(konnectivity_release.install_script(name, version, digest, arch),
+                       timeout=600)
 
 
 def ensure_all(ctx: HostContext) -> None:

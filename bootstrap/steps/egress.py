@@ -211,8 +211,9 @@ def check_script(inventory: Inventory, host: Host, python: str = "python3") -> s
         lines.append(f"{python} {TUNNEL_PROGRAM} --config {TUNNEL_CONFIG} --check 2>&1 | "
                      "sed 's/^/egress-line /'")
     else:
+        count = f"$1 == \"{_shq(_READY_METRIC)}\" {{n+=$2}}"
         lines.append(f"curl -s --max-time 2 {_ADMIN_METRICS} 2>/dev/null | awk "
-                     f"'$1 == \"{_shq(_READY_METRIC)}\" {{n+=$2}} END {{print \"egress-agents \" n+0}}'")
+                     f"'{count} END {{print \"egress-agents \" n+0}}'")
     return "\n".join(lines) + "\n"
 
 

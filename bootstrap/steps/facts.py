@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bootstrap.egress import hostconfig
+from bootstrap.egress import hostconfig, konnectivity_release
 from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.hostfiles import parse_states, state_script
 from bootstrap.services import LAB_MARKER, parse_status, status_script
@@ -48,6 +48,9 @@ SCRIPT = "\n".join([
     # What etcd left on the host (units, data): lets etcd-retire skip clean hosts.
     traces_line("etcd_traces", ["/etc/systemd/system/etcd*.service", "/var/lib/etcd/*/member"]),
     f'r=-; read -r r < {K8S_RELEASE_MARK} 2>/dev/null; echo "k8s_release $r"',
+    "for n in proxy-server proxy-agent; do r=-; read -r r < "
+    f'{konnectivity_release.MARKER_DIR}/konnectivity-$n 2>/dev/null; '
+    'echo "konnectivity_release.$n $r"; done',
 ])
 
 

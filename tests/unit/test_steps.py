@@ -4,6 +4,7 @@ nothing to do, a dry run changes nothing, failed hosts are named and left out.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import shlex
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from bootstrap import steps
+from bootstrap.egress import konnectivity_release
 from bootstrap.engine import ActionFailed, HostContext, Step, all_hosts, run_steps
 from bootstrap.errors import StepError
 from bootstrap.inventory import parse
@@ -153,6 +155,31 @@ def test_binaries_real_host_installs_the_pinned_release_once():
     ctx = context(inv, "cp-a", host, facts_=installed)
     binaries.ensure_etcd(ctx)
     assert ctx.changes == []
+
+
+def test_konnectivity_on_a_real_host_comes_from_its_pinned_image_once():
+    inv = inventory()  # Kubernetes 1.36, konnectivity mode
+    real = facts.parse(FACTS_OUTPUT.format(now=0).replace("lab 1", "lab 0")
+                       .replace("bin.curl -", "bin.curl /usr/bin/curl"))
+    digest = konnectivity_release.pinned_digest("proxy-agent", "0.36.0")
+    host = FakeHost("node-a1")
+    ctx = context(inv, "node-a1", host, facts_=copy.deepcopy(real))
+    binaries.ensure_konnectivity(ctx)
+    assert ctx.changes == [f"install proxy-agent 0.36.0 from its pinned image ({digest[:19]}...)"]
+    assert len(host.commands) == 1 and digest in host.commands[0]
+    assert ctx.facts["konnectivity"] == "/usr/local/bin/proxy-agent"
+    installed = copy.deepcopy(real)
+    installed["konnectivity_release.proxy-agent"] = konnectivity_release.marker_line(
+        "proxy-agent", "0.36.0", digest)
+    ctx = context(inv, "node-a1", FakeHost("node-a1", strict=True), facts_=installed)
+    binaries.ensure_konnectivity(ctx)
+    assert ctx.changes == []
+    older = dataclasses.replace(inv, cluster=dataclasses.replace(
+        inv.cluster, kubernetes_version="1.30.1"))
+    with pytest.raises(StepError, match=r"no Konnectivity release is pinned for Kubernetes "
+                                        r"1\.30; use one of 1\.34, 1\.35, 1\.36"):
+        binaries.ensure_konnectivity(context(older, "node-a1", FakeHost("node-a1"),
+                                             facts_=copy.deepcopy(real)))
 
 
 def test_binaries_real_host_without_curl_is_named_before_anything_runs():
