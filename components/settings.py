@@ -24,6 +24,8 @@ from bootstrap.errors import ConfigError
 from bootstrap.rules import PKI_DEFAULTS, PKISettings
 
 NS = "multizone"
+# The stack that always carries deletion protection (Pulumi `protect` and AWS-side).
+PROD_STACK = "prod"
 
 # Seed 004, "large clusters": the configurations Kubernetes is designed to accept.
 MAX_NODES = 5_000
@@ -351,6 +353,9 @@ def from_config(config: Mapping[str, Any], stack: str,
                            "(YYYY-MM-DD)")
     if ephemeral and protect:
         c.bad("protect", "an ephemeral stack must be destroyable; set multizone:protect: false")
+    if stack == PROD_STACK and not protect:
+        c.bad("protect", "is false, but the prod stack must always be protected from deletion; "
+                         "set multizone:protect: true (lift it by hand only to destroy prod)")
 
     if c.problems:
         raise SettingsError(c.problems)

@@ -88,7 +88,8 @@ BAD = [
     ({"clusterName": "Prod_Cluster"}, "multizone:clusterName: 'Prod_Cluster' is not valid"),
     ({"controlPlanesPerZone": 1}, "multizone:controlPlanesPerZone: unknown key"),
     ({"imageId": None}, "multizone:imageId: missing; add it"),
-    ({"ephemeral": True, "protect": False}, "multizone:expiresAt: missing for an ephemeral stack"),
+    ({"protect": False}, "multizone:protect: is false, but the prod stack must always be "
+                         "protected from deletion; set multizone:protect: true"),
     ({"egress": "vpn"}, "multizone:egress: 'vpn' is not allowed; use one of: konnectivity, "
                         "ssh-tunnel"),
     ({"apiPort": 2379}, "multizone:apiPort: 2379 is taken by another service"),
@@ -146,6 +147,20 @@ def test_each_bad_setting_is_one_line_naming_key_and_fix(overrides: dict, expect
     assert problems[0].startswith(expected), problems[0]
     assert "\n" not in problems[0] and ";" in problems[0]  # one line: the problem; the fix
     assert isinstance(caught.value, ConfigError)
+
+
+def test_an_ephemeral_stack_needs_an_expiry() -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_config(stack_config("test", expiresAt=None), "test", ZONES)
+    assert caught.value.problems == (
+        "multizone:expiresAt: missing for an ephemeral stack; add the date it may be destroyed "
+        "(YYYY-MM-DD)",)
+
+
+def test_only_prod_must_be_protected() -> None:
+    """The rule names the stack, not the file: a dev stack may go unprotected."""
+    assert from_config(stack_config("dev", protect=False), "dev", ZONES).protect is False
+    assert from_config(stack_config("prod"), "prod", ZONES).protect is True
 
 
 def test_zone_not_offered_by_the_region_is_refused() -> None:

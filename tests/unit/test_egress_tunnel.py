@@ -601,7 +601,13 @@ def test_the_request_head_is_taken_off_the_socket_and_nothing_after_it() -> None
         a.setblocking(False)
         b.sendall(b"CONNECT 10.0.1.20:10250 HTTP/1.1\r\nHost: 10.0.1.20:10250\r\n\r\n"
                   b"\x16\x03\x01 first bytes of the tunnel")
-        head = asyncio.run(tunnel_service.read_request_head(a))
+        # A loop of its own: asyncio.run would leave the thread without a current loop,
+        # which the Pulumi mocks of later tests expect to find.
+        loop = asyncio.new_event_loop()
+        try:
+            head = loop.run_until_complete(tunnel_service.read_request_head(a))
+        finally:
+            loop.close()
         assert head.endswith(b"10250\r\n\r\n")
         assert a.recv(100) == b"\x16\x03\x01 first bytes of the tunnel"
     assert tunnel_service.parse_connect(head) == ("CONNECT", "10.0.1.20", 10250)
