@@ -20,6 +20,8 @@ COMMANDS = {
     "apply": ("bootstrap.apply_command", "bootstrap every host of an inventory over SSH"),
     "plan": ("bootstrap.apply_command", "show per host what apply would change"),
     "check": ("bootstrap.apply_command", "health of every host and etcd member"),
+    "pki-bundle": ("bootstrap.pki.bundle", "export a PKI directory to one file, or import one "
+                                           "(pulumi up keeps the PKI in stack state)"),
     "rotate-ca": ("bootstrap.rotate_command", "replace CAs on purpose, the cluster working "
                                               "throughout"),
 }

@@ -28,6 +28,10 @@ zone X's name, the inventory keeps one endpoint per zone, and the names can late
 pointed elsewhere without touching a node. A CNAME to a zonal balancer name
 (`<zone>.<balancer>`) would pin the zone and lose the failover, so it is not used.
 
+In `konnectivity` mode the zone-endpoint balancer also carries the agents' port (8132) to
+a target group of its own with cross-zone balancing on: agents dial their zone's name and
+reach the proxy-servers of every zone, as each must hold a connection to each server.
+
 The regional balancer spans every zone with cross-zone balancing on and targets every
 control-plane host; it is what users' kubeconfigs name (internal, or public with
 `apiPublic`), and it health-checks HTTPS `/readyz` too.
@@ -48,7 +52,12 @@ import pulumi_aws as aws
 
 from components.base import Component
 from components.control_plane import ControlPlaneHost
-from components.settings import Settings, ZoneSettings
+from components.settings import (
+    KONNECTIVITY_AGENT_PORT,
+    KONNECTIVITY_HEALTH_PORT,
+    Settings,
+    ZoneSettings,
+)
 
 ZONAL, REGIONAL = "zonal", "regional"
 ENDPOINT_TAG = "multizone/endpoint"  # which endpoint a balancer resource serves
@@ -94,6 +103,8 @@ class LoadBalancers(Component):
         self.zonal = self._balancer(
             ZONAL, internal=True, subnets=list(args.private_subnet_ids.values()),
             sg=args.zonal_security_group_id, hosts=list(args.hosts), vpc_id=args.vpc_id)
+        if s.egress == "konnectivity":
+            self._konnectivity(list(args.hosts), args.vpc_id)
         subnets = args.public_subnet_ids if s.api_public else args.private_subnet_ids
         self.regional = self._balancer(
             REGIONAL, internal=not s.api_public, subnets=list(subnets.values()),
@@ -119,6 +130,34 @@ class LoadBalancers(Component):
             "zoneBalancer": self.zonal.dns_name,
             "zones": self.zone_endpoints,
         })
+
+    def _konnectivity(self, hosts: list[ControlPlaneHost], vpc_id: pulumi.Input[str]) -> None:
+        """Agents dial their zone endpoint on 8132 and must reach the proxy-server of every
+        zone (an agent held only by its own zone's server leaves the other API servers
+        without a way to its node): the zone-endpoint balancer forwards 8132 to a target
+        group of its own with cross-zone balancing on, health-checked on the servers'
+        plain HTTP /healthz."""
+        def tags(*parts: str) -> dict[str, str]:
+            return {**self.tags(None, ZONAL, *parts), ENDPOINT_TAG: ZONAL}
+
+        group = aws.lb.TargetGroup(
+            self.child_name(ZONAL, "konnectivity"), port=KONNECTIVITY_AGENT_PORT,
+            protocol="TCP", vpc_id=vpc_id, target_type="instance",
+            load_balancing_cross_zone_enabled="true",
+            health_check=aws.lb.TargetGroupHealthCheckArgs(
+                protocol="HTTP", port=str(KONNECTIVITY_HEALTH_PORT), path="/healthz",
+                matcher="200", interval=10, timeout=5, healthy_threshold=2,
+                unhealthy_threshold=2),
+            tags=tags("konnectivity"), opts=self.opts())
+        for host in hosts:
+            aws.lb.TargetGroupAttachment(
+                self.child_name(ZONAL, "konnectivity", host.name), target_group_arn=group.arn,
+                target_id=host.instance.id, port=KONNECTIVITY_AGENT_PORT, opts=self.opts())
+        aws.lb.Listener(
+            self.child_name(ZONAL, "konnectivity"), load_balancer_arn=self.zonal.arn,
+            port=KONNECTIVITY_AGENT_PORT, protocol="TCP",
+            default_actions=[{"type": "forward", "target_group_arn": group.arn}],
+            tags=tags("konnectivity-listener"), opts=self.opts())
 
     def _balancer(self, label: str, *, internal: bool, subnets: list[pulumi.Input[str]],
                   sg: pulumi.Input[str], hosts: list[ControlPlaneHost],

@@ -2,8 +2,10 @@
 
 The matrix is plain data so that a test (and a reviewer) can read it beside the design:
 the API server port only from nodes, load balancers and admin/API CIDRs; etcd (main and
-events) only between control-plane hosts; the kubelet port only from the control plane;
-Konnectivity or SSH-tunnel egress only as the chosen mode needs; SSH only from the bastion,
+events) only between control-plane hosts; the kubelet port of control-plane hosts only
+from the control plane, of nodes never (seed 001: the API server reaches nodes only
+through its egress path); Konnectivity (agents dial out) or SSH-tunnel egress only as the
+chosen mode needs; SSH only from the bastion,
 and to the bastion only from admin CIDRs. Security groups are stateful, so every ingress row
 from another group gets its mirrored egress row; nothing else is open (the default
 allow-all egress rule is removed by the provider when a group is created in a VPC).
@@ -26,6 +28,7 @@ from components.settings import (
     ETCD_EVENTS_PEER_PORT,
     ETCD_PEER_PORT,
     KONNECTIVITY_AGENT_PORT,
+    KONNECTIVITY_HEALTH_PORT,
     KUBELET_PORT,
     SSH_PORT,
     Settings,
@@ -77,9 +80,13 @@ def matrix(s: Settings) -> tuple[Rule, ...]:
         admit(CONTROL_PLANE, port, [CONTROL_PLANE], why)
     admit(CONTROL_PLANE, KUBELET_PORT, [CONTROL_PLANE], "API server to control-plane kubelets")
     if s.egress == "konnectivity":
-        admit(NODES, KUBELET_PORT, [CONTROL_PLANE], "API server to kubelets")
-        admit(CONTROL_PLANE, KONNECTIVITY_AGENT_PORT, [NODES],
+        # Nodes admit nothing from the control plane: agents dial out, through their zone
+        # endpoint's balancer, to every proxy-server (it keeps their address).
+        admit(LB_ZONAL, KONNECTIVITY_AGENT_PORT, [NODES], "Konnectivity agents to the servers")
+        admit(CONTROL_PLANE, KONNECTIVITY_AGENT_PORT, [NODES, LB_ZONAL],
               "Konnectivity agents dial every server")
+        admit(CONTROL_PLANE, KONNECTIVITY_HEALTH_PORT, [LB_ZONAL],
+              "the balancer's health check of each proxy-server")
     else:
         admit(NODES, SSH_PORT, [CONTROL_PLANE], "SSH-tunnel egress (kubelet port stays shut)")
 

@@ -11,9 +11,11 @@ Konnectivity choices:
   the number of control-plane hosts; agents on 8132 (TLS, client certificates of our
   Konnectivity CA only), health on 8134 (the load balancer's check), admin (metrics) on
   loopback 8133.
-- proxy-agent per node: dials the regional endpoint (every server is behind it) and, with
-  `--sync-forever`, keeps dialing until it holds a connection to each server, also after a
-  server restarts; identified by its node's name and address (`--agent-identifiers`), and
+- proxy-agent per node: dials its zone's endpoint on 8132, behind which are the servers of
+  every zone (unlike the API port, this port balances across zones: an agent that reached
+  only its own zone's server would leave the other API servers without a way to its node),
+  and, with `--sync-forever`, keeps dialing until it holds a connection to each server, also
+  after a server restarts; identified by its node's name and address (`--agent-identifiers`), and
   the servers route by destination host only (`destHost`): a dial for a node goes to that
   node's agent or fails, never through another node.
 """
@@ -92,7 +94,7 @@ def proxy_agent_command(inventory: Inventory, host: Host, binary: str) -> list[s
         binary,
         f"--agent-id={host.name}",
         f"--agent-identifiers={agent_identifiers(host)}",
-        f"--proxy-server-host={inventory.regional_endpoint.name}",
+        f"--proxy-server-host={inventory.zone(host.zone).endpoint.name}",
         f"--proxy-server-port={AGENT_PORT}",
         *flag_words("proxy-agent"),
         "--sync-forever",

@@ -4,8 +4,8 @@ the AWS program builds (seed 004, part 1).
 - One frontend per zone, at an address inside that zone: its backend is the zone's own
   control-plane host, with the other zones' hosts as backups, so zone A's kubelets and pods
   reach cp-a, and reach cp-b or cp-c only while cp-a has no ready API server.
-- One regional frontend over every control-plane host (the admin kubeconfig's endpoint),
-  and one for Konnectivity agents (8132) over every proxy-server.
+- One regional frontend over every control-plane host (the admin kubeconfig's endpoint).
+- Konnectivity (8132) on each zone's frontend, over every zone's proxy-server.
 - Health checks call `/readyz` over TLS and verify the API server's certificate against the
   cluster CA and the host's name: a host that answers TCP but is not ready, or presents a
   certificate our CA did not sign, takes no traffic.
@@ -70,17 +70,19 @@ def render(layout: Layout, ca_file: Path, api_port: int = 6443) -> str:
         listen(f"api-{zone}", layout.zone_endpoint(zone),
                [(h.name, h.address, h.zone != zone) for h in cps])
     listen("api-regional", layout.regional_endpoint, [(h.name, h.address, False) for h in cps])
-    # Konnectivity agents dial the regional endpoint until they hold a connection to every
-    # proxy-server (TLS end to end; the check is the server's plain /healthz). Least
-    # connections: an agent's next dial goes to the server it lacks (a new or restarted one
-    # holds the fewest), not to one it holds already.
-    lines += ["listen konnectivity-regional",
-              f"    bind {layout.regional_endpoint}:{hostconfig.AGENT_PORT}",
-              "    balance leastconn", "    option httpchk",
-              "    http-check send meth GET uri /healthz", "    http-check expect status 200"]
-    lines += [f"    server {h.name} {h.address}:{hostconfig.AGENT_PORT} "
-              f"port {hostconfig.HEALTH_PORT} no-check-ssl" for h in cps]
-    lines.append("")
+    # Konnectivity agents dial their zone's endpoint until they hold a connection to every
+    # proxy-server, so here every zone's frontend balances over every zone's server (TLS
+    # end to end; the check is the server's plain /healthz). Least connections: an agent's
+    # next dial goes to the server it lacks (a new or restarted one holds the fewest).
+    for zone in sorted({h.zone for h in cps}):
+        lines += [f"listen konnectivity-{zone}",
+                  f"    bind {layout.zone_endpoint(zone)}:{hostconfig.AGENT_PORT}",
+                  "    balance leastconn", "    option httpchk",
+                  "    http-check send meth GET uri /healthz",
+                  "    http-check expect status 200"]
+        lines += [f"    server {h.name} {h.address}:{hostconfig.AGENT_PORT} "
+                  f"port {hostconfig.HEALTH_PORT} no-check-ssl" for h in cps]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -129,10 +129,11 @@ def node_name_and_address(ctx: Context) -> SANs:
 
 
 def konnectivity_server_sans(ctx: Context) -> SANs:
-    """The name and address agents dial (the regional endpoint), and the host's own."""
-    regional = ctx.inventory.regional_endpoint
-    return SANs(dns=_unique((regional.name, ctx.host.name)),
-                ips=_unique(tuple(a for a in (regional.address, ctx.host.address) if a)))
+    """The names and addresses agents dial (their zone's endpoint), and the host's own."""
+    zones = [z.endpoint for z in ctx.inventory.zones]
+    return SANs(dns=_unique((*(e.name for e in zones), ctx.host.name)),
+                ips=_unique(tuple(a for a in (*(e.address for e in zones), ctx.host.address)
+                                  if a)))
 
 
 def _unique(values: tuple[str, ...] | list[str]) -> tuple[str, ...]:

@@ -44,16 +44,18 @@ def test_subnets_lie_inside_the_vpc_one_pair_per_zone(replay: Replay) -> None:
         ["eu-west-1a", "eu-west-1b", "eu-west-1c"] * 2)
 
 
-def _behind(replay: Replay, lb: dict) -> tuple[dict, dict[str, str], set[str]]:
-    """A balancer's one listener's target group, that group's attributes, and the zones of
-    the instances registered in it."""
+def _behind(replay: Replay, lb: dict, port: int = 6443
+            ) -> tuple[dict, dict[str, str], set[str]]:
+    """A balancer's listener on `port`: its target group, that group's attributes, and the
+    zones of the instances registered in it."""
     elb, ec2 = replay.elbv2, replay.ec2
-    (listener,) = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
-    assert listener["Port"] == 6443 and listener["Protocol"] == "TCP"
+    (listener,) = [li for li in elb.describe_listeners(
+        LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"] if li["Port"] == port]
+    assert listener["Protocol"] == "TCP"
     (action,) = listener["DefaultActions"]
     (group,) = elb.describe_target_groups(TargetGroupArns=[action["TargetGroupArn"]])[
         "TargetGroups"]
-    assert group["VpcId"] == lb["VpcId"] and group["Port"] == 6443
+    assert group["VpcId"] == lb["VpcId"] and group["Port"] == port
     attrs = {a["Key"]: a["Value"] for a in elb.describe_target_group_attributes(
         TargetGroupArn=group["TargetGroupArn"])["Attributes"]}
     health = elb.describe_target_health(TargetGroupArn=group["TargetGroupArn"])[
@@ -87,6 +89,12 @@ def test_balancers_health_check_readyz_and_fail_over_across_zones(replay: Replay
             assert attrs["load_balancing.cross_zone.enabled"] == "false"
             assert attrs["target_group_health.dns_failover.minimum_healthy_targets.count"] \
                 == "1"
+            # Konnectivity agents (prod: konnectivity) reach every zone's server from here.
+            agents, agent_attrs, agent_zones = _behind(replay, lb, 8132)
+            assert agent_zones == lb_zones
+            assert agent_attrs["load_balancing.cross_zone.enabled"] == "true"
+            assert (agents["HealthCheckProtocol"], agents["HealthCheckPort"],
+                    agents["HealthCheckPath"]) == ("HTTP", "8134", "/healthz")
         else:
             assert lb_attrs["load_balancing.cross_zone.enabled"] == "true"
     assert set(policies) == {"availability_zone_affinity", "any_availability_zone"}
@@ -143,7 +151,7 @@ def test_the_matrix_survives_the_round_trip(replay: Replay) -> None:
     assert len(by_name) == 5
     ingress = sum(len(p.get("IpRanges", [])) + len(p.get("UserIdGroupPairs", []))
                   for g in by_name.values() for p in g["IpPermissions"])
-    assert ingress == 16
+    assert ingress == 18  # prod, konnectivity: security.matrix() row for row
     for g in by_name.values():
         for perm in g["IpPermissionsEgress"]:
             assert perm["IpProtocol"] == "tcp"  # the default allow-all egress is gone

@@ -36,7 +36,9 @@ COMMON_INGRESS = {
     *((CP, port, CP) for port in ETCD),          # etcd main and events: control plane only
     (CP, 10250, CP),
 }
-KONNECTIVITY_INGRESS = {(NODES, 10250, CP), (CP, 8132, NODES)}
+# Nodes admit nothing from the control plane; agents reach every server through their zone
+# endpoint's balancer (8132 across zones, health on 8134).
+KONNECTIVITY_INGRESS = {(LBZ, 8132, NODES), (CP, 8132, NODES), (CP, 8132, LBZ), (CP, 8134, LBZ)}
 SSH_TUNNEL_INGRESS = {(NODES, 22, CP)}
 DOWNLOADS = {(g, p, "0.0.0.0/0") for g in (CP, NODES) for p in (80, 443)}
 
@@ -49,6 +51,8 @@ def test_konnectivity_matrix_is_exactly_the_design(prod: Evaluation) -> None:
     expected = COMMON_INGRESS | KONNECTIVITY_INGRESS
     assert declared(prod, INGRESS) == expected
     assert declared(prod, EGRESS) == mirror(expected) | DOWNLOADS
+    assert not {(g, p) for g, p, peer in declared(prod, INGRESS) if g == NODES
+                and peer == CP}  # seed 001: the control plane never dials a node
 
 
 def test_ssh_tunnel_matrix_opens_ssh_to_nodes_and_shuts_the_kubelet_port(
@@ -112,18 +116,26 @@ def test_health_checks_and_api_traffic_pass_every_balancer(stacks: list[Evaluati
         listeners = ev.of_type("aws:lb/listener:Listener")
         for lb in ev.of_type("aws:lb/loadBalancer:LoadBalancer"):
             (group,) = [groups[g] for g in lb.inputs["securityGroups"]]
-            (listener,) = [li for li in listeners if li.inputs["loadBalancerArn"] == lb.id]
-            port = int(listener.inputs["port"])
-            clients = {peer for g, p, peer in ingress if (g, p) == (group, port)}
-            assert clients == ({NODES, CP} if group == LBZ else {ADMIN})
-            for action in listener.inputs["defaultActions"]:
-                tg = ev.by_id(action["targetGroupArn"])
-                hc = tg.inputs["healthCheck"]
-                checked = int(tg.inputs["port"]) if hc["port"] == "traffic-port" \
-                    else int(hc["port"])
-                for p in {checked, int(tg.inputs["port"])}:
-                    assert (CP, p, group) in ingress and (group, p, CP) in egress
-                for att in ev.of_type("aws:lb/targetGroupAttachment:TargetGroupAttachment"):
-                    if att.inputs["targetGroupArn"] == tg.id:
-                        host = ev.by_id(att.inputs["targetId"])
-                        assert [groups[g] for g in host.inputs["vpcSecurityGroupIds"]] == [CP]
+            for listener in [li for li in listeners if li.inputs["loadBalancerArn"] == lb.id]:
+                _check_listener(ev, listener, group, ingress, egress, groups)
+
+
+def _check_listener(ev: Evaluation, listener, group: str,  # type: ignore[no-untyped-def]
+                    ingress, egress, groups) -> None:
+    """One listener: its clients admitted, its targets' port and health-check port open
+    from the balancer's group both ways, every target a control-plane host."""
+    port = int(listener.inputs["port"])
+    clients = {peer for g, p, peer in ingress if (g, p) == (group, port)}
+    want = {NODES} if port == 8132 else {NODES, CP} if group == LBZ else {ADMIN}
+    assert clients == want
+    for action in listener.inputs["defaultActions"]:
+        tg = ev.by_id(action["targetGroupArn"])
+        hc = tg.inputs["healthCheck"]
+        checked = int(tg.inputs["port"]) if hc["port"] == "traffic-port" \
+            else int(hc["port"])
+        for p in {checked, int(tg.inputs["port"])}:
+            assert (CP, p, group) in ingress and (group, p, CP) in egress
+        for att in ev.of_type("aws:lb/targetGroupAttachment:TargetGroupAttachment"):
+            if att.inputs["targetGroupArn"] == tg.id:
+                host = ev.by_id(att.inputs["targetId"])
+                assert [groups[g] for g in host.inputs["vpcSecurityGroupIds"]] == [CP]

@@ -29,16 +29,17 @@ def balancers(ev: Evaluation, endpoint: str) -> list:
     return [lb for lb in ev.of_type(LB) if lb.inputs["tags"]["multizone/endpoint"] == endpoint]
 
 
-def target_groups(ev: Evaluation, lb) -> list:
-    """The target groups a load balancer's listeners forward to."""
+def target_groups(ev: Evaluation, lb, port: int = 6443) -> list:
+    """The target groups a load balancer's listeners on `port` forward to."""
     arns = {a["targetGroupArn"] for li in ev.of_type(LISTENER)
-            if li.inputs["loadBalancerArn"] == lb.id for a in li.inputs["defaultActions"]}
+            if li.inputs["loadBalancerArn"] == lb.id and int(li.inputs["port"]) == port
+            for a in li.inputs["defaultActions"]}
     return [ev.by_id(arn) for arn in sorted(arns)]
 
 
-def targets(ev: Evaluation, lb) -> list:
+def targets(ev: Evaluation, lb, port: int = 6443) -> list:
     """The instances behind a load balancer: listener -> target group -> attachments."""
-    groups = {tg.id for tg in target_groups(ev, lb)}
+    groups = {tg.id for tg in target_groups(ev, lb, port)}
     return [ev.by_id(a.inputs["targetId"]) for a in ev.of_type(ATTACH)
             if a.inputs["targetGroupArn"] in groups]
 
@@ -95,7 +96,7 @@ def test_the_zone_endpoint_balancer_keeps_clients_in_their_zone_and_fails_over(
         assert ev.by_id(subnet).inputs["tags"].get("kubernetes.io/role/internal-elb") == "1"
     assert lb.inputs["enableCrossZoneLoadBalancing"] is False
     assert lb.inputs["dnsRecordClientRoutingPolicy"] == "availability_zone_affinity"
-    (tg,) = target_groups(ev, lb)
+    (tg,) = target_groups(ev, lb)  # the API port's
     assert tg.inputs["loadBalancingCrossZoneEnabled"] == "false"
     assert tg.inputs["targetGroupHealth"]["dnsFailover"]["minimumHealthyTargetsCount"] == "1"
 
@@ -122,18 +123,41 @@ def test_every_api_target_group_health_checks_https_readyz(name: str, request) -
     """An API server that accepts TCP but is not ready is out; `/readyz` answers 200 only
     when it is ready."""
     ev: Evaluation = request.getfixturevalue(name)
-    groups = ev.of_type(TG)
+    groups = [tg for tg in ev.of_type(TG) if tg.inputs["port"] == 6443]
     assert len(groups) == 2
     behind = [tg.id for lb in ev.of_type(LB) for tg in target_groups(ev, lb)]
     assert sorted(behind) == sorted(tg.id for tg in groups)  # each group serves a balancer
     for tg in groups:
-        assert tg.inputs["port"] == 6443 and tg.inputs["protocol"] == "TCP"
+        assert tg.inputs["protocol"] == "TCP"
         hc = tg.inputs["healthCheck"]
         assert (hc["protocol"], hc["path"], hc["matcher"], hc["port"]) == \
             ("HTTPS", "/readyz", "200", "traffic-port")
         assert hc.get("enabled", True) is True
+    api = {tg.id for tg in groups}
     for att in ev.of_type(ATTACH):
-        assert att.inputs["port"] == 6443
+        assert (att.inputs["port"] == 6443) == (att.inputs["targetGroupArn"] in api)
+
+
+@pytest.mark.parametrize("name", ALL_STACKS)
+def test_konnectivity_agents_reach_every_server_through_their_zone_endpoint(
+        name: str, request) -> None:
+    """In konnectivity mode the zone-endpoint balancer carries 8132 to every control-plane
+    host with cross-zone balancing on (an agent must hold every server, not only its
+    zone's), checked on the servers' /healthz; in ssh-tunnel mode there is no such port."""
+    ev: Evaluation = request.getfixturevalue(name)
+    (lb,) = balancers(ev, "zonal")
+    groups = target_groups(ev, lb, 8132)
+    if name == "two_per_zone":  # the one ssh-tunnel stack (conftest); stacks/ say konnectivity
+        assert groups == [] and not targets(ev, lb, 8132)
+        return
+    (tg,) = groups
+    assert tg.inputs["loadBalancingCrossZoneEnabled"] == "true"
+    hc = tg.inputs["healthCheck"]
+    assert (hc["protocol"], hc["port"], hc["path"]) == ("HTTP", "8134", "/healthz")
+    assert sorted(t.id for t in targets(ev, lb, 8132)) == sorted(
+        h.id for h in control_plane(ev))
+    for balancer in balancers(ev, "regional"):
+        assert target_groups(ev, balancer, 8132) == []
 
 
 @pytest.mark.parametrize("name", ALL_STACKS)
