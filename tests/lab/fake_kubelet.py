@@ -20,11 +20,10 @@ def handler(name: str) -> type[http.server.BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802 - the http.server interface
             body = f"{name} {self.path.split('?')[0]}".encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            # One write (one TLS record, one segment), as a real server answers a small
+            # request: a second small write would wait on the peer's delayed ACK (Nagle).
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             pass
