@@ -3,6 +3,9 @@
 Bad settings stop the program before any resource is declared: every mistake is one line
 naming the key and the fix, raised as `pulumi.RunError` so that Pulumi prints the lines
 without a traceback and the update fails (non-zero exit).
+
+Once the hosts exist, `ClusterBootstrap` runs `bootstrap apply` on the inventory during
+`pulumi up` and keeps the PKI in the stack's state as secrets (docs/pulumi.md).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.bastion import Bastion, BastionArgs
+from components.cluster_bootstrap import ClusterBootstrap
 from components.control_plane import ControlPlane, ControlPlaneArgs
 from components.inventory import inventory
 from components.load_balancers import LoadBalancers, LoadBalancersArgs
@@ -27,13 +31,18 @@ from components.security import (
     Security,
     SecurityArgs,
 )
-from components.settings import Settings, SettingsError, from_config, read_pulumi_config
+from components.settings import NS, Settings, SettingsError, from_config, read_pulumi_config
 from components.storage import StorageClasses, StorageClassesArgs
+
+# A hand-run PKI for a stack's first bootstrap (`bin/mzk pki export DIR FILE`, then
+# `pulumi config set --secret multizone:pkiBundle < FILE`); read only while the stack has none.
+PKI_BUNDLE = "pkiBundle"
 
 
 def settings() -> Settings:
     """The stack's settings, checked against the zones AWS reports for the region."""
     config = read_pulumi_config()
+    config.pop(f"{NS}:{PKI_BUNDLE}", None)  # a secret for the bootstrap resource, not a setting
     zones = None
     if config.get("aws:region"):
         zones = aws.get_availability_zones(state="available").names
@@ -59,14 +68,22 @@ def main() -> dict[str, Any]:
     zone_endpoints = lbs.zone_endpoints
     NodePools("nodes", NodePoolsArgs(s, private, sg[NODES], zone_endpoints))
     storage = StorageClasses("storage", StorageClassesArgs(s))
+    cluster_inventory = inventory(s, control_plane.hosts, bastion.hostname, bastion.address,
+                                  bastion.host_key.public_key, lbs.regional.dns_name,
+                                  zone_endpoints)
+    bootstrap = ClusterBootstrap(
+        "bootstrap", cluster_inventory,
+        pulumi.Config(NS).get_secret(PKI_BUNDLE),
+        opts=pulumi.ResourceOptions(depends_on=[control_plane, bastion, lbs],
+                                    protect=s.protect))
     return {
         "regionalEndpoint": lbs.regional.dns_name,
         "zoneEndpoints": zone_endpoints,
         "bastionAddress": bastion.address,
         "storageClasses": storage.manifests,
-        "inventory": inventory(s, control_plane.hosts, bastion.hostname, bastion.address,
-                               bastion.host_key.public_key, lbs.regional.dns_name,
-                               zone_endpoints),
+        "inventory": cluster_inventory,
+        "caCertificate": bootstrap.ca_certificate,
+        "adminKubeconfig": bootstrap.admin_kubeconfig,  # a secret: client key inside
     }
 
 

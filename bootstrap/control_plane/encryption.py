@@ -3,7 +3,9 @@
 `DIR/local/encryption-keys.yaml` (0600, DIR being the PKI directory) lists the keys, the
 first one encrypting, every one decrypting. It is made once, on the first apply, and never
 leaves the operator's machine except as the API servers' encryption configuration (0600 on
-each control-plane host). It is not printed, logged or put in stack state.
+each control-plane host). It is not printed or logged; under `pulumi up` it travels only
+inside the bootstrap resource's PKI bundle, a secret of the stack's state
+(components/cluster_bootstrap.py).
 
 Rotating (docs/control-plane.md): add a new key second in the list and apply (every API
 server can now read it); move it first and apply (new writes use it); rewrite every Secret

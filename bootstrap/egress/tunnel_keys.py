@@ -22,7 +22,7 @@ from bootstrap.pki.files import PRIVATE_DIR_NAMES, Tree, is_temp_of
 from bootstrap.pki.issue import KEY_MODE, LOCAL
 
 DIR = f"{LOCAL}/egress-tunnel"
-_PRIVATE = PRIVATE_DIR_NAMES | {"egress-tunnel"}
+_PRIVATE = PRIVATE_DIR_NAMES | {LOCAL, "egress-tunnel"}  # as `generate` opens the PKI
 
 
 @dataclass(frozen=True)

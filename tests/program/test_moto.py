@@ -20,6 +20,7 @@ from tests.program.moto_replay import Replay  # noqa: E402
 NOT_REPLAYED = {  # IAM and Pulumi's own types: outside the services under test
     "aws:iam/role:Role", "aws:iam/rolePolicy:RolePolicy",
     "aws:iam/instanceProfile:InstanceProfile", "pulumi-python:dynamic/multizone:HostKey",
+    "pulumi-python:dynamic/multizone:ClusterBootstrap",
 }
 
 

@@ -1,0 +1,203 @@
+"""The PKI bundle (bootstrap/pki/bundle.py): a PKI directory to one value and back, whole
+and with its modes; another cluster's PKI, a foreign file or an altered bundle is refused
+with one line and nothing written."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bootstrap.control_plane import encryption
+from bootstrap.egress import tunnel_keys
+from bootstrap.errors import ConfigError
+from bootstrap.pki import bundle, generate
+from tests.unit.pki_support import ROOT, example_data, load, snapshot
+
+
+def make_pki(where: Path) -> Path:
+    """A PKI directory as `apply` leaves it: PKI, encryption key, egress tunnel keys."""
+    data = example_data("ecdsa")
+    data["cluster"]["egress"] = "ssh-tunnel"
+    data["ssh"]["authorized_keys"] = [
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGZ3aDIzNUlrOXBGVE1SekR2cDJ6SnFaRkhtc1lpZTNz ops"]
+    inventory = load(data)
+    generate(inventory, where, workers=1)
+    encryption.ensure(where)
+    tunnel_keys.ensure(where, inventory)
+    return where
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pki(tmp_path_factory.mktemp("a") / "pki")
+
+
+@pytest.fixture(scope="module")
+def other(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pki(tmp_path_factory.mktemp("b") / "pki")
+
+
+def modes(root: Path, dirs: bool = False) -> dict[str, int]:
+    return {str(p.relative_to(root)): stat.S_IMODE(p.lstat().st_mode) for p in root.rglob("*")
+            if p.is_dir() == dirs}
+
+
+def contents(root: Path) -> dict[str, tuple[str, int]]:
+    return {k: v[:2] for k, v in snapshot(root).items()}
+
+
+def test_a_directory_round_trips_with_its_modes(pki: Path, tmp_path: Path) -> None:
+    exported = bundle.export_dir(pki)
+    assert json.loads(json.dumps(exported)) == exported  # JSON-able as it is
+    files = exported["files"]
+    assert "local/encryption-keys.yaml" in files
+    assert any(k.startswith("local/egress-tunnel/") and k.endswith(".key") for k in files)
+    assert files["local/pki/ca.key"]["mode"] == 0o600
+    assert files["local/pki/ca.crt"]["mode"] == 0o644
+    copy = tmp_path / "copy"
+    assert bundle.import_dir(exported, copy) == len(files)
+    assert contents(copy) == contents(pki)
+    assert modes(copy) == modes(pki)  # 0600 keys, 0644 certificates, as written
+    private = {rel: mode for rel, mode in modes(copy, dirs=True).items()
+               if {"pki", "local"} & set(rel.split("/"))}
+    assert private and set(private.values()) == {0o700}, private
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o700
+    assert bundle.export_dir(copy) == exported
+    assert bundle.import_dir(exported, copy) == 0  # nothing differs: nothing written
+
+
+def test_export_is_the_same_value_every_time(pki: Path) -> None:
+    """State compares bundles: an unchanged PKI must give an identical one."""
+    first = json.dumps(bundle.export_dir(pki), sort_keys=True)
+    assert json.dumps(bundle.export_dir(pki), sort_keys=True) == first
+
+
+def test_another_clusters_directory_is_refused_naming_both(pki: Path, other: Path) -> None:
+    before = snapshot(other)
+    exported = bundle.export_dir(pki)
+    with pytest.raises(ConfigError) as err:
+        bundle.import_dir(exported, other, source="a.json")
+    message = str(err.value)
+    assert "\n" not in message
+    assert bundle.ca_fingerprint(exported) in message
+    assert bundle.ca_fingerprint(bundle.export_dir(other)) in message
+    assert bundle.ca_fingerprint(exported) != bundle.ca_fingerprint(bundle.export_dir(other))
+    assert snapshot(other) == before
+    assert not bundle.same_cluster(exported, bundle.export_dir(other))
+    assert bundle.same_cluster(exported, bundle.export_dir(pki))
+
+
+def test_a_directory_that_is_not_a_pki_is_refused(pki: Path, tmp_path: Path) -> None:
+    stranger = tmp_path / "notes"
+    stranger.mkdir()
+    (stranger / "todo.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not a PKI directory"):
+        bundle.import_dir(bundle.export_dir(pki), stranger)
+    assert sorted(os.listdir(stranger)) == ["todo.txt"]
+
+
+def altered(pki: Path, change) -> dict:  # type: ignore[no-untyped-def]
+    exported = bundle.export_dir(pki)
+    change(exported)
+    return exported
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda b: b.update(format="something-else"), "not a PKI bundle"),
+    (lambda b: b.update(version=2), "version 2"),
+    (lambda b: b["files"].update({"../outside": b["files"]["local/pki/ca.crt"]}),
+     "not a relative path"),
+    (lambda b: b["files"].update({"/etc/passwd": b["files"]["local/pki/ca.crt"]}),
+     "not a relative path"),
+    (lambda b: b["files"]["local/pki/ca.crt"].update(content="%%%"), "not base64"),
+    (lambda b: b["files"]["local/pki/ca.crt"].update(mode=0o4755), "mode"),
+    (lambda b: b["files"].pop("local/pki/ca.crt"), "no local/pki/ca.crt"),
+])
+def test_an_altered_bundle_is_refused_before_anything_is_written(
+        pki: Path, tmp_path: Path, change, words: str) -> None:  # type: ignore[no-untyped-def]
+    target = tmp_path / "new"
+    with pytest.raises(ConfigError, match=words):
+        bundle.import_dir(altered(pki, change), target)
+    assert not target.exists()
+
+
+def test_key_material_is_written_0600_whatever_the_bundle_says(pki: Path,
+                                                                 tmp_path: Path) -> None:
+    def widen(b: dict) -> None:
+        for rel, entry in b["files"].items():
+            if rel.endswith((".key", ".conf", "encryption-keys.yaml")):
+                entry["mode"] = 0o644
+
+    bundle.import_dir(altered(pki, widen), tmp_path / "copy")
+    assert modes(tmp_path / "copy")["local/pki/ca.key"] == 0o600
+    assert modes(tmp_path / "copy")["local/admin.conf"] == 0o600
+    assert modes(tmp_path / "copy")["local/encryption-keys.yaml"] == 0o600
+
+
+def test_export_refuses_a_link_inside(pki: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    bundle.import_dir(bundle.export_dir(pki), copy)
+    (copy / "local" / "stray.crt").symlink_to("/etc/hostname")
+    with pytest.raises(ConfigError, match="symbolic link"):
+        bundle.export_dir(copy)
+
+
+def test_export_refuses_a_directory_that_is_not_a_pki(tmp_path: Path) -> None:
+    (tmp_path / "x").write_text("x")
+    with pytest.raises(ConfigError, match="not a PKI directory"):
+        bundle.export_dir(tmp_path)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bootstrap", "pki-bundle", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_refused(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    for word in words:
+        assert word in proc.stderr
+
+
+def test_the_command_exports_0600_and_imports(pki: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bundle.json"
+    proc = cli("export", str(pki), str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    proc = cli("import", str(out), str(tmp_path / "copy"))
+    assert proc.returncode == 0, proc.stderr
+    assert contents(tmp_path / "copy") == contents(pki)
+
+
+def test_the_command_refuses_bad_input_with_one_line(pki: Path, other: Path,
+                                                     tmp_path: Path) -> None:
+    out = tmp_path / "bundle.json"
+    assert cli("export", str(pki), str(out)).returncode == 0
+    before = snapshot(other)
+    assert_refused(cli("import", str(out), str(other)), "different clusters' PKIs",
+                   "SHA256:")
+    assert snapshot(other) == before
+    target = tmp_path / "target"
+    assert_refused(cli("import", str(ROOT / "examples" / "inventory.yaml"), str(target)),
+                   "not a PKI bundle")
+    assert_refused(cli("import", str(tmp_path / "missing.json"), str(target)),
+                   "cannot be read")
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"files": {"a": {"content": base64.b64encode(b"x").decode(),
+                                                   "mode": 0o644}}}))
+    assert_refused(cli("import", str(foreign), str(target)), "not a PKI bundle")
+    assert not target.exists()
+    assert_refused(cli("export", str(tmp_path / "nowhere"), str(tmp_path / "x.json")),
+                   "not a directory")
