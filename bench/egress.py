@@ -139,6 +139,25 @@ def direct(lab_dir: Path, n: int) -> dict:
         nsenter(lab_dir, "node-1", ["sh", "-c", firewall.LOAD], check=True)
 
 
+def recovery(lab_dir: Path, service: str) -> float:
+    """Seconds from SIGKILL of cp-a's egress service until cp-a's API server reaches
+    node-1 again (its supervisor restarts the service; nothing else helps)."""
+    inventory = load(lab_dir / "inventory.yaml")
+    node = inventory.host("node-1")
+    pid_file = lab_dir / "hosts" / "cp-a" / "fs" / "run" / "mzk" / f"{service}.pid"
+    os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+    started = time.perf_counter()
+    while True:
+        out = nsenter(lab_dir, "cp-a", ["python3", "-c", CLIENT, "api", "1", node.name,
+                                        node.address, inventory.host("cp-a").address],
+                      capture_output=True, text=True, check=False, timeout=60)
+        if out.returncode == 0:
+            return time.perf_counter() - started
+        if time.perf_counter() - started > 120:
+            raise SystemExit(f"{service}: cp-a did not reach node-1 within 120 s")
+        time.sleep(0.05)
+
+
 def switch(lab_dir: Path, mode: str, binaries) -> float:  # type: ignore[no-untyped-def]
     inventory = load(write_inventory(lab_dir, mode))
     started = time.perf_counter()
@@ -176,8 +195,10 @@ def main() -> None:
                     capture_output=True)
             rows = [("direct", direct(lab_dir, args.requests))]
             rows += latencies(lab_dir, "ssh-tunnel", args.requests)
+            tunnel_back = recovery(lab_dir, hostconfig.TUNNEL)
             to_konnectivity = switch(lab_dir, "konnectivity", binaries)
             rows += latencies(lab_dir, "konnectivity", args.requests)
+            server_back = recovery(lab_dir, hostconfig.PROXY_SERVER)
             to_tunnels = switch(lab_dir, "ssh-tunnel", binaries)
         finally:
             if kubelet is not None:
@@ -193,6 +214,8 @@ def main() -> None:
         print(f"{name:32} {r['median']:8.2f} {r['p99']:8.2f} {added:15.2f}")
     print(f"apply switching 3 control-plane hosts + {args.workers} nodes: ssh-tunnel -> "
           f"konnectivity {to_konnectivity:.1f} s, konnectivity -> ssh-tunnel {to_tunnels:.1f} s")
+    print(f"cp-a's API server reaches node-1 again after its egress service was killed: "
+          f"tunnel service {tunnel_back:.1f} s, proxy-server {server_back:.1f} s")
 
 
 if __name__ == "__main__":

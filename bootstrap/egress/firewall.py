@@ -62,10 +62,11 @@ def digest_of(rules: bytes) -> str:
     return rules[start:rules.index(b'"', start)].decode()
 
 
-# The loaded table's digest, or `-` (for the facts round trip; nft missing counts as none).
-FACTS_SCRIPT = (f"d=$(nft list table inet {TABLE} 2>/dev/null | sed -n "
-                f"'s/.*comment \"{COMMENT_PREFIX}\\([0-9a-f]*\\)\".*/\\1/p'); "
-                'echo "egress_firewall ${d:--}"')
+# The loaded table's digest (for the facts round trip; no line when there is no table or
+# no nft). One process, nft; the comment line `comment "multizone-k8s egress <digest>"` is
+# picked out with shell built-ins.
+FACTS_SCRIPT = (f"nft list table inet {TABLE} 2>/dev/null | while read -r k _ _ d; do "
+                '[ "$k" = comment ] && echo "egress_firewall ${d%?}"; done; true')
 
 LOAD = f"nft -f {RULES_FILE}"
 REMOVE = f"nft delete table inet {TABLE} 2>/dev/null; true"

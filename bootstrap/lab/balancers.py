@@ -30,6 +30,7 @@ from bootstrap.lab.layout import Layout
 
 HAPROXY = "/usr/sbin/haproxy"
 CONFIG = "haproxy.cfg"
+SOCKET = "haproxy.sock"
 CHECK_INTERVAL_MS = 300
 
 
@@ -44,6 +45,10 @@ def render(layout: Layout, ca_file: Path, api_port: int = 6443) -> str:
         f"# Trusted CAs: {trusted} (a new bundle reloads haproxy)",
         "global",
         "    maxconn 4096",
+        # The next haproxy takes the listening sockets over from this one (-x): a reload
+        # drops nothing that waited in the old listener's accept queue.
+        f"    stats socket {layout.dir / 'balancers' / SOCKET} mode 600 level admin "
+        "expose-fd listeners",
         "defaults",
         "    mode tcp",
         "    timeout connect 2s",
@@ -108,9 +113,12 @@ def ensure(layout: Layout, ca_file: Path, pid: int | None) -> int:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-    # A running haproxy hands over: the new one binds beside it (SO_REUSEPORT), then the
-    # old one stops listening and finishes its connections (-sf); no connection is refused.
+    # A running haproxy hands over: the new one takes its listening sockets (-x, through
+    # the old one's stats socket), then the old one finishes its connections (-sf); no
+    # connection is refused or dropped from an accept queue.
     handover = ["-sf", str(pid)] if _alive(pid) else []
+    if handover and (path.parent / SOCKET).exists():
+        handover = ["-x", str(path.parent / SOCKET), *handover]
     log = open(path.parent / "haproxy.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen(["ip", "netns", "exec", layout.router_ns, HAPROXY, "-db",

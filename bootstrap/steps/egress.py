@@ -59,7 +59,8 @@ def _control_plane(inventory: Inventory) -> tuple[Host, ...]:
 
 
 def watched_paths(ctx: HostContext) -> list[str]:
-    """On every host: a host that left the control plane may still hold them."""
+    if not ctx.host.has("control-plane"):
+        return []  # other hosts: TRACES_PATHS, by shell globs, for egress-retire
     return [*TUNNEL_FILES, *(unit_path(s) for s in SERVICES)]
 
 
@@ -234,9 +235,7 @@ def converge(group: list[HostContext]) -> None:
 
 def retire(ctx: HostContext) -> None:
     """A host that left the control plane: its egress service and files go."""
-    states = ctx.facts.get("file_states") or {}
-    present = [p for p in (*TUNNEL_FILES, *(unit_path(s) for s in SERVICES))
-               if states.get(p) is not None]
+    present = list(ctx.facts.get("egress_traces", ()))
     if not present:
         return
     ctx.note("stop the egress services and remove their files (no longer a control-plane "
@@ -247,6 +246,9 @@ def retire(ctx: HostContext) -> None:
     for name in SERVICES:
         manager.stop(ctx.runner, name)
     ctx.runner.run("rm -f -- " + " ".join(shlex.quote(p) for p in present))
+
+
+TRACES_PATHS = [*TUNNEL_FILES, *(unit_path(s) for s in SERVICES)]
 
 
 def _quiet(_host: str, _title: str, _state: str) -> None:

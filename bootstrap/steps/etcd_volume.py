@@ -85,9 +85,22 @@ class VolumeState:
 
 
 def _state(ctx: HostContext) -> VolumeState:
+    """From the facts round trip (`facts_section`), else asked now."""
+    known = ctx.facts.pop("etcd_volume_state", None)
+    if isinstance(known, VolumeState):
+        return known
     volume = ctx.host.etcd_volume
     assert volume is not None
     return VolumeState.parse(ctx.runner.run(state_script(volume)).stdout)
+
+
+def facts_section(ctx: HostContext) -> dict[str, str]:
+    """The volume's state, asked beside the other facts: a converged host costs no round
+    trip here."""
+    volume = ctx.host.etcd_volume
+    if not volume or not ctx.host.has("etcd"):
+        return {}
+    return {"etcd_volume": "(\n" + state_script(volume) + ")"}
 
 
 def _mount_commands(ctx: HostContext, device: str) -> list[str]:

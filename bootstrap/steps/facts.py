@@ -14,6 +14,7 @@ from bootstrap.steps import (
     egress,
     egress_nodes,
     etcd,
+    etcd_volume,
     guard,
     ssh_access,
 )
@@ -66,7 +67,7 @@ def parse(text: str) -> dict[str, Any]:
             facts[key] = value == "1"
         elif key in ("uid", "time", "free_kb"):
             facts[key] = int(value) if value.isdigit() else None
-        elif key in ("etcd_traces", "control_plane_traces"):
+        elif key in ("etcd_traces", "control_plane_traces", "egress_traces"):
             facts[key] = tuple(value.split())
         elif key == "k8s_release":
             facts[key] = None if value in ("", "-") else value
@@ -114,12 +115,13 @@ def gather(ctx: HostContext) -> None:
         first = ctx.inventory.etcd_members[:1] == (ctx.host,)
         sections.update(etcd.fact_scripts(members=first))
     watched_services = (("etcd", "etcd-events") if ctx.host.has("etcd") else ()) + (
-        control_plane.SERVICES if ctx.host.has("control-plane") else ()) + egress.SERVICES + (
+        control_plane.SERVICES + egress.SERVICES if ctx.host.has("control-plane") else ()) + (
         (hostconfig.PROXY_AGENT,) if ctx.host.has("node") else ())
     if watched_services:
         sections["services"] = status_script(watched_services)
     if ctx.host.has("control-plane"):
         sections["drain"] = control_plane.DRAIN_SCRIPT
+    sections.update(etcd_volume.facts_section(ctx))
     watched = watched_paths(ctx) + control_plane.watched_paths(ctx) + \
         ssh_access.watched_paths(ctx) + egress.watched_paths(ctx) + \
         egress_nodes.watched_paths(ctx)
@@ -132,8 +134,9 @@ def gather(ctx: HostContext) -> None:
     objects = "pki" in ctx.shared and ctx.inventory.control_plane[:1] == (ctx.host,)
     if objects:
         sections.update(cluster_objects.probe_scripts(ctx))
-    base_script = SCRIPT if ctx.host.has("control-plane") else \
-        SCRIPT + "\n" + traces_line("control_plane_traces", control_plane.TRACES_PATHS)
+    base_script = SCRIPT if ctx.host.has("control-plane") else "\n".join([
+        SCRIPT, traces_line("control_plane_traces", control_plane.TRACES_PATHS),
+        traces_line("egress_traces", egress.TRACES_PATHS)])
     locking = guard.start_lock(ctx)  # beside the facts: the lock costs no round trip
     try:
         out = ctx.runner.run("sh -s",
@@ -148,6 +151,8 @@ def gather(ctx: HostContext) -> None:
         ctx.facts["etcd_facts"] = etcd.read_facts(found)
     if "files" in found:
         ctx.facts["file_states"] = parse_states(watched, found["files"])
+    if "etcd_volume" in found:
+        ctx.facts["etcd_volume_state"] = etcd_volume.VolumeState.parse(found["etcd_volume"])
     if objects:
         ctx.facts["objects"] = cluster_objects.parse_probe(found)
 

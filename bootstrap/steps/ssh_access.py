@@ -16,8 +16,10 @@ import shlex
 
 from bootstrap.egress import tunnel_access
 from bootstrap.engine import HostContext, Step, all_hosts
-from bootstrap.hostfiles import FileSpec, sync
+from bootstrap.hostfiles import FileSpec, parse_states, state_script, sync
 from bootstrap.ssh import load_private_key
+
+_STATES = "MZK_BASTION_FILE_STATES"
 
 
 def _login_key(ctx: HostContext) -> str:
@@ -98,11 +100,17 @@ def _bastion(ctx: HostContext) -> None:
 
     bastion = HostContext(host=ctx.host, runner=runner, inventory=ctx.inventory,
                           dry_run=ctx.dry_run, shared=ctx.shared)
-    bastion.facts.update(parse(runner.run(facts_script(ctx.inventory.ssh.user)).stdout))
+    # One round trip: the user's home and the state of where the file most likely is.
+    guess = watched_paths(bastion)
+    out = runner.run("sh -s", stdin=(facts_script(ctx.inventory.ssh.user) + "\n"
+                                     f"echo {_STATES}\n" + state_script(guess)).encode())
+    facts_part, _, states_part = out.stdout.partition(f"{_STATES}\n")
+    bastion.facts.update(parse(facts_part))
     spec = desired(bastion, tunnels=False)
     if spec is None:
         return
-    written, _ = sync(runner, [spec], dry_run=ctx.dry_run)
+    known = parse_states(guess, states_part) if spec.path in guess else None
+    written, _ = sync(runner, [spec], dry_run=ctx.dry_run, known=known)
     for path in written:
         ctx.note(f"write {path} on the bastion ({len(ctx.inventory.ssh.authorized_keys)} "
                  "operator key(s) and the key this run logs in with)")

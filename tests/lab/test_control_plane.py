@@ -672,9 +672,12 @@ def test_rotating_every_ca_keeps_the_api_and_etcd_available(cplab: Lab, tmp_path
         runs = [i for i in range(1, len(oks)) if not oks[i] and not oks[i - 1]]
         assert not runs, (name, [results[i] for i in runs][:3], marks)
         assert oks.count(False) <= len(oks) // 100, (name, [r for r in results if not r[1]])
+    start = marks[0][1]
     print(f"rotation: readyz {len(api_results)} probes, {oks_count(api_results)} failed alone; "
           f"etcd {len(etcd_results)} writes, {oks_count(etcd_results)} failed, "
-          f"{len(retried)} first attempts retried")
+          f"{len(retried)} first attempts retried; failures at "
+          f"{[(round(t - start, 1), d) for t, ok, d in api_results + etcd_results if not ok]}, "
+          f"phases at {[(name, round(t - start, 1)) for name, t in marks]}")
     # The new CA is the only one trusted; every leaf is its; nothing is left to do.
     new_ca = (local / "ca.crt").read_bytes()
     assert new_ca != old_ca and not (local / "next" / "ca.crt").exists()
