@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 
 from bootstrap.egress import firewall, hostconfig
-from bootstrap.engine import HostContext, Step
+from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.errors import StepError
 from bootstrap.hostfiles import FileSpec, put_many
 from bootstrap.inventory import Host, Inventory
@@ -93,15 +93,21 @@ def converge(ctx: HostContext) -> None:
 
 
 def retire(ctx: HostContext) -> None:
-    """After the control plane switched: the agent of a mode the cluster left goes."""
-    if ctx.inventory.cluster.egress == "konnectivity":
+    """After the control plane switched: the agent goes from a host that is no node (any
+    more), or from every node when the cluster left konnectivity mode."""
+    node = ctx.host.has("node")
+    if node and ctx.inventory.cluster.egress == "konnectivity":
         return
-    status = ctx.facts.get("services", {}).get(hostconfig.PROXY_AGENT)
-    present = (ctx.facts.get("file_states") or {}).get(AGENT_UNIT) is not None
-    if not present and not (status and status.running):
+    if node:
+        status = ctx.facts.get("services", {}).get(hostconfig.PROXY_AGENT)
+        present = (ctx.facts.get("file_states") or {}).get(AGENT_UNIT) is not None
+        present = present or bool(status and status.running)
+    else:
+        present = bool(ctx.facts.get("agent_traces"))
+    if not present:
         return
-    ctx.note(f"stop {hostconfig.PROXY_AGENT} and remove its unit (egress is "
-             f"{ctx.inventory.cluster.egress})")
+    why = f"egress is {ctx.inventory.cluster.egress}" if node else "no longer a node"
+    ctx.note(f"stop {hostconfig.PROXY_AGENT} and remove its unit ({why})")
     if ctx.dry_run:
         return
     manager_from(ctx.name, bool(ctx.facts.get("lab")),
@@ -112,5 +118,5 @@ def retire(ctx: HostContext) -> None:
 
 
 EGRESS_NODES = Step("egress-nodes", _nodes, run=converge)
-EGRESS_NODES_RETIRE = Step("egress-nodes-retire", _nodes, run=retire)
+EGRESS_NODES_RETIRE = Step("egress-nodes-retire", all_hosts, run=retire)
 FACTS_SCRIPT = firewall.FACTS_SCRIPT

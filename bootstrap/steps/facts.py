@@ -67,7 +67,7 @@ def parse(text: str) -> dict[str, Any]:
             facts[key] = value == "1"
         elif key in ("uid", "time", "free_kb"):
             facts[key] = int(value) if value.isdigit() else None
-        elif key in ("etcd_traces", "control_plane_traces", "egress_traces"):
+        elif key in ("etcd_traces", "control_plane_traces", "egress_traces", "agent_traces"):
             facts[key] = tuple(value.split())
         elif key == "k8s_release":
             facts[key] = None if value in ("", "-") else value
@@ -137,6 +137,8 @@ def gather(ctx: HostContext) -> None:
     base_script = SCRIPT if ctx.host.has("control-plane") else "\n".join([
         SCRIPT, traces_line("control_plane_traces", control_plane.TRACES_PATHS),
         traces_line("egress_traces", egress.TRACES_PATHS)])
+    if not ctx.host.has("node"):
+        base_script += "\n" + traces_line("agent_traces", [egress_nodes.AGENT_UNIT])
     locking = guard.start_lock(ctx)  # beside the facts: the lock costs no round trip
     try:
         out = ctx.runner.run("sh -s",
