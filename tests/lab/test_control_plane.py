@@ -224,12 +224,16 @@ def test_pod_security_rejects_privileged_pods_except_in_kube_system(cplab: Lab) 
 
 
 def test_only_the_api_server_listens_beyond_loopback(cplab: Lab) -> None:
+    """...and etcd to its peers, sshd, and (the lab runs Konnectivity) the proxy-server to
+    agents (8132) and to the balancers' health checks (8134); every one on the host's own
+    address, none on all addresses."""
+    assert cplab.inventory.cluster.egress == "konnectivity"
     listening = on(cplab, "cp-a", "ss -Hltnp").stdout
     remote = {line.split()[3] for line in listening.splitlines()
               if not line.split()[3].startswith(("127.0.0.1:", "[::1]:"))}
     address = cplab.inventory.host("cp-a").address
-    assert remote == {f"{address}:22", f"{address}:6443", f"{address}:2379",
-                      f"{address}:2380", f"{address}:2382", f"{address}:2383"}, remote
+    assert remote == {f"{address}:{port}" for port in (22, 6443, 2379, 2380, 2382, 2383,
+                                                       8132, 8134)}, remote
 
 
 # --------------------------------------------------------------------------- converged
