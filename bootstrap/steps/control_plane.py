@@ -15,6 +15,7 @@ controller-manager and the scheduler start only after their own API server is re
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
 from bootstrap.hostfiles import FileSpec, put_many, stat_many
 from bootstrap.inventory import Host, Inventory
-from bootstrap.pki.table import CA_BY_NAME
+from bootstrap.pki.table import CA_BY_NAME, flags_for
 from bootstrap.services import (
     Service,
     ServiceStatus,
@@ -98,10 +99,29 @@ class HostPlan:
         return bool(self.files or self.restart or self.leftover_drain)
 
 
+def deferred_pki(ctx: HostContext) -> set[str]:
+    """PKI files that the pki step leaves to this step on a host whose API server runs:
+    those only the control-plane services read (etcd's stay with the pki step). The API
+    server takes up new certificates on disk while it runs; written during the host's own
+    turn (drained, then restarted), a new CA or leaf never reaches a serving API server
+    mid-request, and hosts change one at a time."""
+    if not ctx.host.has("control-plane") or not _api_running(ctx) or "k8s" not in ctx.facts:
+        return set()
+    named = {part for s in services(ctx) for word in s.command_line
+             for part in re.split(r"[=,#;]", word)}
+    etcd_owned = {path for command in ("etcd", "etcdctl")
+                  for path in flags_for(command).values()}
+    ours = {f.path for f in ctx.shared["pki"].hosts[ctx.name].files}
+    return (named & ours) - etcd_owned
+
+
 def plan_host(ctx: HostContext) -> HostPlan:
     wanted = services(ctx)
     files = [FileSpec(f.path, f.content, f.mode)
              for f in config.files(ctx.inventory, ctx.shared["encryption"])]
+    deferred = deferred_pki(ctx)
+    files += [FileSpec(f.path, f.content, f.mode)
+              for f in ctx.shared["pki"].hosts[ctx.name].files if f.path in deferred]
     units = {s.name: render_unit(s).encode() for s in wanted}
     paths = [f.path for f in files] + [unit_path(s.name) for s in wanted]
     known = ctx.facts.get("file_states") or {}
@@ -222,16 +242,19 @@ def roll_host(plan: HostPlan) -> None:
         ctx.note("remove the drain an interrupted run left on kube-apiserver's port")
     if ctx.dry_run:
         return
-    if plan.files:
-        put_many(ctx.runner, plan.files)
     manager = manager_from(ctx.name, bool(ctx.facts.get("lab")), bool(ctx.facts.get("systemd")))
     by_name = {s.name: s for s in plan.services}
     drained = plan.leftover_drain
+    running = APISERVER in plan.restart and _api_running(ctx)
+    if plan.files and not running:
+        put_many(ctx.runner, plan.files)
     try:
         if APISERVER in plan.restart:
-            if _api_running(ctx):
+            if running:
                 drained = drain(ctx) or drained
                 _both(lambda name: manager.stop(ctx.runner, name))
+                if plan.files:  # drained: what the API server reads changes now, then it
+                    put_many(ctx.runner, plan.files)  # restarts
             ctx.runner.run("install -d -m 0700 "
                            f"{shlex.quote(config.AUDIT_LOG.rsplit('/', 1)[0])}")
             manager.ensure(ctx.runner, by_name[APISERVER])

@@ -34,6 +34,10 @@ def watched_paths(ctx: HostContext) -> list[str]:
 
 def place(ctx: HostContext) -> None:
     files, stray = planned(ctx)
+    from bootstrap.steps.control_plane import deferred_pki  # control_plane imports facts
+
+    deferred = deferred_pki(ctx)  # written in the host's own control-plane turn
+    files = [f for f in files if f.path not in deferred]
     written, removed = sync(ctx.runner, files, dry_run=ctx.dry_run, absent=stray,
                             known=ctx.facts.get("file_states"))
     for path in written:

@@ -666,10 +666,11 @@ def test_rotating_every_ca_keeps_the_api_and_etcd_available(cplab: Lab, tmp_path
         time.sleep(1)
     finally:
         api_results, etcd_results = probes.stop(), writer.stop()
-    # Measured here: the switch writes new leaf certificates to every host at once and the
-    # servers take them up mid-connection, and a probe or a write now and then fails alone
-    # (e.g. 2 of ~740 probes, 1 of ~1,250 writes). The claim tested: neither the API nor
-    # etcd is ever unavailable for two probes in a row, and no acknowledged write is lost.
+    # Measured here: a probe now and then fails alone (e.g. 3 of ~740, each an HTTP/2
+    # stream cut mid-request, in the trust and switch phases, while etcd members and API
+    # servers restart one at a time; new API server certificates are written only in each
+    # host's own drained turn). The claim tested: neither the API nor etcd is ever
+    # unavailable for two probes in a row, and no acknowledged write is lost.
     assert len(api_results) > 50 and len(etcd_results) > 50
     for name, results in (("readyz", api_results), ("etcd put", etcd_results)):
         oks = [ok for _t, ok, _d in results]
