@@ -123,6 +123,8 @@ class ServiceManager(Protocol):
 
     def stop(self, runner: Runner, name: str) -> None: ...
 
+    def remove(self, runner: Runner, name: str) -> None: ...
+
     def is_active(self, runner: Runner, name: str) -> bool: ...
 
 
@@ -149,6 +151,12 @@ class SystemdManager:
 
     def stop(self, runner: Runner, name: str) -> None:
         runner.run(f"systemctl stop {shlex.quote(name + '.service')}")
+
+    def remove(self, runner: Runner, name: str) -> None:
+        """Stop a service for good: disabled, its unit gone."""
+        self.stop(runner, name)
+        runner.run(f"systemctl disable --quiet {shlex.quote(name + '.service')}; "
+                   f"rm -f {shlex.quote(unit_path(name))}")
 
     def is_active(self, runner: Runner, name: str) -> bool:
         return runner.run(f"systemctl is-active --quiet {shlex.quote(name + '.service')}",
@@ -233,6 +241,11 @@ class LabSupervisor:
             f"for p in {pids} {main}; do kill -KILL $p 2>/dev/null; done\n"
             f"rm -f {RUN_DIR}/{n}.pid {RUN_DIR}/{n}.supervisor.pid {RUN_DIR}/{n}.unit-sha256\n"
             "true")
+
+    def remove(self, runner: Runner, name: str) -> None:
+        """Stop a service for good: its supervisor gone, its unit gone."""
+        self.stop(runner, name)
+        runner.run(f"rm -f {shlex.quote(unit_path(name))}")
 
     def is_active(self, runner: Runner, name: str) -> bool:
         state = self.state(runner, name)

@@ -154,13 +154,10 @@ def roll_host(plan: HostPlan, must_reach: bool = True) -> None:
     if plan.files:
         put_many(ctx.runner, plan.files)
     if plan.stop:
-        manager.stop(ctx.runner, plan.stop)
-        disable = (f"systemctl disable --quiet {plan.stop}.service; "
-                   if ctx.facts.get("systemd") else "")
-        status = f" {tunnel_access.STATUS}" if plan.stop == hostconfig.TUNNEL else ""
-        ctx.runner.run(f"{disable}rm -f {shlex.quote(unit_path(plan.stop))}{status}")
-    if plan.remove:
-        ctx.runner.run("rm -f -- " + " ".join(shlex.quote(p) for p in plan.remove))
+        manager.remove(ctx.runner, plan.stop)
+    leftovers = plan.remove + ([tunnel_access.STATUS] if plan.stop == hostconfig.TUNNEL else [])
+    if leftovers:
+        ctx.runner.run("rm -f -- " + " ".join(shlex.quote(p) for p in leftovers))
     if plan.start or plan.stop:
         manager.ensure(ctx.runner, plan.service)
         wait_reaching_nodes(ctx, must_reach=must_reach)

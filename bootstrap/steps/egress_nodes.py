@@ -13,8 +13,6 @@ Everything is decided from the facts: a converged node costs no round trip.
 
 from __future__ import annotations
 
-import shlex
-
 from bootstrap.egress import firewall, hostconfig
 from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.errors import StepError
@@ -111,10 +109,7 @@ def retire(ctx: HostContext) -> None:
     if ctx.dry_run:
         return
     manager_from(ctx.name, bool(ctx.facts.get("lab")),
-                 bool(ctx.facts.get("systemd"))).stop(ctx.runner, hostconfig.PROXY_AGENT)
-    disable = (f"systemctl disable --quiet {hostconfig.PROXY_AGENT}.service; "
-               if ctx.facts.get("systemd") else "")
-    ctx.runner.run(f"{disable}rm -f {shlex.quote(AGENT_UNIT)}")
+                 bool(ctx.facts.get("systemd"))).remove(ctx.runner, hostconfig.PROXY_AGENT)
 
 
 EGRESS_NODES = Step("egress-nodes", _nodes, run=converge)
