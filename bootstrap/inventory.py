@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from bootstrap import rules, safe_yaml
 from bootstrap.errors import ConfigError
 from bootstrap.rules import (  # noqa: F401 - PKISettings and PKI_DEFAULTS are used from here
+    CNI_CHOICES,
     EGRESS_MODES,
     KEY_TYPES,
     PKI_DEFAULTS,
@@ -106,11 +107,19 @@ class Cluster:
     # Node ports besides the kubelet's that the API server's proxy may reach through an SSH
     # tunnel (a tunnel key may forward to nothing else); Konnectivity agents are not limited.
     egress_node_ports: tuple[int, ...] = ()
+    # The pod network: `bridge` (ours, bootstrap.node.cni) or `external` (the cluster brings
+    # its own network plugin; nodes stay NotReady until it is installed).
+    cni: str = "bridge"
 
     @property
     def kubernetes_service_ip(self) -> str:
         """First address of the service CIDR: the ClusterIP of the `kubernetes` service."""
         return str(ipaddress.ip_network(self.service_cidr)[1])
+
+    @property
+    def dns_address(self) -> str:
+        """The cluster DNS service's ClusterIP (the tenth address, as kubeadm chooses)."""
+        return str(ipaddress.ip_network(self.service_cidr)[10])
 
 
 @dataclass(frozen=True)
@@ -289,7 +298,7 @@ def _join(where: str, key: str) -> str:
 def _cluster(r: _Reader, raw: Any) -> Cluster:
     c = r.mapping(raw, "cluster", required=("name", "kubernetes_version"),
                   optional=("service_cidr", "pod_cidr", "dns_domain", "api_port", "egress",
-                            "max_nodes", "egress_node_ports"))
+                            "max_nodes", "egress_node_ports", "cni"))
     name = r.check(rules.dns_label, c["name"], "cluster.name")
     # Any release >= 1.28 here: the lab brings its own binaries; real hosts need a pinned
     # one, which `apply` checks (apply_command.local_binaries) and the stack settings demand.
@@ -310,6 +319,7 @@ def _cluster(r: _Reader, raw: Any) -> Cluster:
         egress_node_ports=() if "egress_node_ports" not in c else tuple(sorted(set(r.items(
             c["egress_node_ports"], "cluster.egress_node_ports",
             lambda v, where: r.integer(v, where, 1, 65535))))),
+        cni=r.choice(c.get("cni", "bridge"), "cluster.cni", CNI_CHOICES),
     )
 
 

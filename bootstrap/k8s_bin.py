@@ -28,6 +28,7 @@ from bootstrap.errors import ConfigError
 ENV = "MZK_K8S_BIN_DIR"
 CONTROL_PLANE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler",
                           "kubectl")
+NODE_BINARIES = ("kubelet",)
 # Konnectivity's binaries have no --version: taken when present, identified by digest.
 KONNECTIVITY_BINARIES = ("proxy-server", "proxy-agent")
 VERSIONS_CACHE = ".mzk-versions.json"
@@ -98,7 +99,7 @@ def _sha256(path: Path) -> str:
 
 
 def load(directory: Path, kubernetes_version: str,
-         names: tuple[str, ...] = CONTROL_PLANE_BINARIES) -> LocalBinaries:
+         names: tuple[str, ...] = (*CONTROL_PLANE_BINARIES, *NODE_BINARIES)) -> LocalBinaries:
     """Check the directory against the inventory's version; a `ConfigError` names the
     binary and the fix."""
     if not directory.is_dir():

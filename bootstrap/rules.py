@@ -161,6 +161,7 @@ def file_path(value: Any, field: str, hint: str) -> str:
 _VERSION = re.compile(r"1\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\Z", re.ASCII)
 MIN_MINOR = 28  # the oldest Kubernetes minor release whose flags the bootstrap renders
 EGRESS_MODES = ("ssh-tunnel", "konnectivity")
+CNI_CHOICES = ("bridge", "external")
 
 
 def kubernetes_version(value: Any, field: str, *, pinned: bool) -> str:

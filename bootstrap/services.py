@@ -50,6 +50,9 @@ class Service:
     description: str = ""
     working_directory: str = "/"
     restart_sec: float = 1.0
+    # containerd: a restart must not kill the containers it started (their shims carry
+    # on), and systemd must hand it the cgroup subtree.
+    keep_children: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -107,6 +110,7 @@ def render_unit(service: Service) -> str:
         "ExecStart=" + " ".join(_quote(w, dollars=True) for w in service.command_line),
         "Restart=always",
         f"RestartSec={service.restart_sec:g}",
+        *(["KillMode=process", "Delegate=yes"] if service.keep_children else []),
         "LimitNOFILE=65536",
         "",
         "[Install]",

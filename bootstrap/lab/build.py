@@ -31,12 +31,13 @@ from bootstrap import k8s_bin
 from bootstrap.errors import MultizoneError
 from bootstrap.inventory import load as load_inventory
 from bootstrap.k8s_releases import supported_versions
-from bootstrap.lab import balancers, volumes
+from bootstrap.lab import balancers, cgroups, volumes
 from bootstrap.lab.layout import (
     HOST_DIRS,
     LAB_NET,
     LINK_BASE,
     LINK_SLOTS,
+    SHADOWED_SYSCTLS,
     LabHost,
     Layout,
     hosts_file,
@@ -218,6 +219,8 @@ def _start_sshd(netns: str, home: Path, binds: list[tuple[Path, str]], hostname:
     """sshd -D in the namespace, in private mount and UTS namespaces (the host's binds, its
     own hostname); the pid returned is sshd's own (every wrapper execs).
 
+    The network namespace is entered with nsenter, not `ip netns exec`: that remounts /sys
+    for the namespace and so loses /sys/fs/cgroup, which a kubelet and runc need.
     `-r` (no re-exec per connection): every lab host's sshd shares this machine's two
     cores with the client, and re-exec costs each connection a fresh sshd start-up;
     real hosts keep OpenSSH's default."""
@@ -227,8 +230,8 @@ def _start_sshd(netns: str, home: Path, binds: list[tuple[Path, str]], hostname:
               f"-E {shlex.quote(str(home / 'sshd' / 'sshd.log'))}")
     log = open(home / "sshd" / "start.log", "ab")  # noqa: SIM115 - handed to the child
     try:
-        proc = subprocess.Popen(["ip", "netns", "exec", netns, "unshare", "--mount", "--uts",
-                                 "--propagation", "private", "sh", "-c", script],
+        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns}", "unshare", "--mount",
+                                 "--uts", "--propagation", "private", "sh", "-c", script],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
     finally:
@@ -256,11 +259,26 @@ def _prepare_host_files(layout: Layout, host: LabHost | None, authorized: Path) 
     dot_ssh.mkdir(mode=0o700, exist_ok=True)
     if not (dot_ssh / "authorized_keys").exists():
         _write_private(dot_ssh / "authorized_keys", authorized.read_bytes())
+    (home / "fs" / "run" / "sshd").mkdir(parents=True, exist_ok=True)
     if host is not None:
         (home / "fs" / "etc" / "mzk" / "lab-host").write_text(
             f"lab host {name} of {layout.dir}\n")
         _write_private(home / "hosts", hosts_file(layout, host).encode(), 0o644)
+        _shadow_sysctls(home)
+        cgroup_root = cgroups.root_for(host.netns)
+        cgroups.create(cgroup_root)
+        (home / "fs" / cgroups.ROOT_FILE).write_text(cgroup_root + "\n")
     return public, _binds(home, host is not None)
+
+
+def _shadow_sysctls(home: Path) -> None:
+    """The host's copies of the kernel settings the kubelet checks: this machine's values
+    at first, then whatever the bootstrap writes into them."""
+    for name in SHADOWED_SYSCTLS:
+        shadow = home / "sysctl" / name
+        if not shadow.exists():
+            shadow.parent.mkdir(parents=True, exist_ok=True)
+            shadow.write_text(Path("/proc/sys", name).read_text())
 
 
 def _binds(home: Path, cluster_host: bool) -> list[tuple[Path, str]]:
@@ -269,7 +287,8 @@ def _binds(home: Path, cluster_host: bool) -> list[tuple[Path, str]]:
     if not cluster_host:
         return [(home / "fs" / "root", "/root")]
     return [*((home / "fs" / t.lstrip("/"), t) for t in HOST_DIRS),
-            (home / "hosts", "/etc/hosts")]
+            (home / "hosts", "/etc/hosts"),
+            *((home / "sysctl" / name, f"/proc/sys/{name}") for name in SHADOWED_SYSCTLS)]
 
 
 def _network(layout: Layout, state: State) -> None:
@@ -553,6 +572,15 @@ def _kill_namespace(ns: str, limit: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def _remove_cgroups(prefix: str) -> None:
+    """Every lab host's cgroup subtree (pods live in their own network namespaces, so
+    killing the host's namespace does not reach them)."""
+    roots = {p.name for h in cgroups.hierarchies() for p in h.glob(prefix + "-*")}
+    left = [d for root in sorted(roots) for d in cgroups.remove("/" + root)]
+    if left:
+        raise LabError(f"lab {prefix}: cgroups left after down: {', '.join(left[:5])}")
+
+
 def down(lab_dir: Path, remove_files: bool = True, say: Say = print) -> list[str]:
     """Kill every process in the lab's namespaces, delete the namespaces, the root veth and
     (with remove_files) the files up made. Works from the state file and by prefix scan;
@@ -569,6 +597,7 @@ def down(lab_dir: Path, remove_files: bool = True, say: Say = print) -> list[str
     existing = lab_namespaces(prefix)
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(_kill_namespace, existing))
+    _remove_cgroups(prefix)
     if existing:
         _ip([], [f"netns del {ns}" for ns in existing], check=False, force=True)
     root_if = state.data.get("root_if") or plan(lab_dir, 0).root_if

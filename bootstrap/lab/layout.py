@@ -25,8 +25,15 @@ LINK_SLOTS = 64
 ZONES = ("lab-a", "lab-b", "lab-c")
 # Directories the bootstrap writes; each host gets its own copy, bind-mounted in place.
 # /root too: a clean home per host (the machine's own shell start-up files stay out).
-HOST_DIRS = ("/etc/kubernetes", "/var/lib/etcd", "/var/lib/kubelet", "/etc/systemd/system",
-             "/etc/mzk", "/var/lib/mzk", "/run/mzk", "/var/log/kubernetes", "/root")
+# /run, /var/lib and /var/log whole: a node's runtime and kubelet write all over them, and a
+# private mount over a directory that another process deletes silently disappears.
+HOST_DIRS = ("/etc/kubernetes", "/etc/systemd/system", "/etc/mzk", "/etc/containerd",
+             "/etc/cni", "/etc/sysctl.d", "/run", "/var/lib", "/var/log", "/root")
+# Kernel settings the kubelet insists on (protectKernelDefaults) are not per namespace: each
+# host gets its own copy of these files, mounted over /proc/sys, so nothing of this machine's
+# changes. They start with this machine's values; the bootstrap sets them as on a real host.
+SHADOWED_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic",
+                    "kernel/panic_on_oops")
 ENDPOINT_INDEX = 5  # each zone's load balancer frontend: 10.213.<zone>.5; regional 10.213.0.5
 DOMAIN = "lab.internal"
 

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
-from bootstrap.lab import build
+from bootstrap.lab import build, cgroups
 from bootstrap.lab.layout import LAB_NET, LabHost, Layout, plan
 
 
@@ -41,6 +41,8 @@ def resize(layout_now: Layout, workers: int, say: build.Say) -> Layout:
 def _remove(layout: Layout, hosts: list[LabHost], state: build.State) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(build._kill_namespace, [h.netns for h in hosts]))
+    for host in hosts:
+        cgroups.remove(cgroups.root_for(host.netns))
     # Deleting a namespace deletes its end of the veth, and with it the router's end.
     build._ip([], [f"netns del {h.netns}" for h in hosts], check=False, force=True)
     for host in hosts:

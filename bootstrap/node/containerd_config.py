@@ -27,7 +27,9 @@ step. The choices, and why:
   real hosts, where the kubelet's values (-997 for guaranteed pods) must hold.
 - `snapshotter`: overlayfs, containerd's default; `native` is the fallback where overlay
   mounts are not possible.
-- CNI `bin_dir` and `conf_dir`: the conventional /opt/cni/bin and /etc/cni/net.d.
+- CNI `bin_dir` and `conf_dir`: the conventional /opt/cni/bin and /etc/cni/net.d;
+  `conf_template` (optional): a network configuration template the CRI plugin renders
+  into `conf_dir` once the kubelet hands it the node's pod CIDR (bootstrap.node.cni).
 - `disabled_plugins = []`: nothing disabled. Plugins that cannot run on a host (btrfs,
   zfs, devmapper, aufs snapshotters) skip themselves with a log line; disabling them
   would only make this file depend on the containerd build.
@@ -84,6 +86,7 @@ def render(
     cni_conf_dir: str = CNI_CONF_DIR,
     snapshotter: str = "overlayfs",
     opt_dir: str = DEFAULT_OPT,
+    cni_conf_template: str | None = None,
 ) -> str:
     """The text of config.toml for a host of `kind` ("real" or "lab"); see the module's
     docstring for each choice."""
@@ -98,7 +101,9 @@ def render(
                           "reference; give one like registry.k8s.io/pause:3.10-mzk")
     for setting, path in (("root", root), ("state", state), ("grpc address", address),
                           ("CNI bin_dir", cni_bin_dir), ("CNI conf_dir", cni_conf_dir),
-                          ("opt path", opt_dir)):
+                          ("opt path", opt_dir),
+                          *((("CNI conf_template", cni_conf_template),)
+                            if cni_conf_template is not None else ())):
         _absolute(setting, path)
     if len(address.encode()) > UNIX_PATH_MAX:
         raise ConfigError(f"containerd grpc address {address!r} is longer than a Unix socket "
@@ -133,6 +138,7 @@ def render(
         f"[{CRI}.cni]",
         f"  bin_dir = {_string(cni_bin_dir)}",
         f"  conf_dir = {_string(cni_conf_dir)}",
+        *([f"  conf_template = {_string(cni_conf_template)}"] if cni_conf_template else []),
         "",
         '[plugins."io.containerd.internal.v1.opt"]',
         f"  path = {_string(opt_dir)}",

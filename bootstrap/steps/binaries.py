@@ -90,6 +90,11 @@ K8S_RELEASE_MARK = "/var/lib/mzk/kubernetes-release"  # "<version> <archive sha5
 KONNECTIVITY_FOR_KUBERNETES = {"1.36": "0.36.0", "1.35": "0.35.0", "1.34": "0.34.0"}
 
 
+def release_marker(version: str, sha512: str, names: tuple[str, ...]) -> str:
+    """The marker's line: the release, and which of its binaries this host holds."""
+    return " ".join([version, sha512, *names])
+
+
 def kubernetes_install_script(release: K8sRelease, arch: str, names: tuple[str, ...],
                               install_dir: str = INSTALL_DIR) -> str:
     """Download the server archive, check its sha512 before unpacking, install the named
@@ -108,15 +113,21 @@ def kubernetes_install_script(release: K8sRelease, arch: str, names: tuple[str, 
                   f"mv -f {temp} {final}"]
     mark = q(K8S_RELEASE_MARK)
     lines += [f"mkdir -p $(dirname {mark})",
-              f"echo {q(release.version + ' ' + archive.sha512)} > {mark}.tmp",
+              f"echo {q(release_marker(release.version, archive.sha512, names))} > {mark}.tmp",
               f"mv -f {mark}.tmp {mark}"]
     return "\n".join(lines)
 
 
+def kubernetes_binaries(host: Host) -> tuple[str, ...]:
+    """The control plane's binaries on its hosts, the kubelet on nodes."""
+    return ((CONTROL_PLANE_BINARIES if host.has("control-plane") else ())
+            + (("kubelet",) if host.has("node") else ()))
+
+
 def ensure_kubernetes(ctx: HostContext) -> None:
-    """The control plane's binaries: the local directory's on lab hosts, the pinned
+    """The Kubernetes binaries a host needs: the local directory's on lab hosts, the pinned
     official release on real hosts."""
-    names = CONTROL_PLANE_BINARIES
+    names = kubernetes_binaries(ctx.host)
     local: LocalBinaries | None = ctx.shared.get("k8s_bin")
     if ctx.facts.get("lab"):
         if local is None:
@@ -138,7 +149,7 @@ def ensure_kubernetes(ctx: HostContext) -> None:
     sha512 = release.archive("server", arch).sha512
     ctx.facts["k8s"] = {n: f"{INSTALL_DIR}/{n}" for n in names}
     ctx.facts["k8s_id"] = {n: f"v{release.version}/sha512:{sha512[:32]}" for n in names}
-    if ctx.facts.get("k8s_release") == f"{release.version} {sha512}":
+    if ctx.facts.get("k8s_release") == release_marker(release.version, sha512, names):
         return
     missing = [tool for tool in ("curl", "tar") if not ctx.facts["bin"].get(tool)]
     if missing:
@@ -195,7 +206,7 @@ def ensure_konnectivity(ctx: HostContext) -> None:
 def ensure_all(ctx: HostContext) -> None:
     if ctx.host.has("etcd"):
         ensure_etcd(ctx)
-    if ctx.host.has("control-plane"):
+    if ctx.host.has("control-plane") or ctx.host.has("node"):
         ensure_kubernetes(ctx)
     if ctx.inventory.cluster.egress == "konnectivity" and (
             ctx.host.has("control-plane") or ctx.host.has("node")):
@@ -204,7 +215,7 @@ def ensure_all(ctx: HostContext) -> None:
 
 def _binary_hosts(inventory: Inventory) -> tuple[Host, ...]:
     return tuple(h for h in inventory.hosts if h.has("etcd") or h.has("control-plane")
-                 or (h.has("node") and inventory.cluster.egress == "konnectivity"))
+                 or h.has("node"))
 
 
 BINARIES = Step("binaries", _binary_hosts, run=ensure_all)

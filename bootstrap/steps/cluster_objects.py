@@ -55,11 +55,12 @@ def probe_scripts(ctx: HostContext) -> dict[str, str]:
                         "else k=/usr/local/bin/kubectl; fi; "
                         f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" "
                         f"--kubeconfig={ADMIN_CONF} --request-timeout=3s get "
-                        "namespaces,clusterrolebindings -o json")}
+                        "namespaces,clusterrolebindings,nodes -o json")}
 
 
 def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
-    """{"namespaces": [...], "binding": {...} | None}, or None if the API did not answer."""
+    """{"namespaces": [...], "binding": {...} | None, "nodes": {name: node}}, or None if the
+    API did not answer."""
     try:
         items = json.loads(outputs.get("objects", ""))["items"]
         namespaces = [i for i in items if i["kind"] == "Namespace"]
@@ -67,7 +68,8 @@ def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
                       and i["metadata"]["name"] == BINDING), None)
     except (ValueError, KeyError, TypeError):
         return None
-    return {"namespaces": namespaces, "binding": bound}
+    nodes = {i["metadata"]["name"]: i for i in items if i["kind"] == "Node"}
+    return {"namespaces": namespaces, "binding": bound, "nodes": nodes}
 
 
 def namespace_labels(name: str, kubernetes_version: str) -> dict[str, str]:

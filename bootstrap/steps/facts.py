@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from bootstrap.egress import hostconfig, konnectivity_release
 from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.hostfiles import parse_states, state_script
+from bootstrap.node import checks
 from bootstrap.services import LAB_MARKER, parse_status, status_script
 from bootstrap.steps import (
     cluster_objects,
@@ -16,13 +18,14 @@ from bootstrap.steps import (
     etcd,
     etcd_volume,
     guard,
+    nodes,
     ssh_access,
 )
 from bootstrap.steps.binaries import K8S_RELEASE_MARK
 from bootstrap.steps.pki import watched_paths
 
 COMMANDS = ("etcd", "etcdctl", "python3", "sha256sum", "base64", "mktemp", "stat", "setsid", "nft",
-            "curl", "tar")
+            "curl", "tar", "containerd", "ctr", "runc")
 
 SCRIPT_ETCD = ('echo "etcd_version $( (etcd --version 2>/dev/null || echo x x -) | head -n1 '
                "| awk '{print $3}')\"")
@@ -116,7 +119,7 @@ def gather(ctx: HostContext) -> None:
         sections.update(etcd.fact_scripts(members=first))
     watched_services = (("etcd", "etcd-events") if ctx.host.has("etcd") else ()) + (
         control_plane.SERVICES + egress.SERVICES if ctx.host.has("control-plane") else ()) + (
-        (hostconfig.PROXY_AGENT,) if ctx.host.has("node") else ())
+        (hostconfig.PROXY_AGENT, *nodes.SERVICES) if ctx.host.has("node") else ())
     if watched_services:
         sections["services"] = status_script(watched_services)
     if ctx.host.has("control-plane"):
@@ -124,9 +127,10 @@ def gather(ctx: HostContext) -> None:
     sections.update(etcd_volume.facts_section(ctx))
     watched = watched_paths(ctx) + control_plane.watched_paths(ctx) + \
         ssh_access.watched_paths(ctx) + egress.watched_paths(ctx) + \
-        egress_nodes.watched_paths(ctx)
+        egress_nodes.watched_paths(ctx) + nodes.watched_paths(ctx)
     if ctx.host.has("node"):
         sections["egress_firewall"] = egress_nodes.FACTS_SCRIPT
+        sections["node"] = nodes.facts_script()
     if ctx.inventory.ssh.authorized_keys:
         sections["ssh_user"] = ssh_access.facts_script(ctx.inventory.ssh.user)
     if watched:
@@ -140,11 +144,13 @@ def gather(ctx: HostContext) -> None:
     if not ctx.host.has("node"):
         base_script += "\n" + traces_line("agent_traces", [egress_nodes.AGENT_UNIT])
     locking = guard.start_lock(ctx)  # beside the facts: the lock costs no round trip
+    before = time.time()
     try:
         out = ctx.runner.run("sh -s",
                              stdin=sections_script(base_script, sections).encode()).stdout
     finally:
         guard.finish_lock(ctx, locking)
+    after = time.time()
     base, found = split_sections(out)
     ctx.facts.update(parse(base + found.get("etcd", "") + found.get("drain", "")
                            + found.get("ssh_user", "") + found.get("egress_firewall", "")))
@@ -157,6 +163,11 @@ def gather(ctx: HostContext) -> None:
         ctx.facts["etcd_volume_state"] = etcd_volume.VolumeState.parse(found["etcd_volume"])
     if objects:
         ctx.facts["objects"] = cluster_objects.parse_probe(found)
+    if "node" in found:
+        readings = checks.Readings.parse(found["node"])
+        ctx.facts["node_readings"] = readings.values
+        ctx.facts["node_failures"] = checks.evaluate(readings, ctx.host.address,
+                                                     bool(ctx.facts.get("lab")), before, after)
 
 
 FACTS = Step("facts", all_hosts, run=gather)

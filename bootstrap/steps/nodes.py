@@ -1,0 +1,283 @@
+"""Nodes: containerd, the pod network template and the kubelet on every inventory node
+(NODES), then the conformance gate (NODES_ADMIT): a node keeps its `CHECKS_TAINT` until its
+node checks pass, its kubelet is Ready and it registered under its name and address.
+
+Decided from the facts like every step: a converged node costs no round trip. The order on a
+node: files, the kernel values, containerd, the sandbox image (lab: imported from our own
+archive, again whenever the runtime lost it; real hosts pull it pinned by digest), then the
+kubelet, which restarts only when its unit (binary, command line, files it names) changed.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bootstrap.control_plane.config import ADMIN_CONF
+from bootstrap.engine import HostContext, Step
+from bootstrap.errors import StepError
+from bootstrap.hostfiles import FileSpec, put_many
+from bootstrap.inventory import Host, Inventory
+from bootstrap.node import checks, cni, containerd_config, pause_image
+from bootstrap.node import kubelet_config as kc
+from bootstrap.services import (
+    Service,
+    ServiceStatus,
+    change_from_facts,
+    inputs_digest,
+    manager_from,
+    unit_path,
+)
+from bootstrap.steps.cluster_objects import kubectl_path
+
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+PAUSE_ARCHIVE = "/var/lib/mzk/images/pause.tar"
+# The official sandbox image, pinned by its image index digest (registry.k8s.io).
+PAUSE_PINNED = ("registry.k8s.io/pause:3.10@sha256:"
+                "ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a")
+CONTENT_DIR = "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256"
+LAB_OPT_DIR = "/var/lib/mzk/containerd-opt"
+SERVICES = ("containerd", "kubelet")
+PACKAGES = ("containerd", "runc", "containernetworking-plugins")
+READY_LIMIT = 120.0  # seconds for a (re)started kubelet to be Ready and pass its checks
+
+
+def _nodes(inventory: Inventory) -> tuple[Host, ...]:
+    return inventory.nodes
+
+
+def _lab_pause_digest() -> str:
+    return pause_image.image_digest().removeprefix("sha256:")
+
+
+def facts_script() -> str:
+    """The node's readings for its checks, and whether the runtime holds our pause image."""
+    return "\n".join([checks.SCRIPT,
+                      f'[ -f {CONTENT_DIR}/{_lab_pause_digest()} ] && echo "nc.pause 1" '
+                      '|| echo "nc.pause 0"'])
+
+
+def watched_paths(ctx: HostContext) -> list[str]:
+    if not ctx.host.has("node"):
+        return []
+    return [CONTAINERD_CONFIG, cni.TEMPLATE_PATH, kc.CONFIG_PATH, kc.SYSCTL_FILE,
+            PAUSE_ARCHIVE, *(unit_path(s) for s in SERVICES)]
+
+
+def _files(ctx: HostContext) -> list[FileSpec]:
+    lab = bool(ctx.facts.get("lab"))
+    c = ctx.inventory.cluster
+    template = cni.TEMPLATE_PATH if c.cni == "bridge" else None
+    containerd = containerd_config.render(
+        "lab" if lab else "real", sandbox_image=pause_image.DEFAULT_TAG if lab else PAUSE_PINNED,
+        cni_bin_dir=cni.BIN_DIR, cni_conf_dir=cni.CONF_DIR, cni_conf_template=template,
+        opt_dir=LAB_OPT_DIR if lab else containerd_config.DEFAULT_OPT)
+    settings = kc.KubeletSettings(lab=lab, cluster_dns=c.dns_address,
+                                  cluster_domain=c.dns_domain,
+                                  cgroup_root=ctx.facts.get("node_readings", {}).get(
+                                      "cgroup_root") if lab else None)
+    files = [FileSpec(CONTAINERD_CONFIG, containerd.encode(), 0o644),
+             FileSpec(kc.CONFIG_PATH, kc.config_yaml(settings), 0o644),
+             FileSpec(kc.SYSCTL_FILE, kc.sysctl_conf(), 0o644)]
+    if template:
+        files.append(FileSpec(cni.TEMPLATE_PATH, cni.template(), 0o644))
+    if lab:
+        files.append(FileSpec(PAUSE_ARCHIVE, pause_image.oci_image(), 0o644))
+    return files
+
+
+def _services(ctx: HostContext, files: list[FileSpec]) -> tuple[Service, Service]:
+    bins = ctx.facts["bin"]
+    containerd_cmd = [bins.get("containerd") or "/usr/bin/containerd", "--config",
+                      CONTAINERD_CONFIG]
+    contents = {f.path: f.content for f in files}
+    containerd = Service(name="containerd", command_line=containerd_cmd, keep_children=True,
+                         env={"MZK_INPUTS": inputs_digest("containerd", containerd_cmd,
+                                                          contents)},
+                         description="containerd: the nodes' container runtime")
+    kubelet_cmd = kc.command(ctx.facts["k8s"]["kubelet"], ctx.name, ctx.host.address,
+                             ctx.host.zone)
+    contents.update({f.path: f.content for f in ctx.shared["pki"].hosts[ctx.name].files})
+    kubelet = Service(name="kubelet", command_line=kubelet_cmd, after=("containerd",),
+                      env={"MZK_INPUTS": inputs_digest(ctx.facts["k8s_id"]["kubelet"],
+                                                       kubelet_cmd, contents)},
+                      description="kubelet: runs this node's pods")
+    return containerd, kubelet
+
+
+def converge(ctx: HostContext) -> None:
+    readings = checks.Readings(ctx.facts.get("node_readings", {}))
+    lab = bool(ctx.facts.get("lab"))
+    bins = ctx.facts.get("bin", {})
+    missing = [p for p, tool in zip(PACKAGES, ("containerd", "runc", None), strict=True)
+               if tool and not bins.get(tool)]
+    if missing and lab:
+        raise StepError(f"{ctx.name}: lab host without {', '.join(missing)}: apt-get install "
+                        f"{' '.join(PACKAGES)} on this machine")
+    if missing:
+        ctx.note(f"install {' '.join(PACKAGES)} (distribution packages)")
+        if not ctx.dry_run:
+            ctx.runner.run("DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                           + " ".join(PACKAGES), timeout=600)
+        bins = {**bins, "containerd": "/usr/bin/containerd", "ctr": "/usr/bin/ctr"}
+        ctx.facts["bin"] = bins
+    states = ctx.facts.get("file_states") or {}
+    files = _files(ctx)
+    todo = [f for f in files if states.get(f.path, "?") != f.state()]
+    for f in todo:
+        ctx.note(f"write {f.path}")
+    kernel = [k for k, want in kc.KERNEL_DEFAULTS.items()
+              if readings.values.get("sysctl." + k) != want]
+    if kernel:
+        ctx.note(f"set kernel values {', '.join(k.replace('/', '.') for k in kernel)} "
+                 f"({kc.SYSCTL_FILE})")
+    containerd, kubelet = _services(ctx, files)
+    status: dict[str, ServiceStatus] = ctx.facts.get("services", {})
+    changes = {s.name: change_from_facts(s, states.get(unit_path(s.name)), status.get(s.name))
+               for s in (containerd, kubelet)}
+    import_pause = lab and (readings.values.get("pause") != "1" or bool(changes["containerd"]))
+    for line in (changes["containerd"],
+                 "import the sandbox image into containerd" if import_pause else None,
+                 changes["kubelet"]):
+        if line:
+            ctx.note(line)
+    ctx.facts["node_started"] = bool(changes["kubelet"] or changes["containerd"])
+    if ctx.dry_run:
+        return
+    if todo:
+        put_many(ctx.runner, todo)
+    if kernel:
+        ctx.runner.run(f"sysctl -q -p {kc.SYSCTL_FILE}")
+    manager = manager_from(ctx.name, lab, bool(ctx.facts.get("systemd")))
+    if changes["containerd"]:
+        manager.ensure(ctx.runner, containerd)
+    if import_pause:
+        sock = shlex.quote(kc.RUNTIME_SOCKET)
+        ctx.runner.run(f"for i in $(seq 100); do [ -S {sock} ] && break; sleep 0.1; done; "
+                       f"ctr --address {sock} -n k8s.io images import {PAUSE_ARCHIVE} "
+                       ">/dev/null", timeout=60)
+    if changes["kubelet"]:
+        manager.ensure(ctx.runner, kubelet)
+
+
+# --------------------------------------------------------------------------- admission
+
+
+def _node_objects(cp: HostContext) -> dict[str, dict[str, Any]] | None:
+    out = cp.runner.run(f"{shlex.quote(kubectl_path(cp))} --kubeconfig={ADMIN_CONF} "
+                        "--request-timeout=5s get nodes -o json", check=False)
+    if not out.ok:
+        return None
+    try:
+        return {n["metadata"]["name"]: n for n in json.loads(out.stdout)["items"]}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def registration_problems(node: dict[str, Any] | None, host: Host) -> list[str]:
+    """What the API server's view of the node says against the inventory."""
+    if node is None:
+        return ["not registered with the API server"]
+    problems = []
+    status = node.get("status", {})
+    ready: dict[str, Any] = next(
+        (c for c in status.get("conditions", []) if c.get("type") == "Ready"), {})
+    if ready.get("status") != "True":
+        problems.append(f"not Ready ({ready.get('reason', 'no status yet')})")
+    internal = [a["address"] for a in status.get("addresses", [])
+                if a.get("type") == "InternalIP"]
+    if host.address not in internal:
+        problems.append(f"registered with InternalIP {', '.join(internal) or 'none'}, "
+                        f"not {host.address}")
+    zone = node.get("metadata", {}).get("labels", {}).get(kc.ZONE_LABEL)
+    if zone != host.zone:
+        problems.append(f"zone label {zone!r}, not {host.zone!r}")
+    return problems
+
+
+def _tainted(node: dict[str, Any] | None) -> bool:
+    return any(t.get("key") == kc.CHECKS_TAINT
+               for t in (node or {}).get("spec", {}).get("taints") or [])
+
+
+def _read_checks(ctx: HostContext) -> list[str]:
+    before = time.time()
+    text = ctx.runner.run("sh -s", stdin=checks.SCRIPT.encode()).stdout
+    return checks.evaluate(checks.Readings.parse(text), ctx.host.address,
+                           bool(ctx.facts.get("lab")), before, time.time())
+
+
+def _objects(control: list[HostContext], fresh: bool) -> dict[str, dict[str, Any]]:
+    """The Node objects: from the first control-plane host's facts unless `fresh`."""
+    if not fresh:
+        known = (control[0].facts.get("objects") or {}).get("nodes")
+        if known is not None:
+            return known  # type: ignore[no-any-return]
+    found = next((o for o in map(_node_objects, control) if o is not None), None)
+    if found is None:
+        raise StepError("no API server answered kubectl; check `python -m bootstrap check`")
+    return found
+
+
+def admit(group: list[HostContext]) -> None:
+    """Lift the taint of nodes that pass, put it back on nodes that fail; first wait
+    (bounded) for nodes whose kubelet or runtime (re)started in this run."""
+    nodes = [c for c in group if c.host.has("node")]
+    control = [c for c in group if c.host.has("control-plane")]
+    if not nodes or not control:
+        return
+    dry = group[0].dry_run
+    started = [c for c in nodes if c.facts.get("node_started")]
+    failed = {c.name: list(c.facts.get("node_failures", [])) for c in nodes}
+    objects = _objects(control, fresh=bool(started) and not dry)
+    deadline = time.monotonic() + READY_LIMIT
+    while started and not dry:
+        waiting = [c for c in started if failed[c.name]
+                   or registration_problems(objects.get(c.name), c.host)]
+        if not waiting or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for ctx, found in zip(waiting, pool.map(_read_checks, waiting), strict=True):
+                failed[ctx.name] = found
+        objects = _objects(control, fresh=True)
+    lift, put, problems = [], [], {}
+    for ctx in nodes:
+        node = objects.get(ctx.name)
+        if dry and ctx in started:  # it will pass, or apply fails on it
+            if node is None or _tainted(node):
+                lift.append(ctx)
+            continue
+        found = failed[ctx.name] + registration_problems(node, ctx.host)
+        ctx.facts["node_check_result"] = found
+        if found:
+            problems[ctx.name] = found
+            if node is not None and not _tainted(node):
+                put.append(ctx)
+        elif _tainted(node):
+            lift.append(ctx)
+    for ctx in lift:
+        ctx.note("lift the conformance taint: node checks pass")
+    for ctx in put:
+        ctx.note(f"taint: node checks fail ({'; '.join(problems[ctx.name])})")
+    commands = [f"taint nodes {c.name} {kc.CHECKS_TAINT}:NoSchedule-" for c in lift] + [
+        f"taint nodes {c.name} {kc.CHECKS_TAINT}=:NoSchedule --overwrite" for c in put]
+    if commands and not dry:
+        kubectl = f"{shlex.quote(kubectl_path(control[0]))} --kubeconfig={ADMIN_CONF}"
+        control[0].runner.run(" && ".join(f"{kubectl} {c} >/dev/null" for c in commands))
+    started_bad = [c for c in started if c.name in problems]
+    if started_bad and not dry:
+        raise StepError("; ".join(f"{c.name}: {', '.join(problems[c.name])}"
+                                  for c in started_bad))
+
+
+def _nodes_and_control_plane(inventory: Inventory) -> tuple[Host, ...]:
+    return (*inventory.control_plane, *(h for h in inventory.nodes
+                                        if not h.has("control-plane")))
+
+
+NODES = Step("nodes", _nodes, run=converge)
+NODES_ADMIT = Step("nodes-admit", _nodes_and_control_plane, run_together=admit)
