@@ -3,7 +3,8 @@
 apply: issue or refresh the PKI locally, then run the action (bootstrap.steps.ACTION) over
 SSH on every host, printing progress per host. plan: the same code path, with the PKI
 issued into a throw-away copy of the PKI directory and every host effect described instead
-of performed. check: one line per host: reachable, and the health of its etcd members.
+of performed. check: one line per host: reachable, the health of its etcd members and
+control-plane services, and for nodes whether they pass node checks.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from bootstrap.k8s_bin import LocalBinaries
 from bootstrap.k8s_releases import release_for, supported_versions
 from bootstrap.pki import generate, near_expiry
 from bootstrap.ssh import Connections
-from bootstrap.steps import ACTION
+from bootstrap.steps import ACTION, nodes
 from bootstrap.steps.etcd import CLUSTERS, status
 from bootstrap.steps.facts import gather
 
@@ -191,6 +192,8 @@ def check(inventory: Inventory, quiet: bool = False, kubectl: str | None = None)
     or any control-plane service or endpoint not answering."""
     failed = False
     lines: dict[str, str] = {}
+    node_failures: dict[str, list[str]] = {}
+    registered: dict[str, Any] = {}
     lock = threading.Lock()
 
     def one(host: Host, runner) -> None:  # type: ignore[no-untyped-def]
@@ -208,6 +211,10 @@ def check(inventory: Inventory, quiet: bool = False, kubectl: str | None = None)
             parts.append(found.phrase())
             if not found.healthy:
                 parts.append("PROBLEM")
+            if inventory.control_plane[:1] == (host,) and inventory.nodes:
+                registered.update(nodes.registered(runner, tool) or {})
+        if host.has("node"):
+            node_failures[host.name] = ctx.facts.get("node_failures", [])
         with lock:
             lines[host.name] = ", ".join(parts)
 
@@ -219,6 +226,10 @@ def check(inventory: Inventory, quiet: bool = False, kubectl: str | None = None)
             for line in str(err).splitlines()[1:]:
                 name, _, reason = line.strip().partition(": ")
                 lines[name] = f"UNREACHABLE or failing: {reason}"
+    for host in inventory.nodes:
+        if host.name in node_failures and host.name in lines:
+            lines[host.name] += ", " + nodes.check_phrase(
+                node_failures[host.name], registered.get(host.name), host)
     for host in inventory.hosts:
         line = lines.get(host.name, "no answer")
         failed = failed or any(word in line for word in ("DOWN", "unreadable", "PROBLEM"))

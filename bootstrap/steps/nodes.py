@@ -31,6 +31,7 @@ from bootstrap.services import (
     manager_from,
     unit_path,
 )
+from bootstrap.ssh import Runner
 from bootstrap.steps.cluster_objects import kubectl_path
 
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
@@ -166,15 +167,28 @@ def converge(ctx: HostContext) -> None:
 # --------------------------------------------------------------------------- admission
 
 
-def _node_objects(cp: HostContext) -> dict[str, dict[str, Any]] | None:
-    out = cp.runner.run(f"{shlex.quote(kubectl_path(cp))} --kubeconfig={ADMIN_CONF} "
-                        "--request-timeout=5s get nodes -o json", check=False)
+def registered(runner: Runner, kubectl: str) -> dict[str, dict[str, Any]] | None:
+    """Node name -> Node object, as the API server has them (None: no answer)."""
+    out = runner.run(f"{shlex.quote(kubectl)} --kubeconfig={ADMIN_CONF} "
+                     "--request-timeout=5s get nodes -o json", check=False)
     if not out.ok:
         return None
     try:
         return {n["metadata"]["name"]: n for n in json.loads(out.stdout)["items"]}
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _node_objects(cp: HostContext) -> dict[str, dict[str, Any]] | None:
+    return registered(cp.runner, kubectl_path(cp))
+
+
+def check_phrase(failures: list[str], node: dict[str, Any] | None, host: Host) -> str:
+    """`check`'s words for a node: passed, or each thing that failed (then PROBLEM)."""
+    found = failures + registration_problems(node, host)
+    if not found:
+        return "node checks passed" + (" (still tainted: run apply)" if _tainted(node) else "")
+    return "node checks FAILED: " + "; ".join(found) + ", PROBLEM"
 
 
 def registration_problems(node: dict[str, Any] | None, host: Host) -> list[str]:

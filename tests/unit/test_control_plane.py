@@ -178,7 +178,7 @@ def test_probe_parser_tells_no_answer_from_no_binding() -> None:
     ns = {"kind": "Namespace", "metadata": {"name": "default"}}
     other = {"kind": "ClusterRoleBinding", "metadata": {"name": "system:basic-user"}}
     got = cluster_objects.parse_probe({"objects": json.dumps({"items": [ns, other]})})
-    assert got == {"namespaces": [ns], "binding": None}
+    assert got == {"namespaces": [ns], "binding": None, "nodes": {}}
     ours = {"kind": "ClusterRoleBinding", "metadata": {"name": cluster_objects.BINDING}}
     got = cluster_objects.parse_probe({"objects": json.dumps({"items": [ns, other, ours]})})
     assert got is not None and got["binding"] == ours
@@ -219,7 +219,7 @@ def _fake_binary(directory: Path, name: str, version: str) -> None:
 
 
 def test_local_binaries_must_match_the_inventory_minor(tmp_path: Path) -> None:
-    for name in k8s_bin.CONTROL_PLANE_BINARIES:
+    for name in (*k8s_bin.CONTROL_PLANE_BINARIES, *k8s_bin.NODE_BINARIES):
         _fake_binary(tmp_path, name, "1.36.2")
     found = k8s_bin.load(tmp_path, "1.36.0")
     assert found.versions["kube-apiserver"] == "1.36.2"

@@ -292,8 +292,8 @@ def test_the_action_order_removes_members_before_retiring_hosts():
     assert titles == ["facts", "lock", "trust", "preflight", "ssh-access", "binaries", "pki",
                       "etcd-volume",
                       "etcd", "etcd-retire", "control-plane", "egress-nodes", "egress",
-                      "egress-nodes-retire", "egress-retire", "cluster-objects",
-                      "control-plane-retire"]
+                      "egress-nodes-retire", "egress-retire", "cluster-objects", "nodes",
+                      "nodes-admit", "control-plane-retire"]
 
 
 # --------------------------------------------------------------------------- engine
@@ -336,7 +336,7 @@ def test_whole_action_on_fake_hosts_second_run_is_empty(issued, monkeypatch):
     runners = {h.name: FakeHost(h.name).on("sh -s", handler=facts_answer) for h in inv.hosts}
     action = steps.ACTION[:7]  # facts, lock, trust, preflight, ssh-access, binaries, pki
     names = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl",
-             "proxy-server", "proxy-agent")
+             "kubelet", "proxy-server", "proxy-agent")
     local = LocalBinaries(dir=Path("/k8s"), paths={n: f"/k8s/{n}" for n in names},
                           versions=dict.fromkeys(names, "1.31.2"),
                           digests=dict.fromkeys(names, "0" * 64))
