@@ -17,20 +17,15 @@ On x86-64 the kernel returns from a handler through the `sa_restorer` the progra
 (SA_RESTORER), which must call `rt_sigreturn`; libc normally supplies it, so we do.
 
 `oci_image(tag, binary)` packs the program as a one-layer OCI image in an `oci-archive`
-tar that `ctr images import` (and skopeo, podman) read, byte-for-byte reproducible: JSON
-with sorted keys and no spaces, tar entries sorted with mtime 0 and owner 0:0, and an
-uncompressed layer (gzip would save nothing on a ~2 KiB file and would make the bytes
-depend on the zlib version).
+tar that `ctr images import` reads, byte-for-byte reproducible (bootstrap.node.oci_archive).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import struct
-import tarfile
 from dataclasses import dataclass
+
+from bootstrap.node import oci_archive
 
 # A name of our own, in the repository the kubelet and containerd expect for the sandbox
 # (registry.k8s.io/pause), with a tag upstream does not have ("-mzk"): `crictl images` shows
@@ -218,91 +213,21 @@ def pause_binary() -> bytes:
 
 # --- the OCI image -------------------------------------------------------------------------
 
-MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
-MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
-REF_NAME = "org.opencontainers.image.ref.name"
-PLATFORM = {"architecture": "amd64", "os": "linux"}
 
-
-def _json(value: object) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _digest(blob: bytes) -> str:
-    return "sha256:" + hashlib.sha256(blob).hexdigest()
-
-
-def _descriptor(media_type: str, blob: bytes) -> dict[str, object]:
-    return {"mediaType": media_type, "digest": _digest(blob), "size": len(blob)}
-
-
-def _tar(entries: list[tuple[str, int, bytes | None]]) -> bytes:
-    """A ustar archive of (name, mode, content or None for a directory), sorted by name,
-    owned by 0:0 with mtime 0."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, mode, content in sorted(entries):
-            info = tarfile.TarInfo(name)
-            info.mode, info.mtime, info.uid, info.gid = mode, 0, 0, 0
-            info.uname = info.gname = ""
-            if content is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-    return out.getvalue()
-
-
-@dataclass(frozen=True)
-class ImageBlobs:
-    layer: bytes
-    config: bytes
-    manifest: bytes
-
-
-def image_blobs(binary: bytes) -> ImageBlobs:
+def image_blobs(binary: bytes) -> oci_archive.ImageBlobs:
     """The three blobs of the image; none depends on the tag."""
-    layer = _tar([("pause", 0o755, binary)])
-    config = _json({
-        **PLATFORM,
-        "config": {"Entrypoint": ["/pause"], "User": UID_GID, "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},
-    })
-    manifest = _json({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_MANIFEST,
-        "config": _descriptor(MEDIA_CONFIG, config),
-        "layers": [_descriptor(MEDIA_LAYER, layer)],
-    })
-    return ImageBlobs(layer, config, manifest)
+    return oci_archive.image_blobs(
+        [("pause", 0o755, binary)],
+        {"Entrypoint": ["/pause"], "User": UID_GID, "WorkingDir": "/"})
 
 
 def image_digest(binary: bytes | None = None) -> str:
     """The manifest digest (`sha256:...`) of the image of `binary` (default: ours): what
     `ctr images ls` and `crictl images --digests` show, whatever the tag."""
-    return _digest(image_blobs(pause_binary() if binary is None else binary).manifest)
+    return image_blobs(pause_binary() if binary is None else binary).manifest_digest
 
 
 def oci_image(tag: str = DEFAULT_TAG, binary: bytes | None = None) -> bytes:
     """An `oci-archive` (a tar of an OCI image layout) of the one-layer image of `binary`
     (default: `pause_binary()`), named `tag` in index.json."""
-    blobs = image_blobs(pause_binary() if binary is None else binary)
-    index = _json({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_INDEX,
-        "manifests": [{**_descriptor(MEDIA_MANIFEST, blobs.manifest),
-                       "annotations": {REF_NAME: tag},
-                       "platform": PLATFORM}],
-    })
-    entries: list[tuple[str, int, bytes | None]] = [
-        ("blobs", 0o755, None),
-        ("blobs/sha256", 0o755, None),
-        ("index.json", 0o644, index),
-        ("oci-layout", 0o644, _json({"imageLayoutVersion": "1.0.0"})),
-    ]
-    for blob in {blobs.layer, blobs.config, blobs.manifest}:
-        entries.append((f"blobs/sha256/{hashlib.sha256(blob).hexdigest()}", 0o644, blob))
-    return _tar(entries)
+    return oci_archive.archive(tag, image_blobs(pause_binary() if binary is None else binary))
