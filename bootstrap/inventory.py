@@ -123,6 +123,15 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class NodePool:
+    """Auto-scaled nodes of one zone: they join with this pool's token (bootstrap.node.join)."""
+
+    name: str
+    zone: str
+    join_token_hours: int = 24
+
+
+@dataclass(frozen=True)
 class Inventory:
     cluster: Cluster
     regional_endpoint: Endpoint
@@ -134,6 +143,7 @@ class Inventory:
     # whose port refuses them (its health checks' interval x unhealthy threshold, plus a
     # margin): an API server is drained that long before it restarts.
     drain_seconds: float = 30.0
+    node_pools: tuple[NodePool, ...] = ()
     source: str = field(default="<memory>", compare=False)
 
     @functools.cached_property
@@ -185,7 +195,7 @@ def parse(data: Any, source: str = "<memory>") -> Inventory:
     """Validate plain data (as loaded from YAML or built by the Pulumi program)."""
     r = _Reader(source)
     top = r.mapping(data, "", required=("cluster", "endpoints", "zones", "hosts", "ssh"),
-                    optional=("pki",))
+                    optional=("pki", "node_pools"))
     cluster = _cluster(r, top["cluster"])
     endpoints = r.mapping(top["endpoints"], "endpoints", required=("regional", "zones"),
                           optional=("drain_seconds",))
@@ -204,8 +214,33 @@ def parse(data: Any, source: str = "<memory>") -> Inventory:
         cluster = dataclasses.replace(cluster, max_nodes=max(1, sum(h.has("node")
                                                                     for h in hosts)))
     drain = r.number(endpoints.get("drain_seconds", 30), "endpoints.drain_seconds", 0, 600)
+    pools = _node_pools(r, top.get("node_pools") or [], zones)
     return Inventory(cluster=cluster, regional_endpoint=regional, zones=zones, hosts=hosts,
-                     ssh=ssh, pki=pki, drain_seconds=drain, source=source)
+                     ssh=ssh, pki=pki, drain_seconds=drain, node_pools=pools, source=source)
+
+
+def _node_pools(r: _Reader, raw: Any, zones: tuple[Zone, ...]) -> tuple[NodePool, ...]:
+    names = {z.name for z in zones}
+
+    def one(item: Any, where: str) -> NodePool:
+        p = r.mapping(item, where, required=("name", "zone"), optional=("join_token_hours",))
+        name = r.check(rules.dns_label, p["name"], f"{where}.name",
+                       "a DNS label naming the pool, e.g. nodes-eu-west-1a")
+        if not isinstance(p["zone"], str) or p["zone"] not in names:
+            raise r.fail(f"{where}.zone", f"{p['zone']!r} is not one of the zones "
+                         f"({', '.join(sorted(names))}); use one of them")
+        hours = r.integer(p.get("join_token_hours", 24), f"{where}.join_token_hours", 1,
+                          24 * 7)
+        return NodePool(name=name, zone=p["zone"], join_token_hours=hours)
+
+    pools = tuple(r.items(raw, "node_pools", one))
+    seen: set[str] = set()
+    for i, pool in enumerate(pools):
+        if pool.name in seen:
+            raise r.fail(f"node_pools[{i}].name", f"{pool.name!r} is listed twice; give each "
+                         "pool its own name")
+        seen.add(pool.name)
+    return pools
 
 
 T = TypeVar("T")

@@ -484,6 +484,33 @@ def restart_sshd(lab_dir: Path, name: str) -> int:
     return new
 
 
+def power_off(lab_dir: Path, name: str) -> None:
+    """A host's machine dies: every process of its namespace and of its cgroup subtree
+    (its pods run in namespaces of their own) is killed."""
+    lab_dir = lab_dir.resolve()
+    state = State.load(lab_dir)
+    host = plan(lab_dir, state.data.get("workers", 3), state.data.get("link_slot")).host(name)
+    _kill_namespace(host.netns)
+    cgroups.remove(cgroups.root_for(host.netns))
+
+
+def power_on(lab_dir: Path, name: str) -> int:
+    """Boot a host that `power_off` stopped: /run starts empty (a tmpfs on a real host),
+    its cgroup root is made again, then its sshd; the bootstrap starts the rest."""
+    lab_dir = lab_dir.resolve()
+    state = State.load(lab_dir)
+    host = plan(lab_dir, state.data.get("workers", 3), state.data.get("link_slot")).host(name)
+    run = host.home(lab_dir) / "fs" / "run"
+    for entry in run.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (run / "sshd").mkdir()
+    cgroups.create(cgroups.root_for(host.netns))
+    return restart_sshd(lab_dir, name)
+
+
 def _wait_for_sshd(layout: Layout, pids: dict[str, int], limit: float = 10.0) -> None:
     """sshd writes its pid file once it listens; wait for every one of them."""
     deadline = time.monotonic() + limit

@@ -180,4 +180,6 @@ def inventory_data(layout: Layout, host_keys: dict[str, str], private_key: Path,
                             "host_key": host_keys["bastion"]},
                 "connect_timeout": 5, "command_timeout": 120, "retries": 3, "parallel": 32},
         "pki": {"key_type": "ecdsa"},
+        # The lab's auto-scaled nodes (bootstrap.lab.launch) join these pools.
+        "node_pools": [{"name": f"pool-{z[-1]}", "zone": z} for z in ZONES],
     }

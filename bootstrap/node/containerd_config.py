@@ -42,6 +42,7 @@ import posixpath
 from typing import Literal
 
 from bootstrap.errors import ConfigError
+from bootstrap.node import cni
 from bootstrap.node.pause_image import DEFAULT_TAG
 
 HostKind = Literal["real", "lab"]
@@ -57,6 +58,10 @@ SNAPSHOTTERS = ("overlayfs", "native")
 UNIX_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes, one for the terminating NUL
 
 CRI = 'plugins."io.containerd.grpc.v1.cri"'
+# The official sandbox image, pinned by its image index digest (registry.k8s.io).
+UPSTREAM_PAUSE = ("registry.k8s.io/pause:3.10@sha256:"
+                  "ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a")
+LAB_OPT_DIR = "/var/lib/mzk/containerd-opt"  # /opt is this machine's, shared by lab hosts
 
 
 def _string(value: str) -> str:
@@ -144,3 +149,13 @@ def render(
         f"  path = {_string(opt_dir)}",
         "",
     ])
+
+
+def for_node(lab: bool, pod_network: bool) -> str:
+    """A node's config.toml: the lab's own sandbox image or the pinned upstream one, our pod
+    network template unless the cluster brings its own network plugin."""
+    return render("lab" if lab else "real",
+                  sandbox_image=DEFAULT_TAG if lab else UPSTREAM_PAUSE,
+                  cni_bin_dir=cni.BIN_DIR, cni_conf_dir=cni.CONF_DIR,
+                  cni_conf_template=cni.TEMPLATE_PATH if pod_network else None,
+                  opt_dir=LAB_OPT_DIR if lab else DEFAULT_OPT)

@@ -53,6 +53,9 @@ STRING_CODECS = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x14: "latin-1",
                  0x1E: "utf-16-be", 0x1C: "utf-32-be"}
 EC2_VERSION = "2016-11-15"
 MAX_BACKOFF = 10.0
+CHECKS_TAINT = "node.mzk.io/checks-pending"  # as bootstrap.node.kubelet_config names it
+LEASE_PERIOD = 40.0  # a kubelet renews its lease every 10 s; older means stale
+CLOCK_SLACK = 2.0
 
 
 class LookupFailed(Exception):
@@ -487,9 +490,10 @@ class KubeApi:
         self.context.load_cert_chain(cert, key)
         self.connection: http.client.HTTPSConnection | None = None
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None,
+                content_type: str = "application/json") -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        headers = {"Accept": "application/json", "Content-Type": content_type}
         for attempt in (1, 2):  # a kept-alive connection the server closed gets one retry
             reused = self.connection is not None
             if self.connection is None:
@@ -538,7 +542,52 @@ class Approver:
     last_error: str = ""
 
     def run_pass(self) -> None:
-        """One look at every CSR: decide each pending kubelet CSR and write the decision."""
+        """One look at every CSR: decide each pending kubelet CSR and write the decision;
+        then admit joined nodes that pass their checks."""
+        self.decide_requests()
+        self.admit_nodes()
+
+    def admit_nodes(self) -> None:
+        """Lift the conformance taint of joined nodes (instances of a pool, not inventory
+        nodes, whose taint `apply` lifts) once `node_problems` finds nothing."""
+        status, listing = self.api.request("GET", "/api/v1/nodes")
+        if status != 200 or not isinstance(listing, dict):
+            raise RuntimeError(f"GET nodes: HTTP {status}")
+        for node in listing.get("items") or []:
+            taints = node.get("spec", {}).get("taints") or []
+            name = node["metadata"]["name"]
+            if not any(t.get("key") == CHECKS_TAINT for t in taints):
+                continue
+            instance = self.identity.lookup(name)
+            if instance is None:
+                continue  # an inventory node, or not yet known: not ours to admit
+            problems = node_problems(node, instance, self._lease_renewed(name), time.time())
+            if problems:
+                if self.waiting.get("node/" + name) != problems:
+                    self.waiting["node/" + name] = problems
+                    print(f"node={name} waiting: {problems}", file=sys.stderr, flush=True)
+                continue
+            kept = [t for t in taints if t.get("key") != CHECKS_TAINT]
+            patch = [{"op": "test", "path": "/metadata/resourceVersion",
+                      "value": node["metadata"]["resourceVersion"]},
+                     {"op": "replace", "path": "/spec/taints", "value": kept}]
+            status, _ = self.api.request("PATCH", "/api/v1/nodes/" + name, patch,
+                                         "application/json-patch+json")
+            if status in (409, 422):  # changed meanwhile: next pass
+                continue
+            if status != 200:
+                raise RuntimeError(f"PATCH node {name}: HTTP {status}")
+            self.waiting.pop("node/" + name, None)
+            print(f"node={name} decision=admitted reason=\"node checks passed\"", flush=True)
+
+    def _lease_renewed(self, name: str) -> float | None:
+        status, lease = self.api.request(
+            "GET", f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}")
+        if status != 200 or not isinstance(lease, dict):
+            return None
+        return parse_time(lease.get("spec", {}).get("renewTime"))
+
+    def decide_requests(self) -> None:
         status, listing = self.api.request("GET", CSR_PATH)
         if status != 200 or not isinstance(listing, dict):
             raise RuntimeError(f"GET {CSR_PATH}: HTTP {status}")
@@ -592,11 +641,47 @@ class Approver:
             return
         state = {"updated": now_rfc3339(), "counts": self.counts, "last_error": self.last_error,
                  "waiting": self.waiting, "last_decisions": self.recent}
-        os.makedirs(os.path.dirname(self.status_path) or ".", exist_ok=True)
         temporary = f"{self.status_path}.{os.getpid()}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(state, handle, indent=1)
-        os.replace(temporary, self.status_path)
+        try:
+            os.makedirs(os.path.dirname(self.status_path) or ".", exist_ok=True)
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(state, handle, indent=1)
+            os.replace(temporary, self.status_path)
+        except OSError as err:
+            self.error(f"status file {self.status_path}: {err!r}")
+
+
+def parse_time(value: Any) -> float | None:
+    """An RFC 3339 time (as the API writes MicroTime and Time) as epoch seconds."""
+    if not isinstance(value, str):
+        return None
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return stamp.timestamp()
+
+
+def node_problems(node: dict[str, Any], instance: Instance, lease_renewed: float | None,
+                  now: float) -> str:
+    """Node checks seen from the control plane, for a node we do not log in to: its kubelet
+    Ready (so runtime, kernel values and cgroups as the kubelet needs them), registered with
+    its instance's addresses, and its clock within CLOCK_SLACK of ours (the kubelet stamps
+    its lease with its own clock every 10 s). Empty: it passes."""
+    problems = []
+    status = node.get("status") or {}
+    ready = [c for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    if not ready or ready[0].get("status") != "True":
+        problems.append("kubelet not Ready")
+    internal = [a.get("address") for a in status.get("addresses") or []
+                if a.get("type") == "InternalIP"]
+    if not internal or any(a not in instance.addresses for a in internal):
+        problems.append(f"InternalIP {internal} is not the instance's {list(instance.addresses)}")
+    if lease_renewed is None:
+        problems.append("no lease renewed yet")
+    elif not now - LEASE_PERIOD - CLOCK_SLACK <= lease_renewed <= now + CLOCK_SLACK:
+        problems.append(f"clock off: lease renewed at {lease_renewed - now:+.0f} s from ours")
+    return "; ".join(problems)
 
 
 def _requested_node(csr: dict[str, Any]) -> str:
@@ -623,7 +708,7 @@ def identity_from(spec: str) -> Identity:
 
 def rbac_manifests(user: str) -> list[dict[str, Any]]:
     """The least the approver needs: read CSRs, write their approval, approve for the two
-    kubelet signers, read nodes."""
+    kubelet signers, read nodes and lift the conformance taint, read node leases."""
     group, name = "rbac.authorization.k8s.io", "mzk:csr-approver"
     certificates = ["certificates.k8s.io"]
     return [
@@ -635,7 +720,9 @@ def rbac_manifests(user: str) -> list[dict[str, Any]]:
               "verbs": ["update"]},
              {"apiGroups": certificates, "resources": ["signers"],
               "resourceNames": list(SIGNERS), "verbs": ["approve"]},
-             {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]},
+             {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "patch"]},
+             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+              "verbs": ["get"]}]},
         {"apiVersion": f"{group}/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
          "roleRef": {"apiGroup": group, "kind": "ClusterRole", "name": name},
          "subjects": [{"apiGroup": group, "kind": "User", "name": user}]},
@@ -647,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Approve verified kubelet CSRs.")
     for flag in ("--server", "--ca", "--cert", "--key", "--identity"):
         parser.add_argument(flag, required=True)
-    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
     parser.add_argument("--status")
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     args = parser.parse_args(argv)
@@ -665,9 +752,10 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as err:  # a service: report, back off, carry on
             approver.api.close()
             approver.error(f"pass failed: {err!r}")
-            backoff = min(max(2 * backoff, args.interval), MAX_BACKOFF)
+            backoff = min(max(2 * backoff, args.interval, 0.5), MAX_BACKOFF)
         approver.write_status()
         if args.once:
+            approver.api.close()
             return 1 if backoff else 0
         time.sleep(backoff or args.interval)
 

@@ -33,6 +33,7 @@ from bootstrap.node import oci_archive
 # it (the tag does not exist upstream) instead of silently running something else. 3.10 is
 # the pause version that Kubernetes 1.31-1.36 name as their sandbox image.
 DEFAULT_TAG = "registry.k8s.io/pause:3.10-mzk"
+ARCHIVE_PATH = "/var/lib/mzk/images/pause.tar"  # on lab nodes, imported from there
 UID_GID = "65535:65535"  # as upstream: the sandbox needs no privilege at all
 
 LOAD_ADDRESS = 0x400000  # where the one PT_LOAD segment (the whole file) is mapped

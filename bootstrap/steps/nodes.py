@@ -35,12 +35,7 @@ from bootstrap.ssh import Runner
 from bootstrap.steps.cluster_objects import kubectl_path
 
 CONTAINERD_CONFIG = "/etc/containerd/config.toml"
-PAUSE_ARCHIVE = "/var/lib/mzk/images/pause.tar"
-# The official sandbox image, pinned by its image index digest (registry.k8s.io).
-PAUSE_PINNED = ("registry.k8s.io/pause:3.10@sha256:"
-                "ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a")
 CONTENT_DIR = "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256"
-LAB_OPT_DIR = "/var/lib/mzk/containerd-opt"
 SERVICES = ("containerd", "kubelet")
 PACKAGES = ("containerd", "runc", "containernetworking-plugins")
 READY_LIMIT = 120.0  # seconds for a (re)started kubelet to be Ready and pass its checks
@@ -65,17 +60,14 @@ def watched_paths(ctx: HostContext) -> list[str]:
     if not ctx.host.has("node"):
         return []
     return [CONTAINERD_CONFIG, cni.TEMPLATE_PATH, kc.CONFIG_PATH, kc.SYSCTL_FILE,
-            PAUSE_ARCHIVE, *(unit_path(s) for s in SERVICES)]
+            pause_image.ARCHIVE_PATH, *(unit_path(s) for s in SERVICES)]
 
 
 def _files(ctx: HostContext) -> list[FileSpec]:
     lab = bool(ctx.facts.get("lab"))
     c = ctx.inventory.cluster
-    template = cni.TEMPLATE_PATH if c.cni == "bridge" else None
-    containerd = containerd_config.render(
-        "lab" if lab else "real", sandbox_image=pause_image.DEFAULT_TAG if lab else PAUSE_PINNED,
-        cni_bin_dir=cni.BIN_DIR, cni_conf_dir=cni.CONF_DIR, cni_conf_template=template,
-        opt_dir=LAB_OPT_DIR if lab else containerd_config.DEFAULT_OPT)
+    template = c.cni == "bridge"
+    containerd = containerd_config.for_node(lab, pod_network=template)
     settings = kc.KubeletSettings(lab=lab, cluster_dns=c.dns_address,
                                   cluster_domain=c.dns_domain,
                                   cgroup_root=ctx.facts.get("node_readings", {}).get(
@@ -86,7 +78,7 @@ def _files(ctx: HostContext) -> list[FileSpec]:
     if template:
         files.append(FileSpec(cni.TEMPLATE_PATH, cni.template(), 0o644))
     if lab:
-        files.append(FileSpec(PAUSE_ARCHIVE, pause_image.oci_image(), 0o644))
+        files.append(FileSpec(pause_image.ARCHIVE_PATH, pause_image.oci_image(), 0o644))
     return files
 
 
@@ -145,7 +137,9 @@ def converge(ctx: HostContext) -> None:
                  changes["kubelet"]):
         if line:
             ctx.note(line)
-    ctx.facts["node_started"] = bool(changes["kubelet"] or changes["containerd"])
+    # Anything changed on the node: its checks are read again before it is judged.
+    ctx.facts["node_started"] = bool(changes["kubelet"] or changes["containerd"] or kernel
+                                     or import_pause)
     if ctx.dry_run:
         return
     if todo:
@@ -158,7 +152,7 @@ def converge(ctx: HostContext) -> None:
     if import_pause:
         sock = shlex.quote(kc.RUNTIME_SOCKET)
         ctx.runner.run(f"for i in $(seq 100); do [ -S {sock} ] && break; sleep 0.1; done; "
-                       f"ctr --address {sock} -n k8s.io images import {PAUSE_ARCHIVE} "
+                       f"ctr --address {sock} -n k8s.io images import {pause_image.ARCHIVE_PATH} "
                        ">/dev/null", timeout=60)
     if changes["kubelet"]:
         manager.ensure(ctx.runner, kubelet)
@@ -225,11 +219,14 @@ def _read_checks(ctx: HostContext) -> list[str]:
 
 
 def _objects(control: list[HostContext], fresh: bool) -> dict[str, dict[str, Any]]:
-    """The Node objects: from the first control-plane host's facts unless `fresh`."""
+    """The Node objects: from the first control-plane host's facts unless `fresh`; a plan
+    before any API server answers sees none."""
     if not fresh:
         known = (control[0].facts.get("objects") or {}).get("nodes")
         if known is not None:
             return known  # type: ignore[no-any-return]
+        if control[0].dry_run:
+            return {}
     found = next((o for o in map(_node_objects, control) if o is not None), None)
     if found is None:
         raise StepError("no API server answered kubectl; check `python -m bootstrap check`")

@@ -3,10 +3,9 @@ switches: the API server reaches every node only through its egress service (SSH
 then Konnectivity, then SSH tunnels again), nodes' firewalls refuse the control plane
 directly, and drills take an egress service or a node's host key away.
 
-Until nodes run kubelets, each node runs `fake_kubelet.py` as a fixture: HTTPS on 10250
-with the node's kubelet serving certificate from our PKI, client certificates of the
-cluster CA required, and plain HTTP on 8080 for the service proxy. The tests run in file
-order on one lab, each leaving it converged.
+Each node runs its real kubelet, and a host-network pod serving HTTP on 8080 for the service
+proxy; an impostor kubelet (`fake_kubelet.py`, another CA's certificate) stands in for one
+node in one test. The tests run in file order on one lab, each leaving it converged.
 """
 
 from __future__ import annotations
@@ -36,7 +35,10 @@ from bootstrap.apply_command import check, execute
 from bootstrap.egress import hostconfig
 from bootstrap.inventory import Inventory
 from bootstrap.lab import build
+from bootstrap.services import LabSupervisor
+from bootstrap.ssh import Connections
 
+from . import workload
 from .conftest import (
     KUBECTL,
     Lab,
@@ -52,6 +54,7 @@ from .conftest import (
 pytestmark = pytest.mark.lab
 FAKE_KUBELET = Path(__file__).with_name("fake_kubelet.py")
 PROOF_PORT = 8080
+IMPOSTOR_HTTP_PORT = 18081
 CPS = ("cp-a", "cp-b", "cp-c")
 RECOVERY_BOUND_S = 15  # an egress service killed on one host serves again within this
 
@@ -61,32 +64,32 @@ def with_mode(inventory: Inventory, mode: str) -> Inventory:
         inventory.cluster, egress=mode, egress_node_ports=(PROOF_PORT,)))
 
 
-class Kubelets:
-    """The fake kubelets, one per node, started inside each node's namespaces."""
+class Impostor:
+    """A node whose kubelet is replaced by `fake_kubelet.py` serving another certificate:
+    the real kubelet is stopped by its keeper, and the next apply starts it again."""
 
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+    def __init__(self, lab: Lab, node: str) -> None:
+        self.lab, self.node = lab, node
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, node: str, cert: str = "/var/lib/kubelet/pki/kubelet.crt",
-              key: str = "/var/lib/kubelet/pki/kubelet.key") -> None:
-        self.stop(node)
-        pid = json.loads((self.lab.dir / "lab-state.json").read_text())["pids"][node]
-        address = self.lab.inventory.host(node).address
-        proc = subprocess.Popen(
-            ["nsenter", "-t", str(pid), "-n", "-m", "python3", str(FAKE_KUBELET), node,
-             address, cert, key, "/etc/kubernetes/pki/ca.crt", str(PROOF_PORT)],
+    def start(self, cert: str, key: str) -> None:
+        with Connections(self.lab.inventory) as conns:
+            LabSupervisor().stop(conns.runner(self.node), "kubelet")
+        pid = json.loads((self.lab.dir / "lab-state.json").read_text())["pids"][self.node]
+        address = self.lab.inventory.host(self.node).address
+        self.proc = subprocess.Popen(
+            ["nsenter", "-t", str(pid), "-n", "-m", "python3", str(FAKE_KUBELET), self.node,
+             address, cert, key, "/etc/kubernetes/pki/ca.crt", str(IMPOSTOR_HTTP_PORT)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line == b"ready\n", line + proc.stdout.read()
-        self.procs[node] = proc
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line == b"ready\n", line + self.proc.stdout.read()
 
-    def stop(self, node: str) -> None:
-        proc = self.procs.pop(node, None)
-        if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=10)
+    def stop(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+            self.proc = None
 
 
 def raw(lab: Lab, via: str, path: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
@@ -95,42 +98,49 @@ def raw(lab: Lab, via: str, path: str, timeout: float = 10) -> subprocess.Comple
                               "--request-timeout=5s", "get", "--raw", path], timeout=timeout)
 
 
-def node_proxy(lab: Lab, via: str, node: str, path: str = "/proof") -> str:
-    out = raw(lab, via, f"/api/v1/nodes/{node}/proxy{path}")
-    return out.stdout if out.returncode == 0 else f"ERROR {out.stderr.strip()}"
+def node_proxy(lab: Lab, via: str, node: str) -> str:
+    """The node a kubelet says it runs pods for (its /pods through the API server's node
+    proxy), or ERROR and why."""
+    out = raw(lab, via, f"/api/v1/nodes/{node}/proxy/pods")
+    if out.returncode != 0:
+        return f"ERROR {out.stderr.strip()}"
+    try:
+        names = {p["spec"]["nodeName"] for p in json.loads(out.stdout)["items"]}
+    except (ValueError, KeyError, TypeError):
+        return f"ERROR not a pod list: {out.stdout[:200]}"
+    return " ".join(sorted(names))
 
 
 def service_proxy(lab: Lab, via: str, node: str) -> str:
     out = raw(lab, via, f"/api/v1/namespaces/kube-system/services/web-{node}:http/proxy/svc")
-    return out.stdout if out.returncode == 0 else f"ERROR {out.stderr.strip()}"
+    return out.stdout.strip() if out.returncode == 0 else f"ERROR {out.stderr.strip()}"
 
 
 def proof_objects(lab: Lab) -> str:
-    """Node objects (no kubelet registers them yet) and, per node, a host-network pod on it
-    with a Service and manual Endpoints: the API server's service proxy only goes to
-    endpoints that are pods. In kube-system: host-network pods need a privileged namespace,
-    and `apply` keeps every other namespace at baseline."""
-    docs = []
+    """Per node, a host-network pod on it serving `<node> /svc` on PROOF_PORT, with a
+    Service: the API server's service proxy goes to the pod's (the node's) address. In
+    kube-system: host-network pods need a privileged namespace, and `apply` keeps every
+    other namespace at baseline."""
+    items = []
     for node in lab.inventory.nodes:
-        n, a = node.name, node.address
-        docs.append(f"apiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\nstatus:\n"
-                    f"  addresses: [{{type: InternalIP, address: {a}}}]\n"
-                    "  daemonEndpoints: {kubeletEndpoint: {Port: 10250}}\n")
-        docs.append(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: web-{n}, namespace: "
-                    f"kube-system}}\nspec:\n  nodeName: {n}\n  hostNetwork: true\n"
-                    "  containers: [{name: web, image: registry.k8s.io/pause:3.10}]\n")
-        docs.append(f"apiVersion: v1\nkind: Service\nmetadata: {{name: web-{n}, namespace: "
-                    "kube-system}\nspec:\n  ports: [{name: http, port: 80, targetPort: "
-                    f"{PROOF_PORT}}}]\n")
-        docs.append(f"apiVersion: v1\nkind: Endpoints\nmetadata: {{name: web-{n}, namespace: "
-                    f"kube-system}}\nsubsets:\n- addresses: [{{ip: {a}, nodeName: {n}, "
-                    f"targetRef: {{kind: Pod, name: web-{n}, namespace: kube-system}}}}]\n"
-                    f"  ports: [{{name: http, port: {PROOF_PORT}}}]\n")
-    return "---\n".join(docs)
+        n = node.name
+        script = (f"mkdir -p /tmp/www && echo '{n} /svc' > /tmp/www/svc && "
+                  f"exec /bin/busybox httpd -f -p {PROOF_PORT} -h /tmp/www")
+        items.append({"apiVersion": "v1", "kind": "Pod",
+                      "metadata": {"name": f"web-{n}", "namespace": "kube-system",
+                                   "labels": {"proof": n}},
+                      "spec": {"nodeName": n, "hostNetwork": True,
+                               "terminationGracePeriodSeconds": 1,
+                               "containers": [workload.container("web", script)]}})
+        items.append({"apiVersion": "v1", "kind": "Service",
+                      "metadata": {"name": f"web-{n}", "namespace": "kube-system"},
+                      "spec": {"selector": {"proof": n}, "ports": [
+                          {"name": "http", "port": 80, "targetPort": PROOF_PORT}]}})
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
 
 
 @pytest.fixture(scope="module")
-def eglab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Kubelets]]:
+def eglab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """Three control-plane hosts, three nodes (one per zone), SSH tunnels first."""
     reason = lab_unavailable()
     if reason:
@@ -139,33 +149,19 @@ def eglab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Kubel
     with running_lab(tmp_path_factory, "eglab", workers=3) as running:
         running.inventory = with_mode(running.inventory, "ssh-tunnel")
         execute(running.inventory, running.dir / "pki", dry_run=False)
-        until(lambda: on(running, "cp-a", f"{KUBECTL()} --kubeconfig=/etc/kubernetes/"
-                         "admin.conf -n kube-system get serviceaccount default",
-                         check=False).ok, 60)  # the controller-manager makes it
-        kubectl_apply = on(running, "cp-a", f"{KUBECTL()} --kubeconfig=/etc/kubernetes/"
-                           "admin.conf apply -f -", stdin=proof_objects(running).encode())
-        assert kubectl_apply.ok
         for node in running.inventory.nodes:
-            patch = json.dumps({"status": {"phase": "Running", "podIP": node.address,
-                                           "podIPs": [{"ip": node.address}],
-                                           "hostIP": node.address}})
-            assert on(running, "cp-a", f"{KUBECTL()} --kubeconfig=/etc/kubernetes/admin.conf "
-                      f"-n kube-system patch pod web-{node.name} --subresource=status "
-                      f"--type=merge -p '{patch}'").ok
-        kubelets = Kubelets(running)
-        try:
-            for node in running.inventory.nodes:
-                kubelets.start(node.name)
-            yield running, kubelets
-        finally:
-            for name in list(kubelets.procs):
-                kubelets.stop(name)
+            workload.import_on(running, node.name)
+        assert on(running, "cp-a", f"{KUBECTL()} --kubeconfig=/etc/kubernetes/admin.conf "
+                  "apply -f -", stdin=proof_objects(running).encode()).ok
+        until(lambda: all(service_proxy(running, "cp-a", n.name) == f"{n.name} /svc"
+                          for n in running.inventory.nodes), 90)
+        yield running
 
 
 def assert_every_node_reached_through_every_api_server(lab: Lab) -> None:
     for via in CPS:
         for node in lab.inventory.nodes:
-            assert node_proxy(lab, via, node.name) == f"{node.name} /proof", (via, node.name)
+            assert node_proxy(lab, via, node.name) == node.name, (via, node.name)
             assert service_proxy(lab, via, node.name) == f"{node.name} /svc", (via, node.name)
 
 
@@ -235,7 +231,7 @@ def until(predicate, limit: float) -> float:  # type: ignore[no-untyped-def]
 
 
 def test_ssh_tunnels_reach_every_node_and_nothing_else_does(eglab) -> None:  # type: ignore[no-untyped-def]
-    lab, _ = eglab
+    lab = eglab
     assert_every_node_reached_through_every_api_server(lab)
     assert_control_plane_cannot_reach_nodes_directly(lab, ssh_allowed=True)
     # The tunnel keys may forward to the node's kubelet and proof ports only.
@@ -250,7 +246,7 @@ def test_ssh_tunnels_reach_every_node_and_nothing_else_does(eglab) -> None:  # t
 
 
 def test_a_node_serving_a_certificate_of_another_ca_is_refused(eglab, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    lab, kubelets = eglab
+    lab = eglab
     node = lab.inventory.host("node-2")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node.name}")])
@@ -268,32 +264,33 @@ def test_a_node_serving_a_certificate_of_another_ca_is_refused(eglab, tmp_path) 
     (home / "impostor.key").write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
+    impostor = Impostor(lab, node.name)
     try:
-        kubelets.start(node.name, "/var/lib/kubelet/impostor.crt",
-                       "/var/lib/kubelet/impostor.key")
+        impostor.start("/var/lib/kubelet/impostor.crt", "/var/lib/kubelet/impostor.key")
         for via in CPS:
             answer = node_proxy(lab, via, node.name)
             assert answer.startswith("ERROR") and "certificate" in answer, answer
-        assert node_proxy(lab, "cp-a", "node-1") == "node-1 /proof"
+        assert node_proxy(lab, "cp-a", "node-1") == "node-1"
     finally:
-        kubelets.start(node.name)
-    assert node_proxy(lab, "cp-a", node.name) == f"{node.name} /proof"
+        impostor.stop()
+    apply(lab, lab.inventory)  # the real kubelet again
+    assert node_proxy(lab, "cp-a", node.name) == node.name
 
 
 def test_a_killed_tunnel_service_fails_only_its_api_server_and_comes_back(eglab) -> None:  # type: ignore[no-untyped-def]
-    lab, _ = eglab
+    lab = eglab
     kill_service(lab, "cp-a", hostconfig.TUNNEL)
     for via in ("cp-b", "cp-c"):
         for node in lab.inventory.nodes:
-            assert node_proxy(lab, via, node.name) == f"{node.name} /proof"
-    took = until(lambda: node_proxy(lab, "cp-a", "node-3") == "node-3 /proof",
+            assert node_proxy(lab, via, node.name) == node.name
+    took = until(lambda: node_proxy(lab, "cp-a", "node-3") == "node-3",
                  RECOVERY_BOUND_S)
     assert took < RECOVERY_BOUND_S
     assert not apply(lab, lab.inventory).changed
 
 
 def test_a_node_whose_host_key_changed_is_refused_and_named_by_check(eglab) -> None:  # type: ignore[no-untyped-def]
-    lab, _ = eglab
+    lab = eglab
     sshd_dir = lab.layout.host("node-2").home(lab.dir) / "sshd"
     key = sshd_dir / "ssh_host_ed25519_key"
     saved = {p: p.read_bytes() for p in (key, key.with_suffix(".pub"))}
@@ -307,7 +304,7 @@ def test_a_node_whose_host_key_changed_is_refused_and_named_by_check(eglab) -> N
             kill_service(lab, cp, hostconfig.TUNNEL)
         until(lambda: "code 503" in node_proxy(lab, "cp-b", "node-2"), RECOVERY_BOUND_S)
         for via in CPS:
-            assert node_proxy(lab, via, "node-1") == "node-1 /proof"
+            assert node_proxy(lab, via, "node-1") == "node-1"
         lines = check_lines(lab)
         for cp in CPS:
             assert ("UNREACHABLE node-2: host key of node-2 (10.213.2.20:22) does not match "
@@ -319,7 +316,7 @@ def test_a_node_whose_host_key_changed_is_refused_and_named_by_check(eglab) -> N
         build.restart_sshd(lab.dir, "node-2")
         for cp in CPS:
             kill_service(lab, cp, hostconfig.TUNNEL)
-    until(lambda: all(node_proxy(lab, via, "node-2") == "node-2 /proof" for via in CPS),
+    until(lambda: all(node_proxy(lab, via, "node-2") == "node-2" for via in CPS),
           RECOVERY_BOUND_S)
 
 
@@ -340,7 +337,7 @@ class Rounds(threading.Thread):
             with ThreadPoolExecutor(max_workers=len(CPS)) as pool:
                 answers = dict(zip(CPS, pool.map(
                     lambda via: node_proxy(self.lab, via, "node-2"), CPS), strict=True))
-            self.rounds.append(sorted(v for v, r in answers.items() if r != "node-2 /proof"))
+            self.rounds.append(sorted(v for v, r in answers.items() if r != "node-2"))
 
     def stop(self) -> list[list[str]]:
         self.halt.set()
@@ -360,7 +357,7 @@ def switch(lab: Lab, mode: str) -> list[list[str]]:
 
 
 def test_switching_to_konnectivity_keeps_two_api_servers_reaching_nodes(eglab) -> None:  # type: ignore[no-untyped-def]
-    lab, _ = eglab
+    lab = eglab
     rounds = switch(lab, "konnectivity")
     assert len(rounds) >= 5
     assert all(len(failed) <= 1 for failed in rounds), rounds
@@ -384,18 +381,18 @@ def test_switching_to_konnectivity_keeps_two_api_servers_reaching_nodes(eglab) -
 
 
 def test_a_killed_proxy_server_fails_only_its_api_server_and_comes_back(eglab) -> None:  # type: ignore[no-untyped-def]
-    lab, _ = eglab
+    lab = eglab
     kill_service(lab, "cp-b", hostconfig.PROXY_SERVER)
     for via in ("cp-a", "cp-c"):
         for node in lab.inventory.nodes:
-            assert node_proxy(lab, via, node.name) == f"{node.name} /proof"
-    took = until(lambda: all(node_proxy(lab, "cp-b", n.name) == f"{n.name} /proof"
+            assert node_proxy(lab, via, node.name) == node.name
+    took = until(lambda: all(node_proxy(lab, "cp-b", n.name) == n.name
                              for n in lab.inventory.nodes), RECOVERY_BOUND_S)
     assert took < RECOVERY_BOUND_S
 
 
 def test_switching_back_to_ssh_tunnels_leaves_nothing_of_konnectivity(eglab) -> None:  # type: ignore[no-untyped-def]
-    lab, _ = eglab
+    lab = eglab
     rounds = switch(lab, "ssh-tunnel")
     assert all(len(failed) <= 1 for failed in rounds), rounds
     assert_every_node_reached_through_every_api_server(lab)

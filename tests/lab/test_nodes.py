@@ -1,0 +1,271 @@
+"""Nodes that really join, on the real lab: containerd, runc and kubelets in three zones,
+pods on them, and the API server's streams to them (logs, exec, port-forward) through the
+egress path in both modes while the nodes' firewalls refuse the control plane.
+
+The tests run in file order on one lab (three control-plane hosts, three nodes, one per
+zone), each leaving it converged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bootstrap.apply_command import check, execute
+from bootstrap.inventory import Inventory
+from bootstrap.lab import build
+from bootstrap.node import kubelet_config as kc
+
+from . import workload
+from .conftest import (
+    KUBECTL,
+    Lab,
+    apply,
+    in_host,
+    kubectl,
+    lab_unavailable,
+    on,
+    require_k8s_binaries,
+    running_lab,
+)
+
+ZONES = ("lab-a", "lab-b", "lab-c")
+
+
+def with_mode(inventory: Inventory, mode: str) -> Inventory:
+    return dataclasses.replace(inventory, cluster=dataclasses.replace(
+        inventory.cluster, egress=mode))
+
+
+def until(predicate, limit: float, what: str = "") -> float:  # type: ignore[no-untyped-def]
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < limit, f"not within {limit} s: {what}"
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def get_json(lab: Lab, args: str) -> Any:
+    return json.loads(kubectl(lab, "cp-a", f"get {args} -o json").stdout)
+
+
+def nodes_by_name(lab: Lab) -> dict[str, Any]:
+    return {n["metadata"]["name"]: n for n in get_json(lab, "nodes")["items"]}
+
+
+def ready(node: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True"
+               for c in node["status"].get("conditions", []))
+
+
+def kubectl_apply(lab: Lab, *objects: dict[str, Any]) -> None:
+    body = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+    kubectl(lab, "cp-a", "apply -f -", stdin=body.encode())
+
+
+def pods_of(lab: Lab, namespace: str, app: str) -> list[dict[str, Any]]:
+    return get_json(lab, f"pods -n {namespace} -l app={app}")["items"]
+
+
+def running_pods(lab: Lab, namespace: str, app: str) -> list[dict[str, Any]]:
+    return [p for p in pods_of(lab, namespace, app) if p["status"].get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+            and all(c.get("ready") for c in p["status"].get("containerStatuses", []))]
+
+
+@pytest.fixture(scope="module")
+def nlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    reason = lab_unavailable()
+    if reason:
+        pytest.fail(reason)
+    require_k8s_binaries()
+    with running_lab(tmp_path_factory, "nlab", workers=3) as running:
+        # (a first apply's plan cannot list the objects of an API server not yet running)
+        execute(running.inventory, running.dir / "pki", dry_run=False)
+        for node in running.inventory.nodes:
+            workload.import_on(running, node.name)
+        yield running
+
+
+def test_every_node_is_ready_in_its_zone_and_untainted(nlab: Lab) -> None:
+    found = nodes_by_name(nlab)
+    assert set(found) == {h.name for h in nlab.inventory.nodes}
+    for host in nlab.inventory.nodes:
+        node = found[host.name]
+        labels = node["metadata"]["labels"]
+        assert ready(node), node["status"]["conditions"]
+        assert labels[kc.ZONE_LABEL] == host.zone
+        assert labels[kc.REGION_LABEL] == "lab"
+        assert not [t for t in node["spec"].get("taints") or [] if t["key"] == kc.CHECKS_TAINT]
+        assert node["status"]["capacity"]["pods"] == "110"
+        assert node["spec"]["podCIDR"]
+        assert {"type": "InternalIP", "address": host.address} in node["status"]["addresses"]
+        # Its kubelet talks to its own zone's endpoint.
+        conf = on(nlab, host.name, f"cat {kc.KUBECONFIG}").stdout
+        assert f"server: https://api-{host.zone[-1]}.lab.internal:6443" in conf
+    lines = check_lines(nlab)
+    for host in nlab.inventory.nodes:
+        assert lines[host.name].endswith("node checks passed"), lines[host.name]
+
+
+def test_the_kubelet_is_hardened(nlab: Lab) -> None:
+    node = nlab.inventory.nodes[0]
+    # Anonymous requests are refused; the read-only port is closed.
+    anonymous = on(nlab, node.name, f"curl -sk -o /dev/null -w '%{{http_code}}' "
+                                    f"https://{node.address}:10250/pods").stdout
+    assert anonymous == "401"
+    assert on(nlab, node.name, f"curl -s -m 2 http://{node.address}:10255/pods",
+              check=False).exit_code == 7  # connection refused
+    # Its serving certificate is the cluster CA's, for its name and address.
+    cert = on(nlab, node.name, f"openssl s_client -connect {node.address}:10250 "
+              "-CAfile /etc/kubernetes/pki/ca.crt </dev/null 2>/dev/null | "
+              "openssl x509 -noout -issuer -ext subjectAltName", check=False).stdout
+    assert "CN = kubernetes" in cert or "CN=kubernetes" in cert, cert
+    assert f"IP Address:{node.address}" in cert and f"DNS:{node.name}" in cert, cert
+    # A client certificate of the cluster CA without rights is authenticated, then refused
+    # by webhook authorization.
+    # (the node's own client certificate: a node may not use the kubelet API)
+    denied = on(nlab, node.name, "d=$(mktemp -d) && for k in certificate key; do "
+                f"sed -n \"s/.*client-$k-data: //p\" {kc.KUBECONFIG} | base64 -d > $d/$k; "
+                "done && curl -sk -o /dev/null -w '%{http_code}' --cert $d/certificate "
+                f"--key $d/key https://{node.address}:10250/pods; rm -rf $d").stdout
+    assert denied == "403"
+
+
+def test_a_spread_deployment_lands_in_every_zone(nlab: Lab) -> None:
+    kubectl_apply(nlab, workload.spread_deployment("web", "default", 6))
+    until(lambda: len(running_pods(nlab, "default", "web")) == 6, 90, "6 web pods running")
+    zones = {h.name: h.zone for h in nlab.inventory.nodes}
+    per_zone = {z: 0 for z in ZONES}
+    for pod in running_pods(nlab, "default", "web"):
+        per_zone[zones[pod["spec"]["nodeName"]]] += 1
+        assert pod["status"]["podIP"].startswith("10.244."), pod["status"]
+    assert per_zone == {"lab-a": 2, "lab-b": 2, "lab-c": 2}
+
+
+def test_a_privileged_pod_is_refused_in_default(nlab: Lab) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root", "namespace": "default"},
+           "spec": {"containers": [workload.container(
+               "root", "sleep 3600", securityContext={"privileged": True})]}}
+    out = kubectl(nlab, "cp-a", "apply -f -", stdin=json.dumps(pod).encode(), check=False)
+    assert not out.ok
+    assert "violates PodSecurity" in out.stderr and "privileged" in out.stderr, out.stderr
+
+
+def one_pod_per_zone(lab: Lab) -> dict[str, str]:
+    zones = {h.name: h.zone for h in lab.inventory.nodes}
+    found: dict[str, str] = {}
+    for pod in running_pods(lab, "default", "web"):
+        found.setdefault(zones[pod["spec"]["nodeName"]], pod["metadata"]["name"])
+    assert set(found) == set(ZONES), found
+    return found
+
+
+@contextlib.contextmanager
+def port_forward(lab: Lab, pod: str, local_port: int) -> Iterator[None]:
+    pid = json.loads((lab.dir / "lab-state.json").read_text())["pids"]["cp-a"]
+    proc = subprocess.Popen(
+        ["nsenter", "-t", str(pid), "-n", "-m", KUBECTL(),
+         "--kubeconfig=/etc/kubernetes/admin.conf", "-n", "default", "port-forward",
+         f"pod/{pod}", f"{local_port}:8080"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert b"Forwarding from" in line, line
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def assert_streams_reach_every_zone(lab: Lab) -> None:
+    """logs, exec with stdin and port-forward, to a pod in each zone, via the API server."""
+    for zone, pod in one_pod_per_zone(lab).items():
+        logs = kubectl(lab, "cp-a", f"-n default logs {pod} --tail=2").stdout
+        assert "tick" in logs, (zone, logs)
+        echoed = kubectl(lab, "cp-a", f"-n default exec -i {pod} -- /bin/busybox cat",
+                         stdin=f"hello {zone}\n".encode()).stdout
+        assert echoed == f"hello {zone}\n"
+        node = get_json(lab, f"pod -n default {pod}")["spec"]["nodeName"]
+        with port_forward(lab, pod, 18080):
+            served = in_host(lab, "cp-a", ["curl", "-s", "-m", "5",
+                                           "http://127.0.0.1:18080/node"])
+        assert served.stdout == f"{node}\n", (zone, served)
+
+
+def assert_control_plane_cannot_reach_kubelets(lab: Lab) -> None:
+    for node in lab.inventory.nodes:
+        out = in_host(lab, "cp-b", ["curl", "-sk", "--max-time", "1", "-o", "/dev/null",
+                                    f"https://{node.address}:10250/healthz"])
+        assert out.returncode == 28, (node.name, out)  # timed out: the firewall drops it
+
+
+def test_logs_exec_and_port_forward_through_konnectivity(nlab: Lab) -> None:
+    assert nlab.inventory.cluster.egress == "konnectivity"
+    assert_control_plane_cannot_reach_kubelets(nlab)
+    assert_streams_reach_every_zone(nlab)
+
+
+def test_logs_exec_and_port_forward_through_ssh_tunnels(nlab: Lab) -> None:
+    nlab.inventory = with_mode(nlab.inventory, "ssh-tunnel")
+    apply(nlab)
+    assert_control_plane_cannot_reach_kubelets(nlab)
+    assert_streams_reach_every_zone(nlab)
+
+
+def check_lines(lab: Lab) -> dict[str, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        check(lab.inventory, kubectl=KUBECTL())
+    return {line.split(":")[0]: line for line in out.getvalue().splitlines()}
+
+
+def test_a_failing_node_check_taints_the_node_and_check_names_it(nlab: Lab) -> None:
+    node = nlab.inventory.nodes[1]
+    shadow = node_home(nlab, node.name) / "sysctl" / "kernel" / "panic"
+    shadow.write_text("0\n")  # as if someone reset the kernel value on the node
+    lines = check_lines(nlab)
+    assert "node checks FAILED: kernel settings: kernel.panic=0 (want 10)" in lines[node.name]
+    report = apply(nlab)
+    assert any("set kernel values kernel.panic" in line for line in report.lines())
+    assert shadow.read_text().strip() == "10"
+    assert check_lines(nlab)[node.name].endswith("node checks passed")
+
+
+def node_home(lab: Lab, name: str):  # type: ignore[no-untyped-def]
+    return lab.layout.host(name).home(lab.dir)
+
+
+def test_node_loss_moves_pods_and_the_node_comes_back(nlab: Lab) -> None:
+    lost = nlab.inventory.nodes[0]
+    before = {p["metadata"]["name"] for p in running_pods(nlab, "default", "web")
+              if p["spec"]["nodeName"] == lost.name}
+    assert before
+    build.power_off(nlab.dir, lost.name)
+    until(lambda: not ready(nodes_by_name(nlab)[lost.name]), 60, "node NotReady")
+
+    def moved() -> bool:
+        pods = running_pods(nlab, "default", "web")
+        return len(pods) == 6 and all(p["spec"]["nodeName"] != lost.name for p in pods)
+
+    until(moved, 120, "6 web pods running on the other nodes")
+    build.power_on(nlab.dir, lost.name)
+    report = apply(nlab)
+    assert any(line.startswith(f"{lost.name}: nodes: ") for line in report.lines())
+    node = nodes_by_name(nlab)[lost.name]
+    assert ready(node)
+    assert check_lines(nlab)[lost.name].endswith("node checks passed")
+
+
+def test_a_second_apply_changes_nothing(nlab: Lab) -> None:
+    report = apply(nlab)
+    assert not report.changed, report.lines()
