@@ -214,7 +214,8 @@ def parse(data: Any, source: str = "<memory>") -> Inventory:
         cluster = dataclasses.replace(cluster, max_nodes=max(1, sum(h.has("node")
                                                                     for h in hosts)))
     drain = r.number(endpoints.get("drain_seconds", 30), "endpoints.drain_seconds", 0, 600)
-    pools = _node_pools(r, top.get("node_pools") or [], zones)
+    pools = () if top.get("node_pools") in (None, []) else _node_pools(r, top["node_pools"],
+                                                                        zones)
     return Inventory(cluster=cluster, regional_endpoint=regional, zones=zones, hosts=hosts,
                      ssh=ssh, pki=pki, drain_seconds=drain, node_pools=pools, source=source)
 

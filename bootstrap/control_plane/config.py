@@ -178,6 +178,7 @@ def apiserver_command(inventory: Inventory, host: Host, binary: str, etcd_server
         f"--service-account-issuer={inventory.regional_endpoint.url}",
         f"--service-cluster-ip-range={c.service_cidr}",
         "--authorization-mode=Node,RBAC",
+        "--enable-bootstrap-token-auth=true",  # joined nodes (bootstrap.node.join_tokens)
         "--enable-admission-plugins=NodeRestriction,PodSecurity",
         f"--admission-control-config-file={ADMISSION}",
         f"--authentication-config={AUTHENTICATION}",

@@ -187,6 +187,10 @@ LEAVES: tuple[Leaf, ...] = (
          f"{KUBELET_PKI_DIR}/kubelet.key", roles=(NODE,), source=DESIGN,
          why="the API server verifies kubelets (--kubelet-certificate-authority); a kubelet "
              "left to itself serves a self-signed certificate"),
+    Leaf("csr-approver", "mzk:csr-approver", "kubernetes-ca", (), ("client",), no_sans,
+         *_pki("csr-approver"), roles=(CONTROL_PLANE,), source=DESIGN,
+         why="approves kubelet certificate requests of joined nodes once their identity is "
+             "verified (bootstrap.node.csr_approver); its own identity, least privilege"),
     Leaf("konnectivity-server", "konnectivity-server", "konnectivity-ca", (), ("server",),
          konnectivity_server_sans, *_pki("konnectivity/server"), roles=(CONTROL_PLANE,),
          source=DESIGN, egress="konnectivity",

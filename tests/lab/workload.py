@@ -65,6 +65,9 @@ def spread_deployment(name: str, namespace: str, replicas: int) -> dict[str, obj
                     "topologySpreadConstraints": [{
                         "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
                         "whenUnsatisfiable": "DoNotSchedule",
+                        # A zone whose nodes are all tainted (lost) is no domain to
+                        # balance against: its pods go to the other zones.
+                        "nodeTaintsPolicy": "Honor",
                         "labelSelector": {"matchLabels": labels}}],
                     "containers": [container(
                         "web", WEB_SCRIPT, securityContext=RESTRICTED_SECURITY,

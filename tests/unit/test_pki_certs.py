@@ -21,11 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "inventory.yaml"
 PKI = "etc/kubernetes/pki"
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-# Leaves of the example: 7 files and 3 kubeconfigs per control-plane host, a serving
-# certificate and kubelet.conf per node, and the operator's admin.conf.
-# control plane 7 + 3 kubeconfigs, nodes 2, the operator's admin; the example runs
+# Leaves of the example: 8 files (the document's 7 and the CSR approver's) and 3 kubeconfigs
+# per control-plane host, a serving certificate and kubelet.conf per node, and the
+# operator's admin.conf; the example runs
 # Konnectivity: a proxy-server certificate per control-plane host, an agent's per node
-LEAVES = 3 * (7 + 3) + 3 * 2 + 1 + 3 + 3
+LEAVES = 3 * (8 + 3) + 3 * 2 + 1 + 3 + 3
 
 
 
