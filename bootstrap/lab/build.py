@@ -386,14 +386,16 @@ def up(lab_dir: Path, workers: int = 3, say: Say = print) -> Layout:
     slot = state.data.get("link_slot")
     layout = plan(lab_dir, workers, link_slot=slot)
     running = plan(lab_dir, state.data.get("workers", workers), link_slot=slot)
+    # Nodes launched into the lab's pools (bootstrap.lab.launch) are no part of its shape.
+    launched = {f"{layout.prefix}-{name}" for name in state.data.get("launched", [])}
     if state.data.get("complete") and state.data.get("workers") != workers \
-            and set(lab_namespaces(layout.prefix)) == set(running.namespaces):
+            and set(lab_namespaces(layout.prefix)) - launched == set(running.namespaces):
         # Another worker count on a lab that is up: add or remove workers in place, so
         # the control plane (etcd, API servers) keeps running.
         from bootstrap.lab.resize import resize
         layout = resize(running, workers, say)
     if state.data.get("complete") and State.load(lab_dir).data.get("workers") == workers \
-            and set(lab_namespaces(layout.prefix)) == set(layout.namespaces):
+            and set(lab_namespaces(layout.prefix)) - launched == set(layout.namespaces):
         # Same shape, network intact: only restart sshds that died (services keep running).
         for host in status(lab_dir):
             if not host.sshd_up:
@@ -649,7 +651,7 @@ def down(lab_dir: Path, remove_files: bool = True, say: Say = print) -> list[str
         except OSError:
             pass
     else:
-        state.data.update({"namespaces": [], "pids": {}, "complete": False})
+        state.data.update({"namespaces": [], "pids": {}, "complete": False, "launched": []})
         if state.path.exists():
             state.save()
     say(f"lab {prefix} down: removed {len(existing)} namespace(s)")

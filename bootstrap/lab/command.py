@@ -1,4 +1,4 @@
-"""`python -m bootstrap lab up|down|status [--dir DIR]`: the local three-zone lab."""
+"""`python -m bootstrap lab up|down|status|launch [--dir DIR]`: the local three-zone lab."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                     help="worker hosts, spread over the three zones (default 3)")
     down = sub.add_parser("down", help="remove every namespace, process and file of the lab")
     status = sub.add_parser("status", help="one line per host: name, zone, address, sshd")
-    for p in (up, down, status):
+    launch = sub.add_parser("launch", help="launch a node into a zone's pool, as its auto "
+                            "scaling group would; it joins by itself (TLS bootstrapping)")
+    launch.add_argument("--zone", required=True, help="lab-a, lab-b or lab-c")
+    launch.add_argument("--claim", metavar="NAME",
+                        help="run its user data under another node's name (an impostor)")
+    for p in (up, down, status, launch):
         p.add_argument("--dir", type=Path, default=Path(DEFAULT_DIR),
                        help=f"the lab's directory (default {DEFAULT_DIR}: outside any work "
                             "tree, since it holds the lab's CA keys)")
@@ -33,6 +38,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.lab_action == "down":
         build.down(args.dir)
+        return 0
+    if args.lab_action == "launch":
+        from bootstrap.lab.launch import launch
+        node = launch(args.dir, args.zone, args.claim)
+        print(f"launched {node.name} ({node.address}) into pool {node.pool}; its kubelet asks "
+              f"to join as {node.claimed}")
         return 0
     hosts = build.status(args.dir)
     if not hosts:

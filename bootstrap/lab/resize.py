@@ -27,7 +27,7 @@ def resize(layout_now: Layout, workers: int, say: build.Say) -> Layout:
     if removed:
         _remove(layout_now, removed, state)
     if added:
-        _add(layout, added, state)
+        add_hosts(layout, added, state)
     state = build.State.load(lab_dir)
     state.data["workers"] = workers
     state.data["namespaces"] = list(layout.namespaces)
@@ -52,7 +52,8 @@ def _remove(layout: Layout, hosts: list[LabHost], state: build.State) -> None:
     state.save()
 
 
-def _add(layout: Layout, hosts: list[LabHost], state: build.State) -> None:
+def add_hosts(layout: Layout, hosts: list[LabHost], state: build.State) -> None:
+    """Namespaces, links, files and sshds of new hosts (workers, or launched nodes)."""
     state.add("namespaces", *(h.netns for h in hosts))
     build._ip([], [f"netns add {h.netns}" for h in hosts])
     router = []

@@ -13,6 +13,7 @@ from bootstrap.steps.etcd import ETCD, ETCD_RETIRE
 from bootstrap.steps.etcd_volume import ETCD_VOLUME
 from bootstrap.steps.facts import FACTS
 from bootstrap.steps.guard import LOCK, TRUST
+from bootstrap.steps.node_join import APPROVER_STEP, JOIN_OBJECTS
 from bootstrap.steps.nodes import NODES, NODES_ADMIT
 from bootstrap.steps.pki import PLACE_PKI
 from bootstrap.steps.preflight import PREFLIGHT
@@ -20,6 +21,7 @@ from bootstrap.steps.ssh_access import SSH_ACCESS
 
 ACTION = (FACTS, LOCK, TRUST, PREFLIGHT, SSH_ACCESS, BINARIES, PLACE_PKI, ETCD_VOLUME, ETCD,
           ETCD_RETIRE, CONTROL_PLANE, EGRESS_NODES, EGRESS, EGRESS_NODES_RETIRE, EGRESS_RETIRE,
-          CLUSTER_OBJECTS, NODES, NODES_ADMIT, CONTROL_PLANE_RETIRE)
+          CLUSTER_OBJECTS, JOIN_OBJECTS, APPROVER_STEP, NODES, NODES_ADMIT,
+          CONTROL_PLANE_RETIRE)
 
 __all__ = ["ACTION"]

@@ -55,12 +55,13 @@ def probe_scripts(ctx: HostContext) -> dict[str, str]:
                         "else k=/usr/local/bin/kubectl; fi; "
                         f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" "
                         f"--kubeconfig={ADMIN_CONF} --request-timeout=3s get "
-                        "namespaces,clusterrolebindings,nodes -o json")}
+                        "namespaces,clusterrolebindings,nodes,secrets -n kube-system "
+                        "-o json")}
 
 
 def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
-    """{"namespaces": [...], "binding": {...} | None, "nodes": {name: node}}, or None if the
-    API did not answer."""
+    """{"namespaces": [...], "binding": {...} | None, "nodes": {name: node}, "bindings":
+    {name: binding}, "token_secrets": [name]}, or None if the API did not answer."""
     try:
         items = json.loads(outputs.get("objects", ""))["items"]
         namespaces = [i for i in items if i["kind"] == "Namespace"]
@@ -69,7 +70,11 @@ def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
     except (ValueError, KeyError, TypeError):
         return None
     nodes = {i["metadata"]["name"]: i for i in items if i["kind"] == "Node"}
-    return {"namespaces": namespaces, "binding": bound, "nodes": nodes}
+    bindings = {i["metadata"]["name"]: i for i in items if i["kind"] == "ClusterRoleBinding"}
+    tokens = [i["metadata"]["name"] for i in items if i["kind"] == "Secret"
+              and i.get("type") == "bootstrap.kubernetes.io/token"]
+    return {"namespaces": namespaces, "binding": bound, "nodes": nodes, "bindings": bindings,
+            "token_secrets": tokens}
 
 
 def namespace_labels(name: str, kubernetes_version: str) -> dict[str, str]:
@@ -137,6 +142,7 @@ def converge(group: list[HostContext]) -> None:
             if state is None:
                 errors.append(ctx.name)
                 continue
+            first.facts["objects"] = state  # for the steps after this one
         objects, lines = differing(state, ctx.inventory.cluster.kubernetes_version)
         for line in lines:
             ctx.note(line)

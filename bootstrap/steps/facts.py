@@ -18,6 +18,7 @@ from bootstrap.steps import (
     etcd,
     etcd_volume,
     guard,
+    node_join,
     nodes,
     ssh_access,
 )
@@ -118,7 +119,8 @@ def gather(ctx: HostContext) -> None:
         first = ctx.inventory.etcd_members[:1] == (ctx.host,)
         sections.update(etcd.fact_scripts(members=first))
     watched_services = (("etcd", "etcd-events") if ctx.host.has("etcd") else ()) + (
-        control_plane.SERVICES + egress.SERVICES if ctx.host.has("control-plane") else ()) + (
+        control_plane.SERVICES + egress.SERVICES + node_join.SERVICES
+        if ctx.host.has("control-plane") else ()) + (
         (hostconfig.PROXY_AGENT, *nodes.SERVICES) if ctx.host.has("node") else ())
     if watched_services:
         sections["services"] = status_script(watched_services)
@@ -127,7 +129,8 @@ def gather(ctx: HostContext) -> None:
     sections.update(etcd_volume.facts_section(ctx))
     watched = watched_paths(ctx) + control_plane.watched_paths(ctx) + \
         ssh_access.watched_paths(ctx) + egress.watched_paths(ctx) + \
-        egress_nodes.watched_paths(ctx) + nodes.watched_paths(ctx)
+        egress_nodes.watched_paths(ctx) + nodes.watched_paths(ctx) + \
+        node_join.watched_paths(ctx)
     if ctx.host.has("node"):
         sections["egress_firewall"] = egress_nodes.FACTS_SCRIPT
         sections["node"] = nodes.facts_script()

@@ -8,6 +8,7 @@ zone), each leaving it converged.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import io
@@ -18,10 +19,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from bootstrap.apply_command import check, execute
 from bootstrap.inventory import Inventory
-from bootstrap.lab import build
+from bootstrap.lab import build, launch
 from bootstrap.node import kubelet_config as kc
 
 from . import workload
@@ -239,6 +241,75 @@ def test_a_failing_node_check_taints_the_node_and_check_names_it(nlab: Lab) -> N
     assert any("set kernel values kernel.panic" in line for line in report.lines())
     assert shadow.read_text().strip() == "10"
     assert check_lines(nlab)[node.name].endswith("node checks passed")
+
+
+def csrs_for(lab: Lab, node: str) -> list[dict[str, Any]]:
+    """Certificate requests whose subject is the node (CN system:node:<node>)."""
+    found = []
+    for csr in get_json(lab, "csr")["items"]:
+        pem = base64.b64decode(csr["spec"]["request"])
+        request = x509.load_pem_x509_csr(pem)
+        names = request.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        if names and names[0].value == f"system:node:{node}":
+            found.append(csr)
+    return found
+
+
+def condition(csr: dict[str, Any]) -> tuple[str, str, str]:
+    found = (csr.get("status") or {}).get("conditions") or [{}]
+    c = found[-1]
+    return c.get("type", ""), c.get("reason", ""), c.get("message", "")
+
+
+def test_an_auto_scaled_node_joins_by_tls_bootstrapping_alone(nlab: Lab) -> None:
+    started = time.monotonic()
+    node = launch.launch(nlab.dir, "lab-b")
+
+    def admitted() -> bool:
+        found = nodes_by_name(nlab).get(node.name)
+        return bool(found and ready(found) and not [
+            t for t in found["spec"].get("taints") or [] if t["key"] == kc.CHECKS_TAINT])
+
+    took = until(admitted, 150, f"{node.name} Ready and admitted")
+    print(f"\n{node.name}: start to Ready and admitted in {time.monotonic() - started:.1f} s "
+          f"({took:.1f} s after its user data)")
+    joined = nodes_by_name(nlab)[node.name]
+    assert joined["metadata"]["labels"][kc.ZONE_LABEL] == "lab-b"
+    assert {"type": "InternalIP", "address": node.address} in joined["status"]["addresses"]
+    decided = {c["spec"]["signerName"]: c for c in csrs_for(nlab, node.name)}
+    client = decided["kubernetes.io/kube-apiserver-client-kubelet"]
+    assert client["spec"]["username"].startswith("system:bootstrap:")
+    assert f"system:bootstrappers:mzk:{node.pool}" in client["spec"]["groups"]
+    assert condition(client)[:2] == ("Approved", "MzkIdentityVerified")
+    serving = decided["kubernetes.io/kubelet-serving"]
+    assert serving["spec"]["username"] == f"system:node:{node.name}"
+    assert condition(serving)[:2] == ("Approved", "MzkIdentityVerified")
+    # Its serving certificate is the cluster CA's, for its address: the API server verifies it.
+    served = x509.load_pem_x509_certificate(base64.b64decode(serving["status"]["certificate"]))
+    sans = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert node.address in [str(a) for a in sans.get_values_for_type(x509.IPAddress)]
+    assert served.issuer.rfc4514_string() == "CN=kubernetes"
+
+
+def test_a_token_holder_claiming_another_nodes_name_gets_nothing(nlab: Lab) -> None:
+    victim = nlab.inventory.nodes[0].name
+    before = nodes_by_name(nlab)[victim]
+    impostor = launch.launch(nlab.dir, "lab-c", claim=victim)
+    assert impostor.claimed == victim != impostor.name
+
+    def denied() -> list[dict[str, Any]]:
+        return [c for c in csrs_for(nlab, victim) if condition(c)[0] == "Denied"]
+
+    until(lambda: bool(denied()), 60, "the impostor's request denied")
+    csr = denied()[0]
+    assert csr["spec"]["username"].startswith("system:bootstrap:")
+    kind, reason, message = condition(csr)
+    assert reason == "MzkIdentityNotVerified" and victim in message, message
+    assert not csr["status"].get("certificate")
+    assert not [c for c in csrs_for(nlab, victim) if condition(c)[0] == "Approved"]
+    after = nodes_by_name(nlab)[victim]
+    assert ready(after)
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
 
 
 def node_home(lab: Lab, name: str):  # type: ignore[no-untyped-def]

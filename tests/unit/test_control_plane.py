@@ -178,7 +178,8 @@ def test_probe_parser_tells_no_answer_from_no_binding() -> None:
     ns = {"kind": "Namespace", "metadata": {"name": "default"}}
     other = {"kind": "ClusterRoleBinding", "metadata": {"name": "system:basic-user"}}
     got = cluster_objects.parse_probe({"objects": json.dumps({"items": [ns, other]})})
-    assert got == {"namespaces": [ns], "binding": None, "nodes": {}}
+    assert got == {"namespaces": [ns], "binding": None, "nodes": {},
+                   "bindings": {"system:basic-user": other}, "token_secrets": []}
     ours = {"kind": "ClusterRoleBinding", "metadata": {"name": cluster_objects.BINDING}}
     got = cluster_objects.parse_probe({"objects": json.dumps({"items": [ns, other, ours]})})
     assert got is not None and got["binding"] == ours

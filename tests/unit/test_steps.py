@@ -292,8 +292,9 @@ def test_the_action_order_removes_members_before_retiring_hosts():
     assert titles == ["facts", "lock", "trust", "preflight", "ssh-access", "binaries", "pki",
                       "etcd-volume",
                       "etcd", "etcd-retire", "control-plane", "egress-nodes", "egress",
-                      "egress-nodes-retire", "egress-retire", "cluster-objects", "nodes",
-                      "nodes-admit", "control-plane-retire"]
+                      "egress-nodes-retire", "egress-retire", "cluster-objects",
+                      "join-objects", "csr-approver", "nodes", "nodes-admit",
+                      "control-plane-retire"]
 
 
 # --------------------------------------------------------------------------- engine
