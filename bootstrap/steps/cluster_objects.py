@@ -4,6 +4,8 @@ the operator):
 
 - the binding that lets the API server's kubelet client (`kube-apiserver-kubelet-client`)
   use the kubelet API (`system:kubelet-api-admin`);
+- the storage classes of the zones (bootstrap.storage_classes), the same objects the Pulumi
+  program exports;
 - Pod Security labels on every namespace there is (seed 004, part 4): `kube-system`
   privileged, with an annotation saying why; the others `baseline` enforced, `restricted`
   audited and warned, versions pinned. New namespaces get the same from the admission
@@ -18,8 +20,10 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
 from typing import Any
 
+from bootstrap import storage_classes
 from bootstrap.control_plane.config import ADMIN_CONF, minor
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
@@ -55,8 +59,8 @@ def probe_scripts(ctx: HostContext) -> dict[str, str]:
                         "else k=/usr/local/bin/kubectl; fi; "
                         f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" "
                         f"--kubeconfig={ADMIN_CONF} --request-timeout=3s get "
-                        "namespaces,clusterrolebindings,nodes,secrets -n kube-system "
-                        "-o json")}
+                        "namespaces,clusterrolebindings,nodes,storageclasses,secrets "
+                        "-n kube-system -o json")}
 
 
 def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
@@ -73,8 +77,9 @@ def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
     bindings = {i["metadata"]["name"]: i for i in items if i["kind"] == "ClusterRoleBinding"}
     tokens = [i["metadata"]["name"] for i in items if i["kind"] == "Secret"
               and i.get("type") == "bootstrap.kubernetes.io/token"]
+    classes = {i["metadata"]["name"]: i for i in items if i["kind"] == "StorageClass"}
     return {"namespaces": namespaces, "binding": bound, "nodes": nodes, "bindings": bindings,
-            "token_secrets": tokens}
+            "token_secrets": tokens, "storage_classes": classes}
 
 
 def namespace_labels(name: str, kubernetes_version: str) -> dict[str, str]:
@@ -97,11 +102,22 @@ def binding_object() -> dict[str, Any]:
                           "name": KUBELET_CLIENT_USER}]}
 
 
-def differing(state: dict[str, Any], kubernetes_version: str) -> tuple[list[dict[str, Any]],
-                                                                       list[str]]:
-    """(objects to apply, one line per object saying what changes)."""
+def differing(state: dict[str, Any], kubernetes_version: str, zones: Sequence[str] = ()
+              ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(objects to apply, one line per object saying what changes, storage classes to
+    delete first: a class's provisioner, parameters or topology cannot change in place)."""
     objects: list[dict[str, Any]] = []
     lines: list[str] = []
+    replace: list[str] = []
+    have_classes = state.get("storage_classes") or {}
+    for want in storage_classes.manifests(zones) if zones else []:
+        name = want["metadata"]["name"]
+        change = storage_classes.differs(have_classes.get(name), want)
+        if change:
+            objects.append(want)
+            lines.append(f"{change} storage class {name}")
+            if change == "replace":
+                replace.append(name)
     for ns in sorted(state["namespaces"], key=lambda n: n["metadata"]["name"]):
         meta = ns["metadata"]
         name = meta["name"]
@@ -125,7 +141,7 @@ def differing(state: dict[str, Any], kubernetes_version: str) -> tuple[list[dict
             wanted["subjects"]:
         objects.append(wanted)
         lines.append(f"bind {KUBELET_CLIENT_USER} to {KUBELET_API_ROLE}")
-    return objects, lines
+    return objects, lines, replace
 
 
 def converge(group: list[HostContext]) -> None:
@@ -143,9 +159,13 @@ def converge(group: list[HostContext]) -> None:
                 errors.append(ctx.name)
                 continue
             first.facts["objects"] = state  # for the steps after this one
-        objects, lines = differing(state, ctx.inventory.cluster.kubernetes_version)
+        objects, lines, replace = differing(state, ctx.inventory.cluster.kubernetes_version,
+                                            [z.name for z in ctx.inventory.zones])
         for line in lines:
             ctx.note(line)
+        if replace and not ctx.dry_run:
+            ctx.runner.run(f"{_kubectl(kubectl_path(ctx))} delete storageclass "
+                           + " ".join(shlex.quote(n) for n in replace))
         if objects and not ctx.dry_run:
             body = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
             ctx.runner.run(f"{_kubectl(kubectl_path(ctx))} apply --server-side "

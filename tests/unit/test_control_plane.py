@@ -153,7 +153,7 @@ def _namespace(name: str, labels: dict[str, str] | None = None, notes=None):  # 
 
 def test_cluster_objects_apply_only_what_differs_and_validate() -> None:
     state = {"namespaces": [_namespace("default"), _namespace("kube-system")], "binding": None}
-    objects, lines = cluster_objects.differing(state, "1.36.2")
+    objects, lines, _ = cluster_objects.differing(state, "1.36.2")
     assert [o["kind"] for o in objects] == ["Namespace", "Namespace", "ClusterRoleBinding"]
     assert len(lines) == 3
     for obj in objects:
@@ -168,9 +168,35 @@ def test_cluster_objects_apply_only_what_differs_and_validate() -> None:
                                            o["metadata"].get("annotations"))
                                 for o in objects if o["kind"] == "Namespace"],
                  "binding": cluster_objects.binding_object()}
-    assert cluster_objects.differing(converged, "1.36.2") == ([], [])
+    assert cluster_objects.differing(converged, "1.36.2") == ([], [], [])
     # A newer minor changes the pinned versions: the labels are applied again.
     assert len(cluster_objects.differing(converged, "1.37.0")[0]) == 2
+
+
+def test_storage_classes_are_created_then_left_alone_and_replaced_when_immutable_differ(
+        ) -> None:
+    zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+    base = {"namespaces": [], "binding": cluster_objects.binding_object()}
+    objects, lines, replace = cluster_objects.differing(base, "1.36.2", zones)
+    assert lines == ["create storage class ebs-gp3", *(f"create storage class ebs-gp3-{z}"
+                                                       for z in zones)]
+    assert not replace
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.33", strict=True)
+    # What the API server returns carries more than we set; that is no difference.
+    served = {o["metadata"]["name"]: {**o, "metadata": {
+        **o["metadata"], "uid": "u", "resourceVersion": "7",
+        "annotations": {**o["metadata"].get("annotations", {}), "other": "x"}}}
+        for o in objects}
+    converged = {**base, "storage_classes": served}
+    assert cluster_objects.differing(converged, "1.36.2", zones) == ([], [], [])
+    # A parameter cannot change in place: delete, then create.
+    changed = {**served, "ebs-gp3-eu-west-1b": {**served["ebs-gp3-eu-west-1b"],
+                                                "parameters": {"type": "gp2"}}}
+    _, lines, replace = cluster_objects.differing({**base, "storage_classes": changed},
+                                                  "1.36.2", zones)
+    assert lines == ["replace storage class ebs-gp3-eu-west-1b"]
+    assert replace == ["ebs-gp3-eu-west-1b"]
 
 
 def test_probe_parser_tells_no_answer_from_no_binding() -> None:
@@ -179,7 +205,8 @@ def test_probe_parser_tells_no_answer_from_no_binding() -> None:
     other = {"kind": "ClusterRoleBinding", "metadata": {"name": "system:basic-user"}}
     got = cluster_objects.parse_probe({"objects": json.dumps({"items": [ns, other]})})
     assert got == {"namespaces": [ns], "binding": None, "nodes": {},
-                   "bindings": {"system:basic-user": other}, "token_secrets": []}
+                   "bindings": {"system:basic-user": other}, "token_secrets": [],
+                   "storage_classes": {}}
     ours = {"kind": "ClusterRoleBinding", "metadata": {"name": cluster_objects.BINDING}}
     got = cluster_objects.parse_probe({"objects": json.dumps({"items": [ns, other, ours]})})
     assert got is not None and got["binding"] == ours
