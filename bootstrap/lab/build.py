@@ -13,7 +13,6 @@ import ipaddress
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -24,23 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bootstrap import k8s_bin
-from bootstrap.errors import MultizoneError
 from bootstrap.inventory import load as load_inventory
 from bootstrap.k8s_releases import supported_versions
-from bootstrap.lab import balancers, cgroups, volumes
+from bootstrap.lab import balancers, cgroups, hosts, volumes
+from bootstrap.lab.hosts import LabError, ensure_keypair, kill_namespace, pid_alive, write_private
 from bootstrap.lab.layout import (
     HOST_DIRS,
     LAB_NET,
     LINK_BASE,
     LINK_SLOTS,
-    SHADOWED_SYSCTLS,
-    LabHost,
     Layout,
-    hosts_file,
     inventory_data,
     plan,
 )
@@ -49,15 +43,7 @@ from bootstrap.pki import generate
 STATE_FILE = "lab-state.json"
 GUARD_METRIC = 4000
 SHARED_MOUNTPOINTS = "/run/mzk-lab-mountpoints"  # made by any lab, removed by the last
-SSHD = "/usr/sbin/sshd"
 Say = Callable[[str], None]
-
-
-class LabError(MultizoneError):
-    """The lab could not be built or torn down on this machine."""
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def _ip(args: list[str], batch: list[str] | None = None, check: bool = True,
@@ -77,43 +63,6 @@ def lab_namespaces(prefix: str) -> list[str]:
     proc = _ip(["netns", "list"], check=False)
     names = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]
     return [n for n in names if n.startswith(prefix + "-")]
-
-
-def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def ensure_keypair(path: Path, comment: str) -> str:
-    """An ed25519 key in OpenSSH format at `path` (0600), made once; its public line."""
-    if path.exists():
-        private = serialization.load_ssh_private_key(path.read_bytes(), password=None)
-    else:
-        private = ed25519.Ed25519PrivateKey.generate()
-        _write_private(path, private.private_bytes(serialization.Encoding.PEM,
-                                                   serialization.PrivateFormat.OpenSSH,
-                                                   serialization.NoEncryption()))
-    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,  # type: ignore[union-attr]
-                                               serialization.PublicFormat.OpenSSH).decode()
-    _write_private(path.with_name(path.name + ".pub"), f"{public} {comment}\n".encode(), 0o644)
-    return public
-
-
-def _pid_alive(pid: int | None, needle: str = "") -> bool:
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
-    return needle in cmdline
-
-
-# --------------------------------------------------------------------------- state
 
 
 @dataclass
@@ -137,7 +86,7 @@ class State:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_private(self.path, json.dumps(self.data, indent=2).encode(), 0o644)
+        write_private(self.path, json.dumps(self.data, indent=2).encode(), 0o644)
 
     def add(self, key: str, *values: str) -> None:
         for value in values:
@@ -190,105 +139,6 @@ def _live_slots() -> set[int]:
         if f" {LINK_BASE + 4 * slot + 1}/30 " in out:
             slots.add(slot)
     return slots
-
-
-def _sshd_config(home: Path, address: str) -> str:
-    return "\n".join([
-        f"ListenAddress {address}",
-        "Port 22",
-        f"HostKey {home / 'sshd' / 'ssh_host_ed25519_key'}",
-        f"PidFile {home / 'sshd' / 'sshd.pid'}",
-        "AuthorizedKeysFile .ssh/authorized_keys",
-        "PermitRootLogin prohibit-password",
-        "PubkeyAuthentication yes",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "UsePAM no",
-        "StrictModes no",
-        "UseDNS no",
-        "AllowTcpForwarding yes",
-        "MaxStartups 200:30:400",
-        "MaxSessions 100",
-        "LogLevel ERROR",
-        "Subsystem sftp internal-sftp",
-        "",
-    ])
-
-
-def _start_sshd(netns: str, home: Path, binds: list[tuple[Path, str]], hostname: str) -> int:
-    """sshd -D in the namespace, in private mount and UTS namespaces (the host's binds, its
-    own hostname); the pid returned is sshd's own (every wrapper execs).
-
-    The network namespace is entered with nsenter, not `ip netns exec`: that remounts /sys
-    for the namespace and so loses /sys/fs/cgroup, which a kubelet and runc need.
-    `-r` (no re-exec per connection): every lab host's sshd shares this machine's two
-    cores with the client, and re-exec costs each connection a fresh sshd start-up;
-    real hosts keep OpenSSH's default."""
-    mounts = f"hostname {shlex.quote(hostname)} && " + "".join(
-        f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)} && " for src, dst in binds)
-    script = (f"{mounts}exec {SSHD} -D -r -f {shlex.quote(str(home / 'sshd' / 'sshd_config'))} "
-              f"-E {shlex.quote(str(home / 'sshd' / 'sshd.log'))}")
-    log = open(home / "sshd" / "start.log", "ab")  # noqa: SIM115 - handed to the child
-    try:
-        proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns}", "unshare", "--mount",
-                                 "--uts", "--propagation", "private", "sh", "-c", script],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
-    finally:
-        log.close()
-    return proc.pid
-
-
-def _prepare_host_files(layout: Layout, host: LabHost | None, authorized: Path) -> tuple[
-        str, list[tuple[Path, str]]]:
-    """Config, host key and file tree of one host (or the bastion); its public host key."""
-    name = host.name if host else "bastion"
-    home = layout.dir / "hosts" / name
-    (home / "sshd").mkdir(parents=True, exist_ok=True)
-    public = ensure_keypair(home / "sshd" / "ssh_host_ed25519_key", f"root@{name}")
-    address = host.address if host else "0.0.0.0"  # noqa: S104 - bastion: both links
-    (home / "sshd" / "sshd_config").write_text(_sshd_config(home, address))
-    (home / "sshd" / "sshd.pid").unlink(missing_ok=True)
-    for target in HOST_DIRS if host is not None else ("/root",):
-        src = home / "fs" / target.lstrip("/")
-        src.mkdir(parents=True, exist_ok=True)
-        os.chmod(src, 0o700 if target == "/root" else 0o755)  # noqa: S103
-    # Like cloud-init on EC2: the operator's key in the user's own authorized_keys, once;
-    # afterwards the bootstrap keeps that file (its ssh-access step), so rotations are real.
-    dot_ssh = home / "fs" / "root" / ".ssh"
-    dot_ssh.mkdir(mode=0o700, exist_ok=True)
-    if not (dot_ssh / "authorized_keys").exists():
-        _write_private(dot_ssh / "authorized_keys", authorized.read_bytes())
-    (home / "fs" / "run" / "sshd").mkdir(parents=True, exist_ok=True)
-    if host is not None:
-        (home / "fs" / "etc" / "mzk" / "lab-host").write_text(
-            f"lab host {name} of {layout.dir}\n")
-        _write_private(home / "hosts", hosts_file(layout, host).encode(), 0o644)
-        _shadow_sysctls(home)
-        cgroup_root = cgroups.root_for(host.netns)
-        cgroups.create(cgroup_root)
-        (home / "fs" / cgroups.ROOT_FILE).write_text(cgroup_root + "\n")
-    return public, _binds(home, host is not None)
-
-
-def _shadow_sysctls(home: Path) -> None:
-    """The host's copies of the kernel settings the kubelet checks: this machine's values
-    at first, then whatever the bootstrap writes into them."""
-    for name in SHADOWED_SYSCTLS:
-        shadow = home / "sysctl" / name
-        if not shadow.exists():
-            shadow.parent.mkdir(parents=True, exist_ok=True)
-            shadow.write_text(Path("/proc/sys", name).read_text())
-
-
-def _binds(home: Path, cluster_host: bool) -> list[tuple[Path, str]]:
-    """What a host's mount namespace gets from DIR/hosts/<name>: its directories and, for
-    cluster hosts, its own /etc/hosts (the endpoints' names)."""
-    if not cluster_host:
-        return [(home / "fs" / "root", "/root")]
-    return [*((home / "fs" / t.lstrip("/"), t) for t in HOST_DIRS),
-            (home / "hosts", "/etc/hosts"),
-            *((home / "sysctl" / name, f"/proc/sys/{name}") for name in SHADOWED_SYSCTLS)]
 
 
 def _network(layout: Layout, state: State) -> None:
@@ -439,22 +289,22 @@ def _build(layout: Layout, state: State) -> None:
     _mountpoints(state)
     client_public = ensure_keypair(lab_dir / "id_ed25519", "mzk-lab")
     authorized = lab_dir / "authorized_keys"
-    _write_private(authorized, f"{client_public}\n".encode())
+    write_private(authorized, f"{client_public}\n".encode())
     with ThreadPoolExecutor(max_workers=2) as pool:
         net = pool.submit(_network, layout, state)
         prepared: dict[str | None, tuple[str, list[tuple[Path, str]]]] = {
-            None: _prepare_host_files(layout, None, authorized)}
+            None: hosts.prepare_host_files(layout, None, authorized)}
         for host in layout.hosts:
-            prepared[host.name] = _prepare_host_files(layout, host, authorized)
+            prepared[host.name] = hosts.prepare_host_files(layout, host, authorized)
         net.result()
-    pids = {"bastion": _start_sshd(layout.bastion_ns, lab_dir / "hosts" / "bastion",
+    pids = {"bastion": hosts.start_sshd(layout.bastion_ns, lab_dir / "hosts" / "bastion",
                                    prepared[None][1], "bastion")}
     for host in layout.hosts:
-        pids[host.name] = _start_sshd(host.netns, host.home(lab_dir), prepared[host.name][1],
+        pids[host.name] = hosts.start_sshd(host.netns, host.home(lab_dir), prepared[host.name][1],
                                       host.name)
     state.data["pids"] = pids
     state.save()
-    _wait_for_sshd(layout, pids)
+    hosts.wait_for_sshd(layout, pids)
     keys = {"bastion": prepared[None][0], **{h.name: prepared[h.name][0] for h in layout.hosts}}
     state.data["host_keys"] = keys
     state.data["etcd_volumes"] = volumes.ensure(layout, lambda _m: None)
@@ -471,18 +321,18 @@ def restart_sshd(lab_dir: Path, name: str) -> int:
     layout = plan(lab_dir, state.data.get("workers", 3), state.data.get("link_slot"))
     home = lab_dir / "hosts" / name
     pid = state.data["pids"].get(name)
-    if _pid_alive(pid, str(home)):
+    if pid_alive(pid, str(home)):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 5
-        while _pid_alive(pid, str(home)) and time.monotonic() < deadline:
+        while pid_alive(pid, str(home)) and time.monotonic() < deadline:
             time.sleep(0.01)
     (home / "sshd" / "sshd.pid").unlink(missing_ok=True)
     netns = layout.bastion_ns if name == "bastion" else layout.host(name).netns
-    binds = _binds(home, name != "bastion")
-    new = _start_sshd(netns, home, binds, name)
+    binds = hosts.binds(home, name != "bastion")
+    new = hosts.start_sshd(netns, home, binds, name)
     state.data["pids"][name] = new
     state.save()
-    _wait_for_sshd(layout, {name: new})
+    hosts.wait_for_sshd(layout, {name: new})
     return new
 
 
@@ -492,7 +342,7 @@ def power_off(lab_dir: Path, name: str) -> None:
     lab_dir = lab_dir.resolve()
     state = State.load(lab_dir)
     host = plan(lab_dir, state.data.get("workers", 3), state.data.get("link_slot")).host(name)
-    _kill_namespace(host.netns)
+    kill_namespace(host.netns)
     cgroups.remove(cgroups.root_for(host.netns))
 
 
@@ -511,25 +361,6 @@ def power_on(lab_dir: Path, name: str) -> int:
     (run / "sshd").mkdir()
     cgroups.create(cgroups.root_for(host.netns))
     return restart_sshd(lab_dir, name)
-
-
-def _wait_for_sshd(layout: Layout, pids: dict[str, int], limit: float = 10.0) -> None:
-    """sshd writes its pid file once it listens; wait for every one of them."""
-    deadline = time.monotonic() + limit
-    waiting = dict(pids)
-    while waiting:
-        for name, pid in list(waiting.items()):
-            if (layout.dir / "hosts" / name / "sshd" / "sshd.pid").exists():
-                del waiting[name]
-            elif not _pid_alive(pid):
-                log = layout.dir / "hosts" / name / "sshd"
-                text = " ".join(f.read_text(errors="replace").strip()
-                                for f in (log / "start.log", log / "sshd.log") if f.exists())
-                raise LabError(f"{name}: sshd exited at start: {text[-300:]}")
-        if waiting and time.monotonic() > deadline:
-            raise LabError(f"sshd did not start within {limit:g}s on: {', '.join(waiting)}")
-        if waiting:
-            time.sleep(0.02)
 
 
 def _kubernetes_version() -> str:
@@ -552,7 +383,7 @@ def _write_inventory(layout: Layout, keys: dict[str, str] | None = None) -> Path
     text = ("# Written by `python -m bootstrap lab up`. Endpoints are the lab's haproxy "
             "frontends\n# (one per zone, one regional) in the router namespace.\n"
             + yaml.safe_dump(data, sort_keys=False))
-    _write_private(path, text.encode(), 0o644)
+    write_private(path, text.encode(), 0o644)
     return path
 
 
@@ -570,7 +401,7 @@ def _balancers(layout: Layout) -> None:
     bundle = b"".join(p.read_bytes() for p in (local / "ca.crt", local / "next" / "ca.crt")
                       if p.exists())
     if not ca_file.exists() or ca_file.read_bytes() != bundle:
-        _write_private(ca_file, bundle, 0o644)
+        write_private(ca_file, bundle, 0o644)
     pid = state.data.get("pids", {}).get("haproxy")
     try:
         new = balancers.ensure(layout, ca_file, pid)
@@ -581,24 +412,6 @@ def _balancers(layout: Layout) -> None:
 
 
 # --------------------------------------------------------------------------- down
-
-
-def _kill_namespace(ns: str, limit: float = 5.0) -> None:
-    """SIGKILL every process in a network namespace until none is left."""
-    deadline = time.monotonic() + limit
-    while True:
-        proc = _ip(["netns", "pids", ns], check=False)
-        pids = [int(p) for p in proc.stdout.split() if p.isdigit()]
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if time.monotonic() > deadline:
-            raise LabError(f"{ns}: processes {pids} survive SIGKILL")
-        time.sleep(0.02)
 
 
 def _remove_cgroups(prefix: str) -> None:
@@ -618,14 +431,14 @@ def down(lab_dir: Path, remove_files: bool = True, say: Say = print) -> list[str
     state = State.load(lab_dir)
     prefix = state.data.get("prefix") or plan(lab_dir, 0).prefix
     for name, pid in state.data.get("pids", {}).items():
-        if _pid_alive(pid, str(lab_dir / "hosts" / name)):
+        if pid_alive(pid, str(lab_dir / "hosts" / name)):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
     existing = lab_namespaces(prefix)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(_kill_namespace, existing))
+        list(pool.map(kill_namespace, existing))
     _remove_cgroups(prefix)
     if existing:
         _ip([], [f"netns del {ns}" for ns in existing], check=False, force=True)
@@ -686,7 +499,7 @@ def status(lab_dir: Path) -> list[HostStatus]:
 
     def up_(name: str, ns: str) -> bool:
         home = lab_dir / "hosts" / name
-        return ns in namespaces and _pid_alive(pids.get(name), str(home)) \
+        return ns in namespaces and pid_alive(pids.get(name), str(home)) \
             and (home / "sshd" / "sshd.pid").exists()
 
     out = [HostStatus("bastion", "-", layout.bastion_address, up_("bastion", layout.bastion_ns))]

@@ -12,6 +12,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
 from bootstrap.lab import build, cgroups
+from bootstrap.lab import hosts as lab_hosts
 from bootstrap.lab.layout import LAB_NET, LabHost, Layout, plan
 
 
@@ -40,7 +41,7 @@ def resize(layout_now: Layout, workers: int, say: build.Say) -> Layout:
 
 def _remove(layout: Layout, hosts: list[LabHost], state: build.State) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(build._kill_namespace, [h.netns for h in hosts]))
+        list(pool.map(lab_hosts.kill_namespace, [h.netns for h in hosts]))
     for host in hosts:
         cgroups.remove(cgroups.root_for(host.netns))
     # Deleting a namespace deletes its end of the veth, and with it the router's end.
@@ -73,10 +74,10 @@ def add_hosts(layout: Layout, hosts: list[LabHost], state: build.State) -> None:
     pids = {}
     keys = state.data.setdefault("host_keys", {})
     for host in hosts:
-        public, binds = build._prepare_host_files(layout, host, authorized)
+        public, binds = lab_hosts.prepare_host_files(layout, host, authorized)
         keys[host.name] = public
-        pids[host.name] = build._start_sshd(host.netns, host.home(layout.dir), binds,
+        pids[host.name] = lab_hosts.start_sshd(host.netns, host.home(layout.dir), binds,
                                             host.name)
     state.data["pids"].update(pids)
     state.save()
-    build._wait_for_sshd(layout, pids)
+    lab_hosts.wait_for_sshd(layout, pids)

@@ -118,6 +118,17 @@ def test_every_node_is_ready_in_its_zone_and_untainted(nlab: Lab) -> None:
         assert lines[host.name].endswith("node checks passed"), lines[host.name]
 
 
+def test_the_zones_storage_classes_are_applied(nlab: Lab) -> None:
+    classes = {c["metadata"]["name"]: c for c in get_json(nlab, "storageclass")["items"]}
+    assert set(classes) == {"ebs-gp3", *(f"ebs-gp3-{z}" for z in ZONES)}
+    for zone in ZONES:
+        topology = classes[f"ebs-gp3-{zone}"]["allowedTopologies"]
+        assert topology == [{"matchLabelExpressions": [
+            {"key": kc.ZONE_LABEL, "values": [zone]}]}]
+    default = classes["ebs-gp3"]["metadata"]["annotations"]
+    assert default["storageclass.kubernetes.io/is-default-class"] == "true"
+
+
 def test_the_kubelet_is_hardened(nlab: Lab) -> None:
     node = nlab.inventory.nodes[0]
     # Anonymous requests are refused; the read-only port is closed.
