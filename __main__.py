@@ -5,7 +5,8 @@ naming the key and the fix, raised as `pulumi.RunError` so that Pulumi prints th
 without a traceback and the update fails (non-zero exit).
 
 Once the hosts exist, `ClusterBootstrap` runs `bootstrap apply` on the inventory during
-`pulumi up` and keeps the PKI in the stack's state as secrets (docs/pulumi.md).
+`pulumi up` and keeps the PKI in the stack's state as secrets (docs/pulumi.md); the node
+pools' launch templates come after it, their user data holding its CA and join tokens.
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ def main() -> dict[str, Any]:
     lbs = LoadBalancers("lb", LoadBalancersArgs(
         s, network.vpc.id, private, public, sg[LB_ZONAL], sg[LB_REGIONAL], control_plane.hosts))
     zone_endpoints = lbs.zone_endpoints
-    NodePools("nodes", NodePoolsArgs(s, private, sg[NODES], zone_endpoints))
     storage = StorageClasses("storage", StorageClassesArgs(s))
     cluster_inventory = inventory(s, control_plane.hosts, bastion.hostname, bastion.address,
                                   bastion.host_key.public_key, lbs.regional.dns_name,
@@ -76,6 +76,9 @@ def main() -> dict[str, Any]:
         pulumi.Config(NS).get_secret(PKI_BUNDLE),
         opts=pulumi.ResourceOptions(depends_on=[control_plane, bastion, lbs],
                                     protect=s.protect))
+    # After the bootstrap: each pool's user data holds the CA and the pool's join token.
+    NodePools("nodes", NodePoolsArgs(s, private, sg[NODES], cluster_inventory,
+                                     bootstrap.ca_certificate, bootstrap.join_tokens))
     return {
         "regionalEndpoint": lbs.regional.dns_name,
         "zoneEndpoints": zone_endpoints,

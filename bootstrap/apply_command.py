@@ -230,6 +230,9 @@ def check(inventory: Inventory, quiet: bool = False, kubectl: str | None = None)
         if host.name in node_failures and host.name in lines:
             lines[host.name] += ", " + nodes.check_phrase(
                 node_failures[host.name], registered.get(host.name), host)
+    joined = sorted(set(registered) - {h.name for h in inventory.hosts})
+    for name in joined:  # auto-scaled: the API server's view, no login
+        print(f"{name}: {nodes.joined_phrase(registered[name])}")
     for host in inventory.hosts:
         line = lines.get(host.name, "no answer")
         failed = failed or any(word in line for word in ("DOWN", "unreadable", "PROBLEM"))

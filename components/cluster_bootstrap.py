@@ -9,13 +9,18 @@ finds it). The engine asks the provider four things:
   (`execute(dry_run=True)`) runs against the hosts. Its lines become the input `plan`; the
   updated bundle becomes the input `pki`. The engine passes check only the old *inputs*, so
   the PKI that update will apply has to be in the inputs already: it is made here, not in
-  update, and the next check starts from it.
+  update, and the next check starts from it. The node pools' join tokens are part of it
+  (`local/join-tokens.json`): a pool's token is issued here when it has none or less than
+  half its lifetime is left, with a plan line saying so.
 - diff: a change when the inventory, the PKI or the plan differs from what the last apply
-  left (its outputs hold `plan: []`). A converged cluster shows no change; otherwise
-  `pulumi preview --diff` shows `plan` with the lines of the hosts and steps to change.
+  left (its outputs hold `plan: []`), or when a pool's token in the last apply's PKI is
+  missing or due. A converged cluster shows no change; otherwise `pulumi preview --diff`
+  shows `plan` with the lines of the hosts and steps to change.
 - create / update: the checked bundle into a temporary directory, then
   `execute(dry_run=False)`, the same code as `python -m bootstrap apply`. Outputs: the bundle
-  after the run, `plan: []`, the lines applied, the admin kubeconfig (secret), the CA.
+  after the run, `plan: []`, the lines applied, the admin kubeconfig (secret), the CA, and
+  each node pool's current join token (`join_tokens`, secret), which the pools' launch
+  templates put in their user data.
 - delete: touches no host (they are being destroyed, or are to be kept); warns that the PKI
   leaves with this resource's state.
 
@@ -26,6 +31,7 @@ no host (fresh instances may still be booting; create waits for their SSH).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import tempfile
@@ -46,13 +52,14 @@ from bootstrap.egress import tunnel_keys
 from bootstrap.engine import ActionFailed
 from bootstrap.errors import ConfigError, HostConnectionError, MultizoneError
 from bootstrap.inventory import Inventory
+from bootstrap.node import join_tokens
 from bootstrap.pki import bundle as pki_bundle
 from bootstrap.pki import generate
 from bootstrap.ssh import Connections, HostsFailed
 
 TYPE = "pulumi-python:dynamic/multizone:ClusterBootstrap"
 # Inputs and outputs that hold key material: secret in state, never plain outputs.
-SECRET_PROPERTIES = ("pki", "pki_import", "admin_kubeconfig")
+SECRET_PROPERTIES = ("pki", "pki_import", "admin_kubeconfig", "join_tokens")
 SSH_WAIT_SECONDS = 600.0  # new instances: cloud-init installs the host key, then sshd starts
 SSH_WAIT_STEP = 10.0
 EXPORT_HINT = "bin/mzk pki export STACK FILE"
@@ -73,12 +80,61 @@ def _parse(raw: Any) -> Inventory:
     return inventory_module.parse(raw, source="the program's inventory")
 
 
-def _advance(inventory: Inventory, work: Path) -> None:
-    """The local half of `execute`: the PKI, the Secrets encryption key and the egress
-    tunnel keys brought up to date in `work` (what apply would write there first)."""
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _advance(inventory: Inventory, work: Path, now: dt.datetime | None = None) -> list[str]:
+    """The local half of `execute`: the PKI, the Secrets encryption key, the egress tunnel
+    keys and the node pools' join tokens brought up to date in `work` (what apply would
+    write there first); the plan lines of the join tokens issued."""
     generate(inventory, work)
     encryption.ensure(work)
     tunnel_keys.ensure(work, inventory)
+    return rotate_join_tokens(inventory, work, now or _now())
+
+
+def rotate_join_tokens(inventory: Inventory, work: Path, now: dt.datetime) -> list[str]:
+    """A new join token for every pool of the inventory that has none in `work` or whose
+    token is due (less than half its lifetime left, `join_tokens.due`); the others are
+    kept. The previous token is not revoked: it stays valid until it expires, so nodes
+    launched from the previous user data still join. Returns one plan line per new token."""
+    current = join_tokens.load(work)
+    tokens, issued = join_tokens.refresh(inventory.node_pools, current, now)
+    lines = []
+    for name in issued:
+        token, old = tokens[name], current.get(name)
+        why = "it has none" if old is None else \
+            f"the current one expires {old.expires:%Y-%m-%dT%H:%M:%SZ}"
+        lines.append(f"local: join-tokens: new token for node pool {name}, valid "
+                     f"{(token.expires - now).total_seconds() / 3600:.0f} h ({why})")
+    if issued:
+        join_tokens.save(work, tokens)
+    return lines
+
+
+def tokens_in(pki: str) -> dict[str, join_tokens.JoinToken]:
+    """The join tokens a PKI bundle (the resource's `pki`) holds; none if it holds none."""
+    source = "the stack's PKI (state)"
+    found = pki_bundle.check(pki_bundle.loads(pki, source), source).get(
+        join_tokens.STORE.as_posix())
+    if found is None:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="mzk-pulumi-") as tmp:
+        store = Path(tmp) / join_tokens.STORE
+        store.parent.mkdir(parents=True)
+        store.write_bytes(found[0])
+        return join_tokens.load(Path(tmp))
+
+
+def due_pools(raw_inventory: Any, pki: str, now: dt.datetime) -> list[str]:
+    """The node pools of an inventory whose join token in `pki` is missing or due."""
+    pools = _parse(raw_inventory).node_pools
+    if not pools:
+        return []
+    tokens = tokens_in(pki) if pki else {}
+    return [p.name for p in pools
+            if join_tokens.due(tokens.get(p.name), p.join_token_hours, now)]
 
 
 def _dump(bundle: dict[str, Any]) -> str:
@@ -134,7 +190,7 @@ class ClusterBootstrapProvider(dyn.ResourceProvider):
             with tempfile.TemporaryDirectory(prefix="mzk-pulumi-") as tmp:
                 work = Path(tmp) / "pki"
                 plan = self._plan(inventory, work, stored, imported)
-                _advance(inventory, work)
+                plan += _advance(inventory, work)
                 inputs["pki"] = _dump(pki_bundle.export_dir(work))
         except ConfigError as err:
             return dyn.CheckResult(inputs, [dyn.CheckFailure("pki", str(err))])
@@ -178,7 +234,19 @@ class ClusterBootstrapProvider(dyn.ResourceProvider):
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.DiffResult:
         keys = ("inventory", "pki", "plan")
         changed = any(_unknown(news.get(k)) or olds.get(k) != news.get(k) for k in keys)
+        if not changed:  # the same inputs: still an update when a join token is due
+            changed = self._tokens_due(olds, news)
         return dyn.DiffResult(changes=changed, replaces=[], delete_before_replace=False)
+
+    @staticmethod
+    def _tokens_due(olds: dict[str, Any], news: dict[str, Any]) -> bool:
+        """Whether a pool's token in the last apply's PKI (`olds`, the outputs) is missing or
+        has less than half its lifetime left: then `pulumi up` rotates it (check issues it,
+        update applies it, the launch templates get it), even with nothing else changed."""
+        try:
+            return bool(due_pools(news.get("inventory"), olds.get("pki") or "", _now()))
+        except ConfigError:  # an inventory check refused, or a PKI update will refuse
+            return True
 
     def create(self, props: dict[str, Any]) -> dyn.CreateResult:
         outs = self._apply(props)
@@ -212,6 +280,13 @@ class ClusterBootstrapProvider(dyn.ResourceProvider):
                 raise BootstrapFailed("\n".join(lines)) from None
             except MultizoneError as err:
                 raise BootstrapFailed(f"error: {err}") from None
+            tokens = join_tokens.load(work)
+            missing = [p.name for p in inventory.node_pools if p.name not in tokens]
+            if missing:  # check issues them: a PKI that lost them is not ours to hand out
+                raise BootstrapFailed(
+                    f"error: no join token for node pool(s) {', '.join(missing)} in "
+                    f"{join_tokens.STORE} after apply; their nodes could not join. Run "
+                    "`pulumi up` again (its check issues them)")
             return {
                 **props,
                 "pki": _dump(pki_bundle.export_dir(work)),
@@ -220,11 +295,14 @@ class ClusterBootstrapProvider(dyn.ResourceProvider):
                 "applied": report.lines(),
                 "admin_kubeconfig": (work / "local" / "admin.conf").read_text(),
                 "ca_certificate": (work / "local" / "pki" / "ca.crt").read_text(),
+                # pool -> "<id>.<secret>": what each pool's launch template hands its nodes.
+                "join_tokens": {p.name: tokens[p.name].value for p in inventory.node_pools},
             }
 
 
 class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"):
-    """The bootstrap of every host in `inventory`; `admin_kubeconfig` and `pki` are secrets."""
+    """The bootstrap of every host in `inventory`; `admin_kubeconfig`, `pki` and
+    `join_tokens` (node pool -> its current join token) are secrets."""
 
     inventory: pulumi.Output[dict[str, Any]]
     plan: pulumi.Output[list[str]]
@@ -232,6 +310,7 @@ class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"
     pki: pulumi.Output[str]
     admin_kubeconfig: pulumi.Output[str]
     ca_certificate: pulumi.Output[str]
+    join_tokens: pulumi.Output[dict[str, str]]
 
     def __init__(self, name: str, inventory: pulumi.Input[dict[str, Any]],
                  pki_import: pulumi.Input[str] | None = None,
@@ -247,6 +326,7 @@ class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"
             "applied": None,
             "admin_kubeconfig": None,
             "ca_certificate": None,
+            "join_tokens": None,
         }
         super().__init__(
             ClusterBootstrapProvider(), name, props,
@@ -255,6 +335,7 @@ class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"
         # Secret in the program too, so that nothing derived from them is ever plain.
         self.pki = pulumi.Output.secret(self.pki)
         self.admin_kubeconfig = pulumi.Output.secret(self.admin_kubeconfig)
+        self.join_tokens = pulumi.Output.secret(self.join_tokens)
 
 
 def bundle_from_state(deployment: dict[str, Any]) -> dict[str, Any]:

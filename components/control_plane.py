@@ -24,6 +24,10 @@ _ASSUME_EC2 = json.dumps({"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "ec2.amazonaws.com"},
 }]})
 # What the AWS cloud provider needs to read on a control-plane host; nothing is written.
+# ec2:DescribeInstances is also what the CSR approver (bootstrap.node.csr_approver,
+# `--identity ec2:...`) checks a joining node against: a running instance tagged
+# mzk:cluster, mzk:role=node and mzk:pool. EC2's Describe* calls support no resource-level
+# permissions (nor tag conditions), so Resource "*" is the only scope AWS accepts.
 _READ_ONLY = json.dumps({"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Resource": "*",
     "Action": ["ec2:DescribeInstances", "ec2:DescribeRegions", "ec2:DescribeRouteTables",

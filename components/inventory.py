@@ -2,7 +2,9 @@
 
 It carries the control-plane hosts and the bastion, with the public host keys the program
 generated, pinned. Node hosts come from auto scaling groups and are unknown at `pulumi up`
-time: they join later. Nothing secret is in it (the operator's private key is a path).
+time: they join later, by TLS bootstrapping with their pool's token; the inventory names the
+pools (one per zone, `node_pools`) so that the bootstrap issues each its token. Nothing secret
+is in it (the operator's private key is a path).
 The endpoints are the names clients are given (the regional balancer's DNS name, each
 zone's `api-<zone letter>.<cluster>.internal`): the bootstrap puts every one of them in the
 API server certificate.
@@ -16,6 +18,7 @@ from typing import Any
 import pulumi
 
 from components.control_plane import ControlPlaneHost
+from components.node_pools import pool_name
 from components.settings import Settings
 
 
@@ -45,6 +48,8 @@ def build(settings: Settings, hosts: Sequence[dict[str, Any]], bastion: dict[str
                 "authorized_keys": [s.ssh.public_key],
                 "bastion": {"name": bastion["name"], "address": bastion["address"],
                             "ssh_port": 22, "host_key": bastion["host_key"]}},
+        # Each zone's auto scaling group; join_token_hours: the bootstrap's default (24).
+        "node_pools": [{"name": pool_name(z), "zone": z} for z in s.zone_names],
         "pki": {"key_type": p.key_type, "rsa_bits": p.rsa_bits,
                 "ca_validity_days": p.ca_validity_days, "validity_days": p.validity_days,
                 "renew_before_days": p.renew_before_days,

@@ -1,26 +1,45 @@
-"""Node pools: a launch template and an auto scaling group per zone.
+"""Node pools: a launch template and an auto scaling group per zone; each zone's group is one
+node pool (`nodes-<zone>`).
 
-Nodes are labelled with their zone (`topology.kubernetes.io/zone`, which the kubelet may set
-on itself) and told their zone's API endpoint. The resource count does not depend on the
-node count: sizes are numbers on the group. Instance refresh replaces nodes in batches with
-checkpoints, a pause for cloud rate limits (seed 004).
+A node joins by kubelet TLS bootstrapping (bootstrap.node.join): its user data is the join
+script for its pool, holding the cluster CA, its zone's API endpoint and the pool's current
+join token. The token and the CA come from the bootstrap resource's outputs, so the launch
+templates are made after it (control-plane hosts -> bootstrap -> launch templates -> groups;
+the groups' nodes are not in the inventory, so there is no cycle). The token is a secret, so
+the user data is one in state and in previews. The bootstrap rotates a token once less than
+half its lifetime is left: the template gets a new version, which the group launches from
+(`$Latest`); running nodes have joined already and are left alone (no instance refresh).
+
+Instances carry the tags the control plane's CSR approver looks them up by (`mzk:cluster`,
+`mzk:role`, `mzk:pool`) and by their private DNS name, which is their node name; the Name tag,
+shared by the pool's instances, is no identity (it contains a `/`, so it can never be a node
+name either). Nodes are labelled with their zone (`topology.kubernetes.io/zone`, which the kubelet
+sets on itself). The resource count does not depend on the node count: sizes are numbers on
+the group. Instance refresh replaces nodes in batches with checkpoints, a pause for cloud rate
+limits (seed 004).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
 
+from bootstrap import inventory as inventory_module
+from bootstrap.node import join
 from components.base import Component
-from components.cloudinit import host_user_data
 from components.settings import Settings
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
+POOL_PREFIX = "nodes"
+# EC2 takes at most 16 KB of user data (before base64).
+MAX_USER_DATA = 16 * 1024
 REFRESH = aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
     min_healthy_percentage=90, max_healthy_percentage=110, instance_warmup="300",
     checkpoint_percentages=[10, 25, 50, 100], checkpoint_delay="600")
@@ -29,10 +48,48 @@ _ASSUME_EC2 = json.dumps({"Version": "2012-10-17", "Statement": [{
 }]})
 
 
-def node_files(zone: str, endpoint: str, port: int) -> dict[str, str]:
-    """What a node knows before it joins: its zone label and its zone's API endpoint."""
-    return {"/etc/multizone/node.env": f"NODE_LABELS={ZONE_LABEL}={zone}\n"
-                                       f"API_ENDPOINT=https://{endpoint}:{port}\n"}
+def pool_name(zone: str) -> str:
+    """The node pool of a zone: a DNS label, e.g. nodes-eu-west-1a (its token's group is
+    `system:bootstrappers:mzk:<pool>`)."""
+    return f"{POOL_PREFIX}-{zone}"
+
+
+def node_tags(cluster: str, pool: str) -> dict[str, str]:
+    """What the CSR approver reads (bootstrap.node.csr_approver.Ec2Identity) and the Name."""
+    return {"Name": f"{cluster}/{pool}", "mzk:cluster": cluster, "mzk:role": "node",
+            "mzk:pool": pool}
+
+
+def join_script(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None,
+                tokens: Mapping[str, str] | None) -> str:
+    """The user data of `pool`'s nodes: the join script for its zone, endpoint and token.
+
+    Without a CA or a token for the pool (the bootstrap resource has not issued one: only
+    under mocks, its provider fails otherwise) a script that says so and stops: such a node
+    must never boot with something else in the place of the join."""
+    token = (tokens or {}).get(pool)
+    if not ca_pem or not token:
+        message = (f"mzk-join: node pool {pool} has no join token or CA from the bootstrap "
+                   "yet; this node cannot join. Run `pulumi up`.")
+        return f"#!/bin/sh\necho {shlex.quote(message)} >&2\nexit 1\n"
+    inventory = inventory_module.parse(dict(raw_inventory), source="the program's inventory")
+    (found,) = [p for p in inventory.node_pools if p.name == pool]
+    cluster = inventory.cluster
+    script = join.user_data(join.JoinSpec(
+        pool=pool, zone=found.zone, endpoint_url=inventory.zone(found.zone).endpoint.url,
+        ca_pem=ca_pem, token=token, kubernetes_version=cluster.kubernetes_version,
+        dns_address=cluster.dns_address, dns_domain=cluster.dns_domain))
+    size = len(script.encode())
+    if size > MAX_USER_DATA:
+        raise ValueError(f"node pool {pool}: the join script is {size} bytes; EC2 takes at "
+                         f"most {MAX_USER_DATA} bytes of user data")
+    return script
+
+
+def encoded_user_data(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None,
+                      tokens: Mapping[str, str] | None) -> str:
+    """What a launch template takes: the join script, base64."""
+    return base64.b64encode(join_script(raw_inventory, pool, ca_pem, tokens).encode()).decode()
 
 
 @dataclass(frozen=True)
@@ -40,7 +97,10 @@ class NodePoolsArgs:
     settings: Settings
     private_subnet_ids: Mapping[str, pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
-    zone_endpoints: Mapping[str, pulumi.Input[str]]
+    # The inventory the bootstrap applied (zones, endpoints, pools) and its outputs.
+    inventory: pulumi.Input[dict[str, Any]]
+    ca_certificate: pulumi.Input[str]
+    join_tokens: pulumi.Input[dict[str, str]]  # secret: pool -> "<id>.<secret>"
 
 
 class NodePools(Component):
@@ -56,16 +116,21 @@ class NodePools(Component):
         profile = aws.iam.InstanceProfile(self.child_name("profile"), role=role.name,
                                           tags=self.tags(None, "profile"), opts=self.opts())
         self.groups: dict[str, aws.autoscaling.Group] = {}
+        self.pools: dict[str, str] = {}  # zone -> pool name
         for zone in s.zones:
             z = zone.name
+            pool_id = self.pools[z] = pool_name(z)
 
-            def render(endpoint: str, z: str = z) -> str:
-                return base64.b64encode(host_user_data(
-                    f"{s.cluster_name}-node-{z}", z, s.ssh.user, s.ssh.public_key,
-                    files=node_files(z, endpoint, s.api_port)).encode()).decode()
+            def render(values: list[Any], pool_id: str = pool_id) -> str:
+                return encoded_user_data(values[0], pool_id, values[1], values[2])
 
-            user_data = pulumi.Output.from_input(args.zone_endpoints[z]).apply(render)
-            tags = {**self.tags(z, z), "multizone/role": "node"}
+            # Secret: the join token is in it (and secret whatever join_tokens arrives as).
+            user_data: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.all(
+                args.inventory, args.ca_certificate, args.join_tokens).apply(render))
+            tags = {**self.tags(z, z), "multizone/role": "node",
+                    **{k: v for k, v in node_tags(s.cluster_name, pool_id).items()
+                       if k != "Name"}}
+            launched = {**tags, **node_tags(s.cluster_name, pool_id)}
             template = aws.ec2.LaunchTemplate(
                 self.child_name(z), image_id=s.image_id, instance_type=pool.instance_type,
                 vpc_security_group_ids=[args.security_group_id],
@@ -73,16 +138,19 @@ class NodePools(Component):
                 metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
                 block_device_mappings=[{"device_name": "/dev/xvda", "ebs": {
                     "encrypted": "true", "volume_type": "gp3", "volume_size": 50}}],
-                tag_specifications=[{"resource_type": kind, "tags": tags}
+                tag_specifications=[{"resource_type": kind, "tags": launched}
                                     for kind in ("instance", "volume")],
                 update_default_version=True, tags=tags, opts=self.opts())
-            group_tags = {**tags, f"k8s.io/cluster-autoscaler/node-template/label/{ZONE_LABEL}": z,
+            group_tags = {**launched,
+                          f"k8s.io/cluster-autoscaler/node-template/label/{ZONE_LABEL}": z,
                           f"k8s.io/cluster-autoscaler/{s.cluster_name}": "owned",
                           "k8s.io/cluster-autoscaler/enabled": "true"}
             self.groups[z] = aws.autoscaling.Group(
                 self.child_name(z), vpc_zone_identifiers=[args.private_subnet_ids[z]],
                 min_size=pool.min_size, max_size=pool.max_size,
                 desired_capacity=pool.desired,
+                # $Latest: a new template version (a rotated token) is what new nodes boot
+                # from; it starts no instance refresh (running nodes have joined already).
                 launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
                     id=template.id, version="$Latest"),
                 health_check_type="EC2", protect_from_scale_in=False,
@@ -91,4 +159,5 @@ class NodePools(Component):
                 tags=[aws.autoscaling.GroupTagArgs(key=k, value=v, propagate_at_launch=True)
                       for k, v in group_tags.items()],
                 opts=self.opts(ignore_changes=["desiredCapacity"]))
-        self.register_outputs({"groups": {z: g.name for z, g in self.groups.items()}})
+        self.register_outputs({"groups": {z: g.name for z, g in self.groups.items()},
+                               "pools": self.pools})

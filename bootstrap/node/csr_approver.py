@@ -280,7 +280,9 @@ def _http(url: str, method: str, headers: dict[str, str], body: bytes | None = N
 
 
 class Ec2Identity:
-    """EC2 DescribeInstances for this cluster's nodes, by Name tag or by private DNS name."""
+    """EC2 DescribeInstances for this cluster's nodes, by private DNS name only: AWS assigns
+    it, one per instance, while a Name tag is anyone's to set (and an auto scaling group
+    gives all its instances the same one)."""
 
     def __init__(self, region: str, cluster: str, clock: Callable[[], float] = time.time):
         self.region, self.cluster, self.clock = region, cluster, clock
@@ -289,13 +291,11 @@ class Ec2Identity:
         self._cached: Credentials | None = None
 
     def lookup(self, name: str) -> Instance | None:
-        found: list[Instance] = []
-        for key in ("tag:Name", "private-dns-name"):
-            found = list(self._describe({key: name, "tag:mzk:cluster": self.cluster,
-                                         "tag:mzk:role": "node"}))
-            if found:
-                break
+        found = list(self._describe({"private-dns-name": name, "tag:mzk:cluster": self.cluster,
+                                     "tag:mzk:role": "node"}))
         running = [instance for instance in found if instance.state == "running"]
+        if len(running) > 1:
+            raise LookupFailed(f"{len(running)} running instances named {name}")
         return (running or found)[0] if found else None
 
     def credentials(self) -> Credentials:

@@ -19,10 +19,12 @@ import json
 import re
 import secrets
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bootstrap.inventory import NodePool
 from bootstrap.pki import files
 
 STORE = Path("local") / "join-tokens.json"
@@ -76,6 +78,20 @@ def new(pool: str, hours: int, now: dt.datetime) -> JoinToken:
 def due(token: JoinToken | None, hours: int, now: dt.datetime) -> bool:
     """A pool needs a new token: none yet, or less than half its lifetime left."""
     return token is None or token.expires - now < dt.timedelta(hours=hours) / 2
+
+
+def refresh(pools: Sequence[NodePool], tokens: dict[str, JoinToken], now: dt.datetime
+            ) -> tuple[dict[str, JoinToken], list[str]]:
+    """Every pool with a token that is not due: (the tokens, the pools given a new one).
+    Tokens of pools no longer listed are dropped (they expire in the cluster on their own)."""
+    current, issued = {}, []
+    for pool in pools:
+        token = tokens.get(pool.name)
+        if due(token, pool.join_token_hours, now):
+            token = new(pool.name, pool.join_token_hours, now)
+            issued.append(pool.name)
+        current[pool.name] = token
+    return current, issued  # type: ignore[return-value]
 
 
 def load(pki_dir: Path) -> dict[str, JoinToken]:

@@ -166,7 +166,6 @@ def converge_objects(group: list[HostContext]) -> None:
     pki_dir = first.shared["pki"].out_dir
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     stored = join_tokens.load(pki_dir)
-    tokens = dict(stored)
     objects: list[dict[str, Any]] = []
     bindings = state.get("bindings", {})
     role, binding, bootstrappers = wanted_objects(inventory)
@@ -178,16 +177,17 @@ def converge_objects(group: list[HostContext]) -> None:
         first.note("let each node pool's token holders request kubelet certificates "
                    f"({', '.join(p.name for p in inventory.node_pools)})")
     secrets = set(state.get("token_secrets", ()))
+    tokens, issued = join_tokens.refresh(inventory.node_pools, stored, now)
     for pool in inventory.node_pools:
-        token = tokens.get(pool.name)
-        if join_tokens.due(token, pool.join_token_hours, now):
-            token = tokens[pool.name] = join_tokens.new(pool.name, pool.join_token_hours, now)
+        token = tokens[pool.name]
+        if pool.name in issued:
             first.note(f"issue a join token for node pool {pool.name} "
                        f"({pool.join_token_hours} h)")
-            objects.append(token.manifest())
-        elif token is not None and token.secret_name not in secrets:
-            first.note(f"restore the join token of node pool {pool.name} in the cluster")
-            objects.append(token.manifest())
+        elif token.secret_name in secrets:
+            continue
+        else:  # issued by the Pulumi program's check, or lost by the cluster
+            first.note(f"install the join token of node pool {pool.name} in the cluster")
+        objects.append(token.manifest())
     if first.dry_run or not objects:
         return
     body = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})

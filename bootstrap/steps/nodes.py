@@ -206,6 +206,17 @@ def registration_problems(node: dict[str, Any] | None, host: Host) -> list[str]:
     return problems
 
 
+def joined_phrase(node: dict[str, Any]) -> str:
+    """`check`'s words for a node that joined by itself (in no inventory)."""
+    labels = node.get("metadata", {}).get("labels") or {}
+    ready: dict[str, Any] = next((c for c in node.get("status", {}).get("conditions", [])
+                                  if c.get("type") == "Ready"), {})
+    state = "Ready" if ready.get("status") == "True" else f"NOT Ready ({ready.get('reason')})"
+    admitted = ("waiting for node checks (the approver lifts its taint)" if _tainted(node)
+                else "admitted")
+    return f"{labels.get(kc.ZONE_LABEL, '?')}, joined by TLS bootstrapping, {state}, {admitted}"
+
+
 def _tainted(node: dict[str, Any] | None) -> bool:
     return any(t.get("key") == kc.CHECKS_TAINT
                for t in (node or {}).get("spec", {}).get("taints") or [])

@@ -282,6 +282,7 @@ def test_an_auto_scaled_node_joins_by_tls_bootstrapping_alone(nlab: Lab) -> None
             t for t in found["spec"].get("taints") or [] if t["key"] == kc.CHECKS_TAINT])
 
     took = until(admitted, 150, f"{node.name} Ready and admitted")
+    workload.import_on(nlab, node.name)  # pods may land there now
     print(f"\n{node.name}: start to Ready and admitted in {time.monotonic() - started:.1f} s "
           f"({took:.1f} s after its user data)")
     joined = nodes_by_name(nlab)[node.name]
@@ -302,6 +303,8 @@ def test_an_auto_scaled_node_joins_by_tls_bootstrapping_alone(nlab: Lab) -> None
     ca = x509.load_pem_x509_certificate((nlab.dir / "pki" / "local" / "pki" / "ca.crt")
                                         .read_bytes())
     served.verify_directly_issued_by(ca)  # raises unless the cluster CA signed it
+    assert check_lines(nlab)[node.name] == (
+        f"{node.name}: lab-b, joined by TLS bootstrapping, Ready, admitted")
 
 
 def test_a_token_holder_claiming_another_nodes_name_gets_nothing(nlab: Lab) -> None:

@@ -1,14 +1,17 @@
 """Each stack is evaluated once under the AWS mocks; tests read the recorded resources.
 
 `evaluate` runs the program inside a `@pulumi.runtime.test` function and waits for every
-resource and output, so the tests below assert on resolved, plain data.
+resource and output, so the tests below assert on resolved, plain data. The bootstrap
+resource answers as its provider's create does (`BootstrapMocks`: a CA and every node pool's
+join token), so the node pools' user data is the join script.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.program.mocks import Evaluation, evaluate
+from tests.program.mocks import Evaluation
+from tests.program.mocks import evaluate_bootstrapped as evaluate
 from tests.program.stackconfig import stack_config
 
 

@@ -3,7 +3,6 @@ and the host keys it pins are the ones the hosts are given (no trust on first us
 
 from __future__ import annotations
 
-import base64
 import re
 from urllib.parse import urlsplit
 
@@ -11,8 +10,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 
 from bootstrap.inventory import parse
+from bootstrap.node import kubelet_config as kc
 from bootstrap.pki.table import Context, apiserver_sans
 from tests.program.mocks import Evaluation
+from tests.program.test_node_join import user_data_of, written_files
 
 
 def test_parse_accepts_the_inventory_of_every_stack(stacks: list[Evaluation],
@@ -72,8 +73,8 @@ def test_every_name_a_client_is_given_is_in_the_api_server_certificate(
         inv = parse(ev.outputs["inventory"])
         given = {ev.outputs["regionalEndpoint"]}
         for lt in ev.of_type("aws:ec2/launchTemplate:LaunchTemplate"):
-            user_data = base64.b64decode(lt.inputs["userData"]).decode()
-            (url,) = re.findall(r"API_ENDPOINT=(\S+)", user_data)
+            kubeconfig = written_files(user_data_of(lt))[kc.BOOTSTRAP_KUBECONFIG].decode()
+            (url,) = re.findall(r"server: (\S+)", kubeconfig)
             given.add(urlsplit(url).hostname)
         assert len(given) == 4  # the regional name and one name per zone
         for host in inv.control_plane:

@@ -8,8 +8,11 @@ import ipaddress
 import pulumi
 import pytest
 
+from bootstrap.node import kubelet_config as kc
+from bootstrap.services import unit_path
 from tests.program.mocks import AwsMocks, Evaluation, program
 from tests.program.stackconfig import stack_config
+from tests.program.test_node_join import user_data_of, written_files
 
 INSTANCE, SUBNET = "aws:ec2/instance:Instance", "aws:ec2/subnet:Subnet"
 LB, TG = "aws:lb/loadBalancer:LoadBalancer", "aws:lb/targetGroup:TargetGroup"
@@ -237,12 +240,15 @@ def test_node_pools_one_group_per_zone_labelled_and_sized(prod: Evaluation) -> N
         refresh = group.inputs["instanceRefresh"]
         assert refresh["strategy"] == "Rolling"
         assert refresh["preferences"]["minHealthyPercentage"] >= 90
+        # The join script: the kubelet labels its node with the zone and asks its zone's
+        # endpoint first (tests/program/test_node_join.py reads the rest of it).
         template = prod.by_id(group.inputs["launchTemplate"]["id"])
-        import base64
-        user_data = base64.b64decode(template.inputs["userData"]).decode()
-        assert f"NODE_LABELS=topology.kubernetes.io/zone={zone}" in user_data
+        files = written_files(user_data_of(template))
+        assert f"--node-labels=topology.kubernetes.io/zone={zone}" in \
+            files[unit_path("kubelet")].decode()
         endpoint = prod.outputs["zoneEndpoints"][zone]
-        assert f"API_ENDPOINT=https://{endpoint}:6443" in user_data
+        assert f"server: https://{endpoint}:6443\n" in \
+            files[kc.BOOTSTRAP_KUBECONFIG].decode()
 
 
 @pytest.fixture

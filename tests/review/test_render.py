@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -22,7 +23,12 @@ def test_secrets_are_masked(prod_doc: dict[str, Any]) -> None:
                  if r["type"] == "aws:ec2/instance:Instance"]
     assert len(instances) == 4
     assert all(set(r["inputs"]["userData"]) == {"secret"} for r in instances)
-    assert out.count("userData = [secret]") == 4
+    # ...and each zone's launch template: its user data holds the pool's join token.
+    templates = [r for r in prod_doc["resources"].values()
+                 if r["type"] == "aws:ec2/launchTemplate:LaunchTemplate"]
+    assert len(templates) == 3
+    assert all(set(r["inputs"]["userData"]) == {"secret"} for r in templates)
+    assert out.count("userData = [secret]") == 7
 
 
 def test_assigned_values_are_references_not_mock_ids(prod_doc: dict[str, Any]) -> None:
@@ -33,10 +39,13 @@ def test_assigned_values_are_references_not_mock_ids(prod_doc: dict[str, Any]) -
     assert subnet["inputs"]["subnetId"] == "${Subnet:network-private-eu-west-1a.id}"
 
 
-def test_node_user_data_is_shown_decoded(prod_doc: dict[str, Any]) -> None:
-    lt = prod_doc["resources"]["aws:ec2/launchTemplate:LaunchTemplate::nodes-eu-west-1a"]
-    assert lt["inputs"]["userData"].startswith("#cloud-config\n")
-    assert "API_ENDPOINT=https://api-a.mz-prod.internal:6443" in lt["inputs"]["userData"]
+def test_node_user_data_is_a_secret_shown_by_digest(prod_doc: dict[str, Any]) -> None:
+    """It carries the pool's join token: a diff shows that it changed, never its text."""
+    one = prod_doc["resources"]["aws:ec2/launchTemplate:LaunchTemplate::nodes-eu-west-1a"]
+    other = prod_doc["resources"]["aws:ec2/launchTemplate:LaunchTemplate::nodes-eu-west-1b"]
+    assert set(one["inputs"]["userData"]) == {"secret"}
+    assert "join" not in json.dumps(one["inputs"]["userData"])
+    assert one["inputs"]["userData"] != other["inputs"]["userData"]  # per zone and pool
 
 
 def test_protection_and_ignored_changes_are_shown(prod_doc: dict[str, Any]) -> None:

@@ -345,19 +345,21 @@ def test_ec2_source_finds_this_clusters_nodes(moto_ec2: Any,
         monkeypatch.setenv(key, "testing")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "session")  # sent as x-amz-security-token
     ec2 = Ec2Identity("eu-west-1", "c1")
-    node7 = ec2.lookup("node-7")
+    dns = {name: made[name]["PrivateDnsName"] for name in made}
+    node7 = ec2.lookup(dns["node-7"])
     assert node7 is not None and node7.state == "running" and node7.pool == "lab-a"
     assert made["node-7"]["PrivateIpAddress"] in node7.addresses
-    assert node7.dns_names == (made["node-7"]["PrivateDnsName"],)
-    assert ec2.lookup(made["node-7"]["PrivateDnsName"]) == node7  # by private DNS name too
-    assert ec2.lookup("node-8").state == "stopped"  # type: ignore[union-attr]
-    assert ec2.lookup("node-9").state == "terminated"  # type: ignore[union-attr]
-    assert ec2.lookup("node-10") is None  # another cluster's
-    assert ec2.lookup("cp-1") is None  # not a node
-    assert Ec2Identity("eu-west-1", "c2").lookup("node-10") is not None
-    assert decide(make_csr(), ec2, lambda name: False)[0] == "approve"
-    assert decide(make_csr(cn="system:node:node-8"), ec2, lambda name: False) == (
-        "deny", "instance node-8 is stopped, not running")
+    assert node7.dns_names == (dns["node-7"],)
+    assert ec2.lookup("node-7") is None  # a Name tag is anyone's to set: no identity
+    assert ec2.lookup(dns["node-8"]).state == "stopped"  # type: ignore[union-attr]
+    assert ec2.lookup(dns["node-9"]).state == "terminated"  # type: ignore[union-attr]
+    assert ec2.lookup(dns["node-10"]) is None  # another cluster's
+    assert ec2.lookup(dns["cp-1"]) is None  # not a node
+    assert Ec2Identity("eu-west-1", "c2").lookup(dns["node-10"]) is not None
+    assert decide(make_csr(cn=f"system:node:{dns['node-7']}"), ec2,
+                  lambda name: False)[0] == "approve"
+    assert decide(make_csr(cn=f"system:node:{dns['node-8']}"), ec2, lambda name: False) == (
+        "deny", f"instance {dns['node-8']} is stopped, not running")
 
 
 def test_ec2_instance_collects_every_private_address() -> None:
