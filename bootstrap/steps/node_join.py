@@ -24,7 +24,7 @@ from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
 from bootstrap.hostfiles import FileSpec, put_many
 from bootstrap.inventory import Host, Inventory
-from bootstrap.node import csr_approver, join_tokens
+from bootstrap.node import csr_approver, instance_identity, join_tokens
 from bootstrap.node import kubelet_config as kc
 from bootstrap.pki.table import LEAF_BY_NAME
 from bootstrap.services import (
@@ -44,7 +44,7 @@ from bootstrap.steps.cluster_objects import (
 
 APPROVER = "mzk-csr-approver"
 PROGRAM = "/var/lib/mzk/bin/mzk-csr-approver"
-PROGRAM_SOURCE = Path(csr_approver.__file__).read_bytes()
+IDENTITY_MODULE = "/var/lib/mzk/bin/instance_identity.py"  # imported by the program
 STATUS_FILE = "/run/mzk/csr-approver.json"
 LAB_RECORD = "/etc/mzk/lab-instances.json"  # the lab's record of its launched instances
 APPROVER_USER = LEAF_BY_NAME["csr-approver"].cn
@@ -53,12 +53,18 @@ RULES_DIGEST = "mzk.io/rules-digest"
 SERVICES = (APPROVER,)
 
 
+def program_files() -> dict[str, bytes]:
+    """The approver as shipped: its program and, beside it, its identity sources."""
+    return {PROGRAM: Path(csr_approver.__file__).read_bytes(),
+            IDENTITY_MODULE: Path(instance_identity.__file__).read_bytes()}
+
+
 def _control_plane(inventory: Inventory) -> tuple[Host, ...]:
     return inventory.control_plane
 
 
 def watched_paths(ctx: HostContext) -> list[str]:
-    return [PROGRAM, unit_path(APPROVER)] if ctx.host.has("control-plane") else []
+    return [*program_files(), unit_path(APPROVER)] if ctx.host.has("control-plane") else []
 
 
 def identity_source(inventory: Inventory, lab: bool) -> str:
@@ -78,7 +84,7 @@ def approver_service(ctx: HostContext) -> Service:
                "--identity", identity_source(ctx.inventory, bool(ctx.facts.get("lab"))),
                "--status", STATUS_FILE]
     contents = {f.path: f.content for f in ctx.shared["pki"].hosts[ctx.name].files}
-    program = hashlib.sha256(PROGRAM_SOURCE).hexdigest()
+    program = hashlib.sha256(b"".join(program_files().values())).hexdigest()
     return Service(name=APPROVER, command_line=command,
                    env={"MZK_INPUTS": inputs_digest(program, command, contents)},
                    description="approves kubelet certificates of verified joined nodes")
@@ -94,16 +100,18 @@ def converge_approver(ctx: HostContext) -> None:
         ctx.note(f"stop {APPROVER} and remove it (no node pools)")
         if not ctx.dry_run:
             manager.remove(ctx.runner, APPROVER)
-            ctx.runner.run(f"rm -f {PROGRAM}")
+            ctx.runner.run("rm -f " + " ".join(program_files()))
         return
-    program = FileSpec(PROGRAM, PROGRAM_SOURCE, 0o755)
+    program = [FileSpec(path, content, 0o755 if path == PROGRAM else 0o644)
+               for path, content in program_files().items()]
+    todo = [f for f in program if states.get(f.path) != f.state()]
     wanted = approver_service(ctx)
     change = change_from_facts(wanted, states.get(unit_path(APPROVER)), status)
-    if states.get(PROGRAM) != program.state():
-        ctx.note(f"write {PROGRAM}")
+    for f in todo:
+        ctx.note(f"write {f.path}")
         change = change or f"restart {APPROVER} (new program)"
-        if not ctx.dry_run:
-            put_many(ctx.runner, [program])
+    if todo and not ctx.dry_run:
+        put_many(ctx.runner, todo)
     if change:
         ctx.note(change)
         if not ctx.dry_run:

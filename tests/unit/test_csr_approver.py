@@ -32,16 +32,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bootstrap.node import csr_approver as approver
-from bootstrap.node.csr_approver import (
-    SIGNER_CLIENT,
-    SIGNER_SERVING,
+from bootstrap.node import instance_identity as identity
+from bootstrap.node.csr_approver import SIGNER_CLIENT, SIGNER_SERVING, decide
+from bootstrap.node.instance_identity import (
     Credentials,
     Ec2Identity,
     Instance,
     LabIdentity,
     LookupFailed,
-    decide,
 )
+from bootstrap.steps import node_join
 
 SCRIPT = Path(approver.__file__)
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -375,7 +375,7 @@ def test_ec2_instance_collects_every_private_address() -> None:
         "<ipv6AddressesSet><item><ipv6Address>2600:1f18::5</ipv6Address></item>"
         "</ipv6AddressesSet></item></networkInterfaceSet>"
         "<tagSet><item><key>mzk:pool</key><value>pool-a</value></item></tagSet></item>")
-    assert approver._ec2_instance(item) == Instance(
+    assert identity._ec2_instance(item) == Instance(
         "ip-10-0-1-5.ec2.internal", "pool-a", "running",
         ("10.0.1.5", "10.0.1.6", "2600:1f18::5"), ("ip-10-0-1-5.ec2.internal",))
 
@@ -473,11 +473,11 @@ def test_no_credentials_anywhere_is_a_lookup_failure(monkeypatch: pytest.MonkeyP
 def test_sigv4_reproduces_awss_documented_example() -> None:
     """The IAM ListUsers example of AWS's "Create a signed AWS API request" page."""
     url = "https://iam.amazonaws.com/?Action=ListUsers&Version=2010-05-08"
-    headers = approver.sign_v4(
+    headers = identity.sign_v4(
         "GET", url, {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}, b"",
         Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"), "us-east-1",
         "iam", dt.datetime(2015, 8, 30, 12, 36, tzinfo=dt.UTC))
-    canonical, signed = approver.canonical_request(
+    canonical, signed = identity.canonical_request(
         "GET", url, {k: v for k, v in headers.items() if k != "Authorization"}, b"")
     assert canonical == "\n".join([
         "GET", "/", "Action=ListUsers&Version=2010-05-08",
@@ -497,7 +497,7 @@ def test_sigv4_matches_botocore_for_a_describe_instances_post() -> None:
     reference = AWSRequest(method="POST", url=url, data=body, headers=dict(content_type))
     SigV4Auth(BotoCredentials("AK", "SK", "TOKEN"), "ec2", "eu-west-1").add_auth(reference)
     when = dt.datetime.strptime(reference.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
-    ours = approver.sign_v4("POST", url, content_type, body, Credentials("AK", "SK", "TOKEN"),
+    ours = identity.sign_v4("POST", url, content_type, body, Credentials("AK", "SK", "TOKEN"),
                             "eu-west-1", "ec2", when.replace(tzinfo=dt.UTC))
     assert ours["Authorization"] == reference.headers["Authorization"]
     assert ours["x-amz-security-token"] == "TOKEN" and ours["host"] == "127.0.0.1:5000"
@@ -634,8 +634,14 @@ def api(tmp_path: Path, serve: Any) -> Iterator[list[str]]:
 
 def test_one_pass_approves_the_honest_denies_the_impostor_and_leaves_the_rest(
         api: list[str], tmp_path: Path) -> None:
-    # -I -S: no site-packages at all, as on a host with only python3
-    done = subprocess.run([sys.executable, "-I", "-S", str(SCRIPT), *api],
+    # As the csr-approver step ships it (the program and its identity sources side by
+    # side), run with no site-packages at all, as on a host with only python3.
+    shipped = tmp_path / "bin"
+    shipped.mkdir()
+    for path, content in node_join.program_files().items():
+        (shipped / Path(path).name).write_bytes(content)
+    done = subprocess.run([sys.executable, "-S", "-E", "-s",
+                           str(shipped / Path(node_join.PROGRAM).name), *api],
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
@@ -713,7 +719,7 @@ def joined_node(name: str, address: str, ready: str = "True",
 
 
 def test_node_problems_from_the_control_plane_view() -> None:
-    instance = approver.Instance("auto-a1", "pool-a", "running", ("10.213.1.100",))
+    instance = Instance("auto-a1", "pool-a", "running", ("10.213.1.100",))
     now = 1_000_000.0
     assert approver.node_problems(joined_node("auto-a1", "10.213.1.100"), instance,
                                   now - 5, now) == ""
