@@ -75,6 +75,11 @@ def main() -> None:
                 user_data = time.perf_counter() - started
                 while not admitted(nodes(lab_dir).get(node.name, {"status": {}, "spec": {}})):
                     if time.perf_counter() - started > 300:
+                        for cp in ("cp-a", "cp-b", "cp-c"):
+                            log = (lab_dir / "hosts" / cp / "fs" / "var/lib/mzk/log"
+                                   / "mzk-csr-approver.log")
+                            print(cp, log.read_text()[-600:] if log.exists() else "no log")
+                        print(json.dumps(nodes(lab_dir).get(node.name), indent=1)[:3000])
                         raise SystemExit(f"{node.name} not admitted within 300 s")
                     time.sleep(0.2)
                 print(f"auto-scaled {node.name}: launch to Ready and admitted "
