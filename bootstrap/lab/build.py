@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from bootstrap import k8s_bin
+from bootstrap.errors import ConfigError
 from bootstrap.inventory import load as load_inventory
 from bootstrap.k8s_releases import supported_versions
 from bootstrap.lab import balancers, cgroups, hosts, volumes
@@ -231,6 +232,12 @@ def up(lab_dir: Path, workers: int = 3, say: Say = print) -> Layout:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, bind mounts); run as root")
     lab_dir = lab_dir.resolve()
+    shadowed = next((d for d in HOST_DIRS if lab_dir == Path(d) or Path(d) in lab_dir.parents),
+                    None)
+    if shadowed is not None:
+        raise ConfigError(f"--dir {lab_dir}: every lab host gets its own {shadowed}, which "
+                          "would hide the lab's own files from its sshds; use a directory "
+                          "elsewhere, e.g. /srv/multizone-k8s/lab")
     lab_dir.mkdir(parents=True, exist_ok=True)
     state = State.load(lab_dir)
     slot = state.data.get("link_slot")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bootstrap.lab import build
 
-DEFAULT_DIR = "/var/lib/multizone-k8s/lab"
+DEFAULT_DIR = "/srv/multizone-k8s/lab"
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:

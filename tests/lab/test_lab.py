@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -314,3 +315,15 @@ def test_up_twice_converges_and_down_removes_everything(tmp_path: Path) -> None:
     assert not lab_dir.exists()
     assert re.search(r"\bsleep 4444\b", subprocess.run(["ps", "-eo", "args"], text=True,
                      capture_output=True, check=True).stdout) is None
+
+
+def test_a_lab_directory_that_its_hosts_would_not_see_is_refused() -> None:
+    """Each host gets its own /var/lib, /run, ... (layout.HOST_DIRS): a lab kept below one
+    of them would hide its own sshd files from its hosts."""
+    for where in ("/var/lib/mzk-test-lab", "/run/mzk-test-lab/lab", "/root/lab"):
+        proc = subprocess.run([sys.executable, "-m", "bootstrap", "lab", "up", "--dir", where],
+                              cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and f"--dir {where}" in proc.stderr
+        assert not Path(where).exists()
