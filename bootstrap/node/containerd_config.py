@@ -44,10 +44,13 @@ from typing import Literal
 from bootstrap.errors import ConfigError
 from bootstrap.node import cni
 from bootstrap.node.pause_image import DEFAULT_TAG
+from bootstrap.services import Service
 
 HostKind = Literal["real", "lab"]
 KINDS: tuple[HostKind, ...] = ("real", "lab")
 
+CONFIG_PATH = "/etc/containerd/config.toml"
+DEFAULT_BINARY = "/usr/bin/containerd"  # the distribution's package
 DEFAULT_ROOT = "/var/lib/containerd"
 DEFAULT_STATE = "/run/containerd"
 DEFAULT_ADDRESS = "/run/containerd/containerd.sock"
@@ -159,3 +162,10 @@ def for_node(lab: bool, pod_network: bool) -> str:
                   cni_bin_dir=cni.BIN_DIR, cni_conf_dir=cni.CONF_DIR,
                   cni_conf_template=cni.TEMPLATE_PATH if pod_network else None,
                   opt_dir=LAB_OPT_DIR if lab else DEFAULT_OPT)
+
+
+def service(binary: str = DEFAULT_BINARY) -> Service:
+    """containerd as a service of every node (inventory or joined): a restart must not kill
+    the containers it started."""
+    return Service(name="containerd", command_line=[binary, "--config", CONFIG_PATH],
+                   keep_children=True, description="containerd: the nodes' container runtime")

@@ -25,7 +25,7 @@ from bootstrap.k8s_releases import release_for
 from bootstrap.node import cni, containerd_config, pause_image
 from bootstrap.node import kubelet_config as kc
 from bootstrap.services import SUPERVISOR_PATH, Service, render_unit, unit_path
-from bootstrap.steps.binaries import kubernetes_install_script
+from bootstrap.steps.binaries import INSTALL_DIR, kubernetes_install_script
 
 NAME_MARK, ADDRESS_MARK = "@NODE_NAME@", "@NODE_ADDRESS@"
 PACKAGES = ("containerd", "runc", "containernetworking-plugins", "curl")
@@ -61,15 +61,9 @@ def bootstrap_kubeconfig(spec: JoinSpec) -> bytes:
 
 
 def _services(spec: JoinSpec) -> tuple[Service, Service]:
-    containerd_cmd = ["/usr/bin/containerd", "--config", "/etc/containerd/config.toml"]
-    containerd = Service(name="containerd", command_line=containerd_cmd, keep_children=True,
-                         description="containerd: the nodes' container runtime")
-    kubelet_bin = spec.kubelet_path or "/usr/local/bin/kubelet"
-    kubelet = Service(name="kubelet", after=("containerd",),
-                      command_line=kc.command(kubelet_bin, NAME_MARK, ADDRESS_MARK, spec.zone,
-                                              tls_bootstrap=True),
-                      description="kubelet: runs this node's pods")
-    return containerd, kubelet
+    kubelet_bin = spec.kubelet_path or f"{INSTALL_DIR}/kubelet"
+    return containerd_config.service(), kc.service(
+        kc.command(kubelet_bin, NAME_MARK, ADDRESS_MARK, spec.zone, tls_bootstrap=True))
 
 
 def files(spec: JoinSpec) -> list[tuple[str, bytes, int]]:
@@ -79,7 +73,7 @@ def files(spec: JoinSpec) -> list[tuple[str, bytes, int]]:
                                   cluster_domain=spec.dns_domain,
                                   cgroup_root=spec.cgroup_root, tls_bootstrap=True)
     config = containerd_config.for_node(spec.lab, pod_network=True)
-    found = [("/etc/containerd/config.toml", config.encode(), 0o644),
+    found = [(containerd_config.CONFIG_PATH, config.encode(), 0o644),
              (cni.TEMPLATE_PATH, cni.template(), 0o644),
              (kc.SYSCTL_FILE, kc.sysctl_conf(), 0o644),
              (kc.CONFIG_PATH, kc.config_yaml(settings), 0o644),

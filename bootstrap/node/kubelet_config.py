@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import yaml
 
 from bootstrap.pki.table import flag_words
+from bootstrap.services import Service
 
 CONFIG_PATH = "/var/lib/kubelet/config.yaml"
 KUBECONFIG = "/etc/kubernetes/kubelet.conf"
@@ -98,6 +99,12 @@ def command(binary: str, name: str, address: str, zone: str, *,
     return [binary, f"--config={CONFIG_PATH}", f"--kubeconfig={KUBECONFIG}", *files,
             f"--hostname-override={name}", f"--node-ip={address}",
             f"--node-labels={node_labels(zone)}"]
+
+
+def service(command_line: list[str]) -> Service:
+    """The kubelet as a service of every node (inventory or joined), after containerd."""
+    return Service(name="kubelet", command_line=command_line, after=("containerd",),
+                   description="kubelet: runs this node's pods")
 
 
 def sysctl_conf() -> bytes:

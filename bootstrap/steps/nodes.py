@@ -10,6 +10,7 @@ kubelet, which restarts only when its unit (binary, command line, files it names
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import time
@@ -34,7 +35,6 @@ from bootstrap.services import (
 from bootstrap.ssh import Runner
 from bootstrap.steps.cluster_objects import kubectl_path
 
-CONTAINERD_CONFIG = "/etc/containerd/config.toml"
 CONTENT_DIR = "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256"
 SERVICES = ("containerd", "kubelet")
 PACKAGES = ("containerd", "runc", "containernetworking-plugins")
@@ -59,7 +59,7 @@ def facts_script() -> str:
 def watched_paths(ctx: HostContext) -> list[str]:
     if not ctx.host.has("node"):
         return []
-    return [CONTAINERD_CONFIG, cni.TEMPLATE_PATH, kc.CONFIG_PATH, kc.SYSCTL_FILE,
+    return [containerd_config.CONFIG_PATH, cni.TEMPLATE_PATH, kc.CONFIG_PATH, kc.SYSCTL_FILE,
             pause_image.ARCHIVE_PATH, *(unit_path(s) for s in SERVICES)]
 
 
@@ -72,7 +72,7 @@ def _files(ctx: HostContext) -> list[FileSpec]:
                                   cluster_domain=c.dns_domain,
                                   cgroup_root=ctx.facts.get("node_readings", {}).get(
                                       "cgroup_root") if lab else None)
-    files = [FileSpec(CONTAINERD_CONFIG, containerd.encode(), 0o644),
+    files = [FileSpec(containerd_config.CONFIG_PATH, containerd.encode(), 0o644),
              FileSpec(kc.CONFIG_PATH, kc.config_yaml(settings), 0o644),
              FileSpec(kc.SYSCTL_FILE, kc.sysctl_conf(), 0o644)]
     if template:
@@ -83,21 +83,17 @@ def _files(ctx: HostContext) -> list[FileSpec]:
 
 
 def _services(ctx: HostContext, files: list[FileSpec]) -> tuple[Service, Service]:
-    bins = ctx.facts["bin"]
-    containerd_cmd = [bins.get("containerd") or "/usr/bin/containerd", "--config",
-                      CONTAINERD_CONFIG]
+    """The node's two services, each unit naming the digest of what it reads."""
     contents = {f.path: f.content for f in files}
-    containerd = Service(name="containerd", command_line=containerd_cmd, keep_children=True,
-                         env={"MZK_INPUTS": inputs_digest("containerd", containerd_cmd,
-                                                          contents)},
-                         description="containerd: the nodes' container runtime")
-    kubelet_cmd = kc.command(ctx.facts["k8s"]["kubelet"], ctx.name, ctx.host.address,
-                             ctx.host.zone)
+    containerd = containerd_config.service(ctx.facts["bin"].get("containerd")
+                                           or containerd_config.DEFAULT_BINARY)
+    containerd = dataclasses.replace(containerd, env={"MZK_INPUTS": inputs_digest(
+        "containerd", containerd.command_line, contents)})
+    kubelet = kc.service(kc.command(ctx.facts["k8s"]["kubelet"], ctx.name, ctx.host.address,
+                                    ctx.host.zone))
     contents.update({f.path: f.content for f in ctx.shared["pki"].hosts[ctx.name].files})
-    kubelet = Service(name="kubelet", command_line=kubelet_cmd, after=("containerd",),
-                      env={"MZK_INPUTS": inputs_digest(ctx.facts["k8s_id"]["kubelet"],
-                                                       kubelet_cmd, contents)},
-                      description="kubelet: runs this node's pods")
+    kubelet = dataclasses.replace(kubelet, env={"MZK_INPUTS": inputs_digest(
+        ctx.facts["k8s_id"]["kubelet"], kubelet.command_line, contents)})
     return containerd, kubelet
 
 
