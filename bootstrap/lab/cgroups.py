@@ -10,9 +10,11 @@ runc also files them) and removes the directories, deepest first.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 CGROUP_FS = Path("/sys/fs/cgroup")
@@ -53,6 +55,21 @@ def _pids(path: Path) -> list[int]:
     return found
 
 
+def kill_until_gone(pids_of: Callable[[], list[int]], deadline: float) -> list[int]:
+    """SIGKILL whatever `pids_of()` lists until it lists nothing or the (monotonic)
+    deadline passed; the pids still there at the end (none: all gone)."""
+    while pids := pids_of():
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            return pids
+        time.sleep(0.02)
+    return []
+
+
 def remove(root: str, limit: float = 10.0) -> list[str]:
     """SIGKILL everything under `root` in every hierarchy, then rmdir its cgroups
     (deepest first). Returns the directories that could not be removed."""
@@ -62,15 +79,7 @@ def remove(root: str, limit: float = 10.0) -> list[str]:
         path = hierarchy / root.lstrip("/")
         if not path.is_dir():
             continue
-        while pids := _pids(path):
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.02)
+        kill_until_gone(functools.partial(_pids, path), deadline)
         for directory in sorted((p for p in path.rglob("*") if p.is_dir()),
                                 key=lambda p: len(p.parts), reverse=True) + [path]:
             for _ in range(50):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -187,18 +186,11 @@ def wait_for_sshd(layout: Layout, pids: dict[str, int], limit: float = 10.0) -> 
 
 def kill_namespace(ns: str, limit: float = 5.0) -> None:
     """SIGKILL every process in a network namespace until none is left."""
-    deadline = time.monotonic() + limit
-    while True:
+    def pids() -> list[int]:
         proc = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True,
                               check=False)
-        pids = [int(p) for p in proc.stdout.split() if p.isdigit()]
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if time.monotonic() > deadline:
-            raise LabError(f"{ns}: processes {pids} survive SIGKILL")
-        time.sleep(0.02)
+        return [int(p) for p in proc.stdout.split() if p.isdigit()]
+
+    left = cgroups.kill_until_gone(pids, time.monotonic() + limit)
+    if left:
+        raise LabError(f"{ns}: processes {left} survive SIGKILL")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from bootstrap import k8s_bin
-from bootstrap.apply_command import execute
+from bootstrap.apply_command import check, execute
 from bootstrap.engine import Report
 from bootstrap.inventory import Inventory, load
-from bootstrap.lab import build
+from bootstrap.lab import build, hosts
 from bootstrap.lab.layout import Layout
 from bootstrap.ssh import Connections, Result
 
@@ -77,14 +78,7 @@ def kill_host(lab: Lab, host: str) -> None:
     """SIGKILL every process of a lab host (etcd, supervisors, the control plane, sshd),
     as if the machine died; returns once none is left."""
     netns = lab.layout.host(host).netns
-    for pid in netns_pids(netns):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 5
-    while netns_pids(netns) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    hosts.kill_namespace(netns)
     assert not netns_pids(netns)
 
 
@@ -150,3 +144,20 @@ def in_host(lab: Lab, host: str, argv: list[str], timeout: float = 10
     pid = json.loads((lab.dir / "lab-state.json").read_text())["pids"][host]
     return subprocess.run(["nsenter", "-t", str(pid), "-n", "-m", *argv], capture_output=True,
                           text=True, timeout=timeout, check=False)
+
+
+def until(predicate, limit: float, what: str = "") -> float:  # type: ignore[no-untyped-def]
+    """Seconds until `predicate()` held (polled), failing past `limit`."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < limit, f"not within {limit} s: {what}"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def check_lines(lab: Lab) -> dict[str, str]:
+    """`check`'s line per host, for the inventory the tests apply."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        check(lab.inventory, kubectl=KUBECTL())
+    return {line.split(":")[0]: line for line in out.getvalue().splitlines()}

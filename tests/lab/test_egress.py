@@ -13,14 +13,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import io
 import ipaddress
 import json
 import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bootstrap.apply_command import check, execute
+from bootstrap.apply_command import execute
 from bootstrap.egress import hostconfig
 from bootstrap.inventory import Inventory
 from bootstrap.lab import build
@@ -43,12 +41,14 @@ from .conftest import (
     KUBECTL,
     Lab,
     apply,
+    check_lines,
     in_host,
     lab_unavailable,
     netns_commands,
     on,
     require_k8s_binaries,
     running_lab,
+    until,
 )
 
 pytestmark = pytest.mark.lab
@@ -177,13 +177,6 @@ def assert_control_plane_cannot_reach_nodes_directly(lab: Lab, ssh_allowed: bool
             assert (ssh.stdout == "SSH-") == ssh_allowed, (via, node.name, ssh)
 
 
-def check_lines(lab: Lab) -> dict[str, str]:
-    """`check`'s line per host, for the inventory the tests apply."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        check(lab.inventory, kubectl=KUBECTL())
-    return {line.split(":")[0]: line for line in out.getvalue().splitlines()}
-
 
 def cmdlines(lab: Lab, host: str) -> list[str]:
     """The command lines of a lab host's processes (those still running)."""
@@ -217,14 +210,6 @@ def kill_service(lab: Lab, host: str, service: str) -> None:
 
     until(restarted, 10)
 
-
-def until(predicate, limit: float) -> float:  # type: ignore[no-untyped-def]
-    """Seconds until `predicate()` held (polled), failing past `limit`."""
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < limit, f"not within {limit} s"
-        time.sleep(0.2)
-    return time.monotonic() - start
 
 
 # --------------------------------------------------------------------------- ssh-tunnel

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import io
 import json
 import subprocess
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from bootstrap.apply_command import check, execute
+from bootstrap.apply_command import execute
 from bootstrap.inventory import Inventory
 from bootstrap.lab import build, launch
 from bootstrap.node import kubelet_config as kc
@@ -31,12 +30,14 @@ from .conftest import (
     KUBECTL,
     Lab,
     apply,
+    check_lines,
     in_host,
     kubectl,
     lab_unavailable,
     on,
     require_k8s_binaries,
     running_lab,
+    until,
 )
 
 ZONES = ("lab-a", "lab-b", "lab-c")
@@ -46,13 +47,6 @@ def with_mode(inventory: Inventory, mode: str) -> Inventory:
     return dataclasses.replace(inventory, cluster=dataclasses.replace(
         inventory.cluster, egress=mode))
 
-
-def until(predicate, limit: float, what: str = "") -> float:  # type: ignore[no-untyped-def]
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < limit, f"not within {limit} s: {what}"
-        time.sleep(0.5)
-    return time.monotonic() - start
 
 
 def get_json(lab: Lab, args: str) -> Any:
@@ -234,12 +228,6 @@ def test_logs_exec_and_port_forward_through_ssh_tunnels(nlab: Lab) -> None:
     assert_control_plane_cannot_reach_kubelets(nlab)
     assert_streams_reach_every_zone(nlab)
 
-
-def check_lines(lab: Lab) -> dict[str, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        check(lab.inventory, kubectl=KUBECTL())
-    return {line.split(":")[0]: line for line in out.getvalue().splitlines()}
 
 
 def test_a_failing_node_check_taints_the_node_and_check_names_it(nlab: Lab) -> None:
