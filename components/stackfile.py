@@ -5,6 +5,10 @@ and exits with Pulumi's own code. This reads `stacks/Pulumi.<stack>.yaml` the wa
 hands it to the program and runs the same validation (`settings.from_config`), so a pull
 request can be checked anywhere: one line per mistake, exit code 2. The zones are checked
 against the region's naming only; AWS's list of available zones needs credentials.
+
+Key material never sits in a stack file in plain text: the file is committed, so a plain
+`multizone:pkiBundle` (every CA key of the cluster) or any value holding a PEM private key is
+refused, with the fix (`pulumi config set --secret ...`, and the history to clean).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from bootstrap.errors import ConfigError
 from components.settings import NS, SettingsError, from_config
 
 _STACK_FILE = re.compile(r"Pulumi\.([A-Za-z0-9_.-]+)\.ya?ml\Z", re.ASCII)
+PKI_BUNDLE = f"{NS}:pkiBundle"  # the one secret the engine reads itself (cluster_bootstrap)
+# What key material looks like in text: a PEM private key, or a PKI bundle (which holds them).
+_KEY_MATERIAL = re.compile(r"PRIVATE KEY-----|multizone-k8s/pki-bundle")
 
 
 class StackFileError(ConfigError, ValueError):
@@ -42,10 +49,51 @@ def config_values(path: Path) -> dict[str, Any]:
         data = safe_yaml.load(path, what="it", fix="check the path")
     except ConfigError as err:
         raise StackFileError(str(err)) from err
-    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+    if not isinstance(data, dict):
+        shown = "empty" if data is None else f"{_kind(data)}, not a mapping"
+        raise StackFileError(f"{path}: the top level is {shown}; a stack file is a mapping "
+                             "with the settings under 'config:'")
+    if not isinstance(data.get("config"), dict):
         raise StackFileError(f"{path}: config: missing; put the settings under a top-level "
                              "'config:' mapping")
     return dict(data["config"])
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "text", int: "a number", float: "a number",
+            bool: "a boolean"}.get(type(value), f"a {type(value).__name__}")
+
+
+def plaintext_secrets(path: Path, values: dict[str, Any]) -> list[str]:
+    """One line per setting that holds key material in plain text: `multizone:pkiBundle`
+    that is not a `secure:` value, and any plain value with a private key or a bundle in it.
+    The file is committed: the fix is the encrypted setting and a history without it."""
+    problems = []
+    bundle = values.get(PKI_BUNDLE)
+    if PKI_BUNDLE in values and not (isinstance(bundle, dict) and set(bundle) == {"secure"}
+                                     and isinstance(bundle["secure"], str)):
+        problems.append(_leak(path, PKI_BUNDLE, "the cluster's CA keys are"))
+    for key, value in values.items():
+        if key != PKI_BUNDLE and _holds_key_material(value):
+            problems.append(_leak(path, str(key), "a private key is"))
+    return problems
+
+
+def _leak(path: Path, key: str, what: str) -> str:
+    return (f"{path}: {key}: in plain text, so {what} in a committed file; remove it and run "
+            f"`pulumi config set --secret {key} < FILE`, then remove the plain text from the "
+            "git history (and treat the keys as leaked if it was pushed)")
+
+
+def _holds_key_material(value: Any) -> bool:
+    """Whether a plain (not `secure:`) value holds a private key or a PKI bundle."""
+    if isinstance(value, dict):
+        if set(value) == {"secure"}:
+            return False
+        return any(_holds_key_material(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_key_material(v) for v in value)
+    return isinstance(value, str) and bool(_KEY_MATERIAL.search(value))
 
 
 def as_engine_config(values: dict[str, Any]) -> dict[str, str]:
@@ -69,9 +117,12 @@ def check(path: Path) -> list[str]:
         values = config_values(path)
     except StackFileError as err:
         return [str(err)]
+    leaks = plaintext_secrets(path, values)
+    if leaks:
+        return leaks
     # The one secret the engine reads itself: a PKI bundle to import on the first `up`
-    # (components/cluster_bootstrap.py); not a setting, so not checked here.
-    values.pop(f"{NS}:pkiBundle", None)
+    # (components/cluster_bootstrap.py); not a setting, so not checked further here.
+    values.pop(PKI_BUNDLE, None)
     secret = [k for k, v in values.items() if isinstance(v, dict) and "secure" in v]
     if secret:
         return [f"{path}: {k}: stored encrypted, which only the Pulumi engine can read; "

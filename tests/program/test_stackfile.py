@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.stackfile import check
+from bootstrap.errors import ConfigError
+from components.stackfile import StackFileError, check, config_values
 from tests.program.stackconfig import ROOT, STACKS, stack_values
 
 
@@ -153,3 +154,82 @@ def test_cli_binary_stack_file_exit_2_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [f"{path}: line 1: not UTF-8 text (it holds NUL bytes: "
                                         "UTF-16 or a binary file?); save it as UTF-8"]
+
+
+# --------------------------------------------------------------------------- key material
+
+
+_BUNDLE_TEXT = '{"format": "multizone-k8s/pki-bundle", "version": 1, "files": {}}'
+_PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n"
+
+
+def test_a_plain_pki_bundle_is_refused_naming_the_file_and_the_fix(tmp_path: Path) -> None:
+    path = write_stack(tmp_path, "prod", {**stack_values("prod"),
+                                          "multizone:pkiBundle": _BUNDLE_TEXT})
+    proc = run(path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{path}: multizone:pkiBundle: in plain text")
+    assert "pulumi config set --secret multizone:pkiBundle < FILE" in lines[0]
+    assert "git history" in lines[0]
+
+
+@pytest.mark.parametrize("value", ["", "anything", {"secure": 3}, {"secure": "v1:x", "y": 1},
+                                   ["v1:x"]])
+def test_any_pki_bundle_that_is_not_a_secure_value_is_refused(tmp_path: Path,
+                                                             value: object) -> None:
+    path = write_stack(tmp_path, "prod", {**stack_values("prod"), "multizone:pkiBundle": value})
+    problems = check(path)
+    assert len(problems) == 1 and "multizone:pkiBundle: in plain text" in problems[0], problems
+
+
+def test_a_secure_pki_bundle_is_accepted(tmp_path: Path) -> None:
+    path = write_stack(tmp_path, "prod", {**stack_values("prod"),
+                                          "multizone:pkiBundle": {"secure": "v1:AAAA"}})
+    proc = run(path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"{path}: valid"]
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("multizone:sshKey", _PEM_KEY),
+    ("multizone:ssh", {**stack_values("prod")["multizone:ssh"], "privateKey": _PEM_KEY}),
+    ("multizone:extra", [_BUNDLE_TEXT]),
+])
+def test_a_private_key_in_any_plain_setting_is_refused(tmp_path: Path, key: str,
+                                                       value: object) -> None:
+    path = write_stack(tmp_path, "prod", {**stack_values("prod"), key: value})
+    problems = check(path)
+    assert problems == [f"{path}: {key}: in plain text, so a private key is in a committed "
+                        f"file; remove it and run `pulumi config set --secret {key} < FILE`, "
+                        "then remove the plain text from the git history (and treat the keys "
+                        "as leaked if it was pushed)"]
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("- config\n- x\n", "the top level is a list, not a mapping"),
+    ("just text\n", "the top level is text, not a mapping"),
+    ("", "the top level is empty"),
+])
+def test_a_stack_file_whose_top_level_is_not_a_mapping_is_one_line(
+        tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text(content)
+    with pytest.raises(StackFileError) as caught:
+        config_values(path)
+    assert isinstance(caught.value, ConfigError)
+    assert str(caught.value).startswith(f"{path}: {expected}")
+
+
+def test_a_broken_stack_file_through_bin_mzk_check_stack_is_one_line_exit_2(
+        tmp_path: Path) -> None:
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text(_prod_text() + "  multizone:broken: [unclosed\n")
+    proc = subprocess.run([str(ROOT / "bin" / "mzk"), "check-stack", str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("mzk: ")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith(f"{path}: line ") and "not valid YAML" in errors[0]
+    assert "Traceback" not in proc.stderr
