@@ -4,23 +4,21 @@ The resource's inputs are the inventory the program builds and the PKI (a bundle
 `bootstrap.pki.bundle`, kept in state as a secret so that any machine running `pulumi up`
 finds it). The engine asks the provider four things:
 
-- check (preview and up): the PKI is brought up to date locally, in a temporary directory,
-  exactly as `apply` would (new hosts' certificates, renewals), and `apply`'s own plan
-  (`execute(dry_run=True)`) runs against the hosts. Its lines become the input `plan`; the
-  updated bundle becomes the input `pki`. The engine passes check only the old *inputs*, so
-  the PKI that update will apply has to be in the inputs already: it is made here, not in
-  update, and the next check starts from it. The node pools' join tokens are part of it
-  (`local/join-tokens.json`): a pool's token is issued here when it has none or less than
-  half its lifetime is left, with a plan line saying so.
+- check (preview and up): no network, no SSH key needed. The PKI is brought up to date
+  locally, in a temporary directory, exactly as `apply` would first (new hosts'
+  certificates, renewals, the Secrets encryption key, egress tunnel keys); the updated
+  bundle becomes the input `pki`. The input `plan` is what changed between the inputs of
+  the last `up` (check's `olds`) and these (`components.bootstrap_plan`): hosts added,
+  removed or changed, cluster settings changed, PKI files issued or renewed; `[]` when
+  nothing did. Drift on the hosts themselves is `python -m bootstrap plan`'s job. The
+  engine passes check only the old *inputs*, so the PKI that update will apply has to be
+  in the inputs already: it is made here, not in update, and the next check starts from it.
 - diff: a change when the inventory, the PKI or the plan differs from what the last apply
-  left (its outputs hold `plan: []`), or when a pool's token in the last apply's PKI is
-  missing or due. A converged cluster shows no change; otherwise `pulumi preview --diff`
-  shows `plan` with the lines of the hosts and steps to change.
+  left (its outputs hold `plan: []`); never a replacement. Equal inputs and no PKI file
+  due give no change, so a converged stack previews clean anywhere.
 - create / update: the checked bundle into a temporary directory, then
   `execute(dry_run=False)`, the same code as `python -m bootstrap apply`. Outputs: the bundle
-  after the run, `plan: []`, the lines applied, the admin kubeconfig (secret), the CA, and
-  each node pool's current join token (`join_tokens`, secret), which the pools' launch
-  templates put in their user data.
+  after the run, `plan: []`, the lines applied, the admin kubeconfig (secret), the CA.
 - delete: touches no host (they are being destroyed, or are to be kept); warns that the PKI
   leaves with this resource's state.
 
@@ -31,7 +29,6 @@ no host (fresh instances may still be booting; create waits for their SSH).
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import tempfile
@@ -52,17 +49,19 @@ from bootstrap.egress import tunnel_keys
 from bootstrap.engine import ActionFailed
 from bootstrap.errors import ConfigError, HostConnectionError, MultizoneError
 from bootstrap.inventory import Inventory
-from bootstrap.node import join_tokens
 from bootstrap.pki import bundle as pki_bundle
 from bootstrap.pki import generate
+from bootstrap.pki.issue import PKIResult
 from bootstrap.ssh import Connections, HostsFailed
+from components.bootstrap_plan import inventory_changes, pki_changes
 
 TYPE = "pulumi-python:dynamic/multizone:ClusterBootstrap"
 # Inputs and outputs that hold key material: secret in state, never plain outputs.
-SECRET_PROPERTIES = ("pki", "pki_import", "admin_kubeconfig", "join_tokens")
+SECRET_PROPERTIES = ("pki", "pki_import", "admin_kubeconfig")
 SSH_WAIT_SECONDS = 600.0  # new instances: cloud-init installs the host key, then sshd starts
 SSH_WAIT_STEP = 10.0
 EXPORT_HINT = "bin/mzk pki export STACK FILE"
+STATE_PKI = "the stack's PKI (state)"
 
 
 def _unknown(value: Any) -> bool:
@@ -80,61 +79,14 @@ def _parse(raw: Any) -> Inventory:
     return inventory_module.parse(raw, source="the program's inventory")
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _advance(inventory: Inventory, work: Path, now: dt.datetime | None = None) -> list[str]:
-    """The local half of `execute`: the PKI, the Secrets encryption key, the egress tunnel
-    keys and the node pools' join tokens brought up to date in `work` (what apply would
-    write there first); the plan lines of the join tokens issued."""
-    generate(inventory, work)
+def advance(inventory: Inventory, work: Path) -> PKIResult:
+    """The local half of `execute`: the PKI, the Secrets encryption key and the egress
+    tunnel keys brought up to date in `work` (what apply would write there first). No
+    network: certificates are issued or renewed from the inventory and the clock alone."""
+    result = generate(inventory, work)
     encryption.ensure(work)
     tunnel_keys.ensure(work, inventory)
-    return rotate_join_tokens(inventory, work, now or _now())
-
-
-def rotate_join_tokens(inventory: Inventory, work: Path, now: dt.datetime) -> list[str]:
-    """A new join token for every pool of the inventory that has none in `work` or whose
-    token is due (less than half its lifetime left, `join_tokens.due`); the others are
-    kept. The previous token is not revoked: it stays valid until it expires, so nodes
-    launched from the previous user data still join. Returns one plan line per new token."""
-    current = join_tokens.load(work)
-    tokens, issued = join_tokens.refresh(inventory.node_pools, current, now)
-    lines = []
-    for name in issued:
-        token, old = tokens[name], current.get(name)
-        why = "it has none" if old is None else \
-            f"the current one expires {old.expires:%Y-%m-%dT%H:%M:%SZ}"
-        lines.append(f"local: join-tokens: new token for node pool {name}, valid "
-                     f"{(token.expires - now).total_seconds() / 3600:.0f} h ({why})")
-    if issued:
-        join_tokens.save(work, tokens)
-    return lines
-
-
-def tokens_in(pki: str) -> dict[str, join_tokens.JoinToken]:
-    """The join tokens a PKI bundle (the resource's `pki`) holds; none if it holds none."""
-    source = "the stack's PKI (state)"
-    found = pki_bundle.check(pki_bundle.loads(pki, source), source).get(
-        join_tokens.STORE.as_posix())
-    if found is None:
-        return {}
-    with tempfile.TemporaryDirectory(prefix="mzk-pulumi-") as tmp:
-        store = Path(tmp) / join_tokens.STORE
-        store.parent.mkdir(parents=True)
-        store.write_bytes(found[0])
-        return join_tokens.load(Path(tmp))
-
-
-def due_pools(raw_inventory: Any, pki: str, now: dt.datetime) -> list[str]:
-    """The node pools of an inventory whose join token in `pki` is missing or due."""
-    pools = _parse(raw_inventory).node_pools
-    if not pools:
-        return []
-    tokens = tokens_in(pki) if pki else {}
-    return [p.name for p in pools
-            if join_tokens.due(tokens.get(p.name), p.join_token_hours, now)]
+    return result
 
 
 def _dump(bundle: dict[str, Any]) -> str:
@@ -170,7 +122,8 @@ class BootstrapFailed(Exception):
 
 
 class ClusterBootstrapProvider(dyn.ResourceProvider):
-    """See the module docstring: check plans, diff compares, create/update apply."""
+    """See the module docstring: check computes the PKI and the plan from the inputs alone
+    (no host is contacted), diff compares, create/update apply."""
 
     def check(self, olds: dict[str, Any], news: dict[str, Any]) -> dyn.CheckResult:
         inputs = dict(news)
@@ -189,19 +142,27 @@ class ClusterBootstrapProvider(dyn.ResourceProvider):
         try:
             with tempfile.TemporaryDirectory(prefix="mzk-pulumi-") as tmp:
                 work = Path(tmp) / "pki"
-                plan = self._plan(inventory, work, stored, imported)
-                plan += _advance(inventory, work)
-                inputs["pki"] = _dump(pki_bundle.export_dir(work))
+                start, origin = self._start(work, stored, imported)
+                result = advance(inventory, work)
+                updated = pki_bundle.export_dir(work)
         except ConfigError as err:
             return dyn.CheckResult(inputs, [dyn.CheckFailure("pki", str(err))])
-        inputs["plan"] = plan
+        inputs["pki"] = _dump(updated)
+        if origin is None:  # an update: what changed in the inputs since the last up
+            inputs["plan"] = [*inventory_changes(olds.get("inventory"), raw),
+                              *pki_changes(start, updated, result)]
+        else:
+            inputs["plan"] = [origin, *(f"{h.name}: bootstrap: every step (new resource)"
+                                        for h in inventory.hosts)]
         return dyn.CheckResult(inputs, [])
 
     @staticmethod
-    def _plan(inventory: Inventory, work: Path, stored: str, imported: str) -> list[str]:
-        """Fill `work` with the PKI to start from; return what apply would change."""
+    def _start(work: Path, stored: str, imported: str) -> tuple[dict[str, Any], str | None]:
+        """Fill `work` with the PKI to start from: the state's, else an imported one, else
+        none (new CAs). Returns that bundle and, for a first check, the plan line that says
+        where the PKI comes from (None for an update)."""
         if stored:
-            current = pki_bundle.loads(stored, "the stack's PKI (state)")
+            current = pki_bundle.loads(stored, STATE_PKI)
             if imported:
                 offered = pki_bundle.loads(imported, "multizone:pkiBundle")
                 if not pki_bundle.same_cluster(current, offered):
@@ -212,41 +173,20 @@ class ClusterBootstrapProvider(dyn.ResourceProvider):
                         "the stack has no PKI yet; remove it (pulumi config rm "
                         "multizone:pkiBundle)")
             pki_bundle.import_dir(current, work)
-            try:
-                return execute(inventory, work, dry_run=True).lines()
-            except ActionFailed as err:  # hosts that could not be planned (booting, say)
-                return [*err.report.lines(), *(f"plan incomplete: {line.strip()}"
-                                               for line in str(err).splitlines()[1:])]
-            except ConfigError:
-                raise
-            except MultizoneError as err:
-                return [f"plan incomplete: {' '.join(str(err).split())}"]
+            return current, None
         if imported:
             offered = pki_bundle.loads(imported, "multizone:pkiBundle")
             pki_bundle.import_dir(offered, work, source="multizone:pkiBundle")
-            origin = f"import multizone:pkiBundle (kubernetes-ca " \
-                     f"{pki_bundle.ca_fingerprint(offered)})"
-        else:
-            origin = "new CAs"
-        return [f"local: pki: {origin}",
-                *(f"{h.name}: bootstrap: every step (new resource)" for h in inventory.hosts)]
+            return offered, (f"local: pki: import multizone:pkiBundle (kubernetes-ca "
+                             f"{pki_bundle.ca_fingerprint(offered)})")
+        return {}, "local: pki: new CAs"
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dyn.DiffResult:
+        """A change exactly when an input differs from what the last apply left; the
+        outputs' `plan` is `[]`, so a non-empty plan is always a change."""
         keys = ("inventory", "pki", "plan")
         changed = any(_unknown(news.get(k)) or olds.get(k) != news.get(k) for k in keys)
-        if not changed:  # the same inputs: still an update when a join token is due
-            changed = self._tokens_due(olds, news)
         return dyn.DiffResult(changes=changed, replaces=[], delete_before_replace=False)
-
-    @staticmethod
-    def _tokens_due(olds: dict[str, Any], news: dict[str, Any]) -> bool:
-        """Whether a pool's token in the last apply's PKI (`olds`, the outputs) is missing or
-        has less than half its lifetime left: then `pulumi up` rotates it (check issues it,
-        update applies it, the launch templates get it), even with nothing else changed."""
-        try:
-            return bool(due_pools(news.get("inventory"), olds.get("pki") or "", _now()))
-        except ConfigError:  # an inventory check refused, or a PKI update will refuse
-            return True
 
     def create(self, props: dict[str, Any]) -> dyn.CreateResult:
         outs = self._apply(props)
@@ -280,13 +220,6 @@ class ClusterBootstrapProvider(dyn.ResourceProvider):
                 raise BootstrapFailed("\n".join(lines)) from None
             except MultizoneError as err:
                 raise BootstrapFailed(f"error: {err}") from None
-            tokens = join_tokens.load(work)
-            missing = [p.name for p in inventory.node_pools if p.name not in tokens]
-            if missing:  # check issues them: a PKI that lost them is not ours to hand out
-                raise BootstrapFailed(
-                    f"error: no join token for node pool(s) {', '.join(missing)} in "
-                    f"{join_tokens.STORE} after apply; their nodes could not join. Run "
-                    "`pulumi up` again (its check issues them)")
             return {
                 **props,
                 "pki": _dump(pki_bundle.export_dir(work)),
@@ -295,14 +228,12 @@ class ClusterBootstrapProvider(dyn.ResourceProvider):
                 "applied": report.lines(),
                 "admin_kubeconfig": (work / "local" / "admin.conf").read_text(),
                 "ca_certificate": (work / "local" / "pki" / "ca.crt").read_text(),
-                # pool -> "<id>.<secret>": what each pool's launch template hands its nodes.
-                "join_tokens": {p.name: tokens[p.name].value for p in inventory.node_pools},
             }
 
 
 class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"):
-    """The bootstrap of every host in `inventory`; `admin_kubeconfig`, `pki` and
-    `join_tokens` (node pool -> its current join token) are secrets."""
+    """The bootstrap of every host in `inventory`; `admin_kubeconfig` and `pki` are
+    secrets."""
 
     inventory: pulumi.Output[dict[str, Any]]
     plan: pulumi.Output[list[str]]
@@ -310,7 +241,6 @@ class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"
     pki: pulumi.Output[str]
     admin_kubeconfig: pulumi.Output[str]
     ca_certificate: pulumi.Output[str]
-    join_tokens: pulumi.Output[dict[str, str]]
 
     def __init__(self, name: str, inventory: pulumi.Input[dict[str, Any]],
                  pki_import: pulumi.Input[str] | None = None,
@@ -326,7 +256,6 @@ class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"
             "applied": None,
             "admin_kubeconfig": None,
             "ca_certificate": None,
-            "join_tokens": None,
         }
         super().__init__(
             ClusterBootstrapProvider(), name, props,
@@ -335,7 +264,6 @@ class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"
         # Secret in the program too, so that nothing derived from them is ever plain.
         self.pki = pulumi.Output.secret(self.pki)
         self.admin_kubeconfig = pulumi.Output.secret(self.admin_kubeconfig)
-        self.join_tokens = pulumi.Output.secret(self.join_tokens)
 
 
 def bundle_from_state(deployment: dict[str, Any]) -> dict[str, Any]:

@@ -1,13 +1,20 @@
 """The bootstrap resource in the program (components/cluster_bootstrap.py), under the mocks:
 it bootstraps the inventory the program builds, only after the hosts exist, and every value
 that holds key material (the PKI, an imported PKI, the admin kubeconfig) is a secret in
-state and in the program, while the CA certificate and the endpoints stay plain."""
+state and in the program, while the CA certificate and the endpoints stay plain.
+
+Its provider's check and diff are called as the engine calls them (check gets the old
+inputs, diff the old outputs): they open no socket and need no SSH key, a converged stack
+shows no change, and a changed inventory or a due certificate shows in `plan`."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import copy
+import datetime as dt
 import json
+import socket
 import stat
 import subprocess
 import sys
@@ -15,13 +22,17 @@ from typing import Any
 
 import pulumi
 import pytest
+from pulumi.runtime import rpc
 from pulumi.runtime import settings as runtime_settings
 
 from bootstrap.pki import bundle, generate
+from components import cluster_bootstrap as cb
+from components.bootstrap_plan import inventory_changes
 from components.cluster_bootstrap import (
     SECRET_PROPERTIES,
     TYPE,
     ClusterBootstrap,
+    ClusterBootstrapProvider,
     bundle_from_state,
 )
 from components.review import mocks as review_mocks
@@ -202,3 +213,200 @@ def test_the_pki_is_read_back_from_a_stack_export(pki_files: dict[str, str],
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "--show-secrets" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------ check and diff
+
+NO_KEY = "/nonexistent/mzk-test/id_ed25519"  # CI has no operator key: nothing may need one
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every way out to the network fails the test; the attempts are kept."""
+    attempts: list[Any] = []
+
+    def refuse(*args: Any, **_kwargs: Any) -> None:
+        attempts.append(args)
+        raise AssertionError(f"network call during check/diff: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
+def keyless(raw: dict[str, Any]) -> dict[str, Any]:
+    found = copy.deepcopy(raw)
+    found["ssh"]["private_key"] = NO_KEY
+    return found
+
+
+def program_inputs(inventory: dict[str, Any], pki_import: str = "") -> dict[str, Any]:
+    """What `ClusterBootstrap` registers (the engine hands a dynamic provider secrets
+    unwrapped)."""
+    return {"inventory": inventory, "pki": "", "pki_import": pki_import, "plan": None,
+            "applied": None, "admin_kubeconfig": None, "ca_certificate": None}
+
+
+class _Report:
+    def lines(self) -> list[str]:
+        return ["cp-a: etcd: start etcd"]
+
+
+def apply_offline(monkeypatch: pytest.MonkeyPatch, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The provider's create with the hosts stood in for: what the last `up` left."""
+    monkeypatch.setattr(cb, "wait_for_ssh", lambda _inventory: None)
+    monkeypatch.setattr(cb, "execute", lambda *_a, **_k: _Report())
+    outs = ClusterBootstrapProvider().create(inputs).outs
+    assert outs is not None
+    return dict(outs)
+
+
+@pytest.fixture(scope="module")
+def first_check(pki_files: dict[str, str]) -> dict[str, Any]:
+    """The first `up`'s check: the hand-run PKI imported (the stored inputs after it)."""
+    raw = keyless(example_data("ecdsa"))
+    result = ClusterBootstrapProvider().check({}, program_inputs(raw, pki_files["pki"]))
+    assert result.failures == []
+    return dict(result.inputs)
+
+
+def test_a_first_check_imports_the_bundle_and_plans_every_host(
+        first_check: dict[str, Any], pki_files: dict[str, str]) -> None:
+    offered = json.loads(pki_files["pki"])
+    plan = first_check["plan"]
+    assert plan[0] == f"local: pki: import multizone:pkiBundle (kubernetes-ca " \
+                      f"{bundle.ca_fingerprint(offered)})"
+    assert plan[1:] == [f"{h['name']}: bootstrap: every step (new resource)"
+                        for h in example_data("ecdsa")["hosts"]]
+    assert bundle.same_cluster(json.loads(first_check["pki"]), offered)
+    assert first_check["pki_import"] == ""  # consumed: never kept in state twice
+
+
+def test_a_converged_stack_checks_clean_without_network_or_key(
+        first_check: dict[str, Any], no_network: list[Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = apply_offline(monkeypatch, first_check)
+    assert "join_tokens" not in outputs and outputs["plan"] == []
+    assert outputs["pki"] == first_check["pki"]  # apply adds nothing check did not make
+    provider = ClusterBootstrapProvider()
+    again = provider.check(first_check, program_inputs(first_check["inventory"]))
+    assert again.failures == []
+    assert again.inputs["plan"] == []
+    assert again.inputs["pki"] == first_check["pki"]  # nothing due: the very same bundle
+    assert provider.diff("id", outputs, again.inputs).changes is False
+    # Deterministic: the same inputs, the same answer.
+    twice = provider.check(first_check, program_inputs(first_check["inventory"]))
+    assert twice.inputs["plan"] == again.inputs["plan"] and \
+        twice.inputs["pki"] == again.inputs["pki"]
+    assert no_network == []
+
+
+def test_the_network_guard_would_catch_a_connection(no_network: list[Any]) -> None:
+    """The guard above is real: a connection attempt fails the test."""
+    with pytest.raises(AssertionError, match="network call"):
+        socket.create_connection(("192.0.2.1", 22), timeout=1)
+    with pytest.raises(AssertionError, match="network call"):
+        socket.socket().connect(("192.0.2.1", 22))
+    assert len(no_network) == 2
+
+
+def test_an_added_host_shows_in_the_plan_and_as_a_change(
+        first_check: dict[str, Any], no_network: list[Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    outputs = apply_offline(monkeypatch, first_check)
+    raw = copy.deepcopy(first_check["inventory"])
+    raw["hosts"].append({"name": "cp-d", "zone": "eu-west-1a", "roles": ["control-plane", "etcd"],
+                         "address": "10.0.16.11", "host_key": raw["hosts"][0]["host_key"]})
+    raw["cluster"]["kubernetes_version"] = "1.35.4"
+    provider = ClusterBootstrapProvider()
+    checked = provider.check(first_check, program_inputs(raw))
+    assert checked.failures == []
+    plan = checked.inputs["plan"]
+    assert "inventory: cluster.kubernetes_version: 1.36.0 -> 1.35.4" in plan
+    assert "inventory: hosts[cp-d]: added (eu-west-1a, 10.0.16.11, control-plane, etcd)" in plan
+    issued = [line for line in plan if line.startswith("pki: cp-d: ")]
+    assert len(issued) == 1 and " issued" in issued[0], plan
+    assert not any(line.startswith("pki: cp-a:") for line in plan)  # cp-a's files kept
+    assert all(line.startswith("inventory: ") for line in plan[:2])  # inventory first
+    result = provider.diff("id", outputs, checked.inputs)
+    assert result.changes is True and result.replaces == []
+    assert no_network == []
+
+
+def test_a_changed_and_a_removed_host_show_in_the_plan(
+        first_check: dict[str, Any], no_network: list[Any]) -> None:
+    raw = copy.deepcopy(first_check["inventory"])
+    raw["hosts"][0]["address"] = "10.0.16.12"  # cp-a replaced: a new address
+    removed = raw["hosts"].pop()["name"]
+    plan = ClusterBootstrapProvider().check(first_check, program_inputs(raw)).inputs["plan"]
+    assert "inventory: hosts[cp-a].address: 10.0.16.10 -> 10.0.16.12" in plan
+    assert f"inventory: hosts[{removed}]: removed" in plan
+    assert any(line.startswith("pki: cp-a: ") and "renewed" in line for line in plan), plan
+    assert any(line.startswith(f"pki: {removed}: ") and "removed" in line for line in plan)
+    assert no_network == []
+
+
+def test_a_certificate_due_for_renewal_shows_and_then_converges(
+        tmp_path: Any, no_network: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leaf certificates issued 340 days ago (365 days' validity, renewed 30 days before
+    they end) are due today: check renews them, the plan says so, and the next check from
+    the renewed inputs is clean again."""
+    raw = keyless(example_data("ecdsa"))
+    old = tmp_path / "pki"
+    generate(load(raw), old, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=340), workers=1)
+    provider = ClusterBootstrapProvider()
+    start = provider.check({}, program_inputs(raw, json.dumps(bundle.export_dir(old)))).inputs
+    stale = dict(start, pki=json.dumps(bundle.export_dir(old)))  # the state before renewal
+    outputs = apply_offline(monkeypatch, stale)
+    renewed = provider.check(stale, program_inputs(raw)).inputs
+    renewals = [line for line in renewed["plan"] if " renewed" in line]
+    assert {line.split(":")[1].strip() for line in renewals} >= \
+        {h["name"] for h in raw["hosts"]}, renewed["plan"]
+    assert all(line.startswith("pki: ") for line in renewed["plan"])  # the inventory is equal
+    assert provider.diff("id", outputs, renewed).changes is True
+    after = provider.check(renewed, program_inputs(raw)).inputs
+    assert after["plan"] == [] and after["pki"] == renewed["pki"]
+    assert no_network == []
+
+
+def test_an_import_of_another_clusters_pki_is_refused(
+        first_check: dict[str, Any], tmp_path: Any, no_network: list[Any]) -> None:
+    other = tmp_path / "other"
+    generate(load(example_data("ecdsa")), other, workers=1)
+    offered = json.dumps(bundle.export_dir(other))
+    result = ClusterBootstrapProvider().check(
+        first_check, program_inputs(first_check["inventory"], offered))
+    (failure,) = result.failures
+    assert failure.property == "pki" and "pulumi config rm multizone:pkiBundle" in failure.reason
+    same = ClusterBootstrapProvider().check(
+        first_check, program_inputs(first_check["inventory"], first_check["pki"]))
+    assert same.failures == [] and same.inputs["plan"] == []  # the same CAs: ignored
+    assert no_network == []
+
+
+def test_a_preview_before_the_hosts_exist_leaves_the_plan_unknown(
+        first_check: dict[str, Any]) -> None:
+    raw = copy.deepcopy(first_check["inventory"])
+    raw["hosts"][0]["address"] = rpc.UNKNOWN
+    checked = ClusterBootstrapProvider().check(first_check, program_inputs(raw)).inputs
+    assert checked["plan"] == rpc.UNKNOWN and checked["pki"] == first_check["pki"]
+    assert ClusterBootstrapProvider().diff("id", first_check, checked).changes is True
+
+
+def test_no_join_tokens_are_kept_or_output() -> None:
+    assert "join_tokens" not in SECRET_PROPERTIES
+    assert not hasattr(ClusterBootstrap, "join_tokens")
+    assert "join_tokens" not in ClusterBootstrap.__annotations__
+
+
+def test_the_plan_names_changes_not_order_and_hides_long_values() -> None:
+    raw = example_data("ecdsa")
+    reordered = copy.deepcopy(raw)
+    reordered["hosts"].reverse()
+    assert inventory_changes(raw, reordered) == []  # the same hosts: nothing to do
+    rekeyed = copy.deepcopy(raw)
+    rekeyed["hosts"][1]["host_key"] = raw["hosts"][2]["host_key"]
+    rekeyed["ssh"]["user"] = "ops"
+    assert inventory_changes(raw, rekeyed) == [
+        "inventory: hosts[cp-b].host_key: changed", "inventory: ssh.user: admin -> ops"]
