@@ -1,25 +1,24 @@
 #!/usr/bin/env python3
-"""mzk-csr-approver: approve a kubelet's certificate request only once its identity is verified.
+"""mzk-csr-approver: approve a kubelet's certificate request only for the instance that asks.
 
-A bootstrap token is shared by every node of a pool, so its holder could ask for any node
-name. We approve a kubelet CSR only when an identity source (the lab's instance record or
-EC2) lists a running instance of that name in the token's pool and no Node of that name is
-registered yet; a serving certificate only for names and addresses that instance owns. The
-controller-manager then signs it; its own auto-approver gets no RBAC for these signers.
+A joining node's only bootstrap credential is its cloud-signed instance identity, which the
+API server checks through our token webhook (bootstrap.node.identity_webhook, served by this
+process on loopback with `--webhook-listen`); its certificate request then names the
+instance, `mzk:instance:<id>`, and bootstrap.node.csr_rules approves a client certificate
+only for that instance's own name, one at a time, and a serving certificate only for names
+and addresses the instance owns. The controller-manager then signs it; its own
+auto-approver gets no RBAC for these signers. Joined nodes are admitted (their conformance
+taint lifted) once they pass the checks seen from the control plane.
 
-Shipped to the control-plane hosts with its identity sources (bootstrap.node.instance_identity,
-beside it as `instance_identity.py`) and run by their python3 (3.9+): standard library only.
-The API server checks a CSR's self-signature on create, so we only read it.
+Shipped to the control-plane hosts with its companions (COMPANIONS, each beside it as
+`<name>.py`) and run by their python3 (3.9+): standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import copy
 import http.client
-import ipaddress
 import json
 import os
 import re
@@ -27,273 +26,66 @@ import ssl
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 try:  # in the project
+    from bootstrap.node.asn1_der import DECODE_ERRORS, parse_csr, request_der
+    from bootstrap.node.csr_rules import (
+        DNS_SUBDOMAIN,
+        SIGNER_CLIENT,
+        SIGNER_SERVING,
+        SIGNERS,
+        Held,
+        created_order,
+        decide,
+        held_from,
+        is_ours,
+        joining_instance,
+    )
+    from bootstrap.node.identity_webhook import Verifier, serve
     from bootstrap.node.instance_identity import (
         Identity,
         Instance,
         LookupFailed,
         identity_from,
+        load_trust_file,
     )
 except ImportError:  # on a host: shipped beside this program
+    from asn1_der import DECODE_ERRORS, parse_csr, request_der  # type: ignore[no-redef]
+    from csr_rules import (  # type: ignore[no-redef]
+        DNS_SUBDOMAIN,
+        SIGNER_CLIENT,
+        SIGNER_SERVING,
+        SIGNERS,
+        Held,
+        created_order,
+        decide,
+        held_from,
+        is_ours,
+        joining_instance,
+    )
+    from identity_webhook import Verifier, serve  # type: ignore[no-redef]
     from instance_identity import (  # type: ignore[no-redef]
         Identity,
         Instance,
         LookupFailed,
         identity_from,
+        load_trust_file,
     )
 
-SIGNER_CLIENT = "kubernetes.io/kube-apiserver-client-kubelet"
-SIGNER_SERVING = "kubernetes.io/kubelet-serving"
-SIGNERS = (SIGNER_CLIENT, SIGNER_SERVING)
+# The modules shipped beside this program (bootstrap/node/<name>.py as <name>.py).
+COMPANIONS = ("asn1_der", "instance_identity", "identity_webhook", "csr_rules")
+__all__ = ["DNS_SUBDOMAIN", "SIGNER_CLIENT", "SIGNER_SERVING", "decide", "COMPANIONS"]
 REASON_APPROVED = "MzkIdentityVerified"
 REASON_DENIED = "MzkIdentityNotVerified"
 CSR_PATH = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
-CLIENT_USAGES = {"digital signature", "key encipherment", "client auth"}
-SERVING_USAGES = {"digital signature", "key encipherment", "server auth"}
-POOL_GROUP = "system:bootstrappers:mzk:"
-BOOTSTRAP_USER = re.compile(r"system:bootstrap:[a-z0-9]{6}")
-DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-OID_CN, OID_O = "2.5.4.3", "2.5.4.10"
-OID_EXTENSION_REQUEST, OID_SAN = "1.2.840.113549.1.9.14", "2.5.29.17"
-OTHER_SAN_KINDS = {0xA0: "otherName", 0x81: "email", 0xA3: "x400Address", 0xA4: "directoryName",
-                   0xA5: "ediPartyName", 0x86: "URI", 0x88: "registeredID"}
-STRING_CODECS = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x14: "latin-1",
-                 0x1E: "utf-16-be", 0x1C: "utf-32-be"}
 MAX_BACKOFF = 10.0
 CHECKS_TAINT = "node.mzk.io/checks-pending"  # as bootstrap.node.kubelet_config names it
 LEASE_PERIOD = 40.0  # a kubelet renews its lease every 10 s; older means stale
 CLOCK_SLACK = 2.0
-
-
-class Denied(Exception):
-    """A rule the request breaks; the message becomes the Denied condition's message."""
-
-
-# ---- the request: a small DER reader for PKCS#10 -------------------------------------------
-
-@dataclass
-class CertRequest:
-    common_names: list[str] = field(default_factory=list)
-    organizations: list[str] = field(default_factory=list)
-    dns_names: list[str] = field(default_factory=list)
-    ip_addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = field(
-        default_factory=list)
-    other_sans: list[str] = field(default_factory=list)  # kinds we never allow: email, URI...
-    key_algorithm: str = ""
-
-
-def der_items(data: bytes) -> list[tuple[int, bytes]]:
-    """Every (tag, contents) element in `data`, which they must fill exactly."""
-    items, pos = [], 0
-    while pos < len(data):
-        if pos + 2 > len(data):
-            raise ValueError("truncated DER element")
-        tag, length = data[pos], data[pos + 1]
-        pos += 2
-        if tag & 0x1F == 0x1F:
-            raise ValueError("unsupported DER tag")
-        if length & 0x80:
-            count = length & 0x7F
-            if not 1 <= count <= 4 or pos + count > len(data):
-                raise ValueError("bad DER length")
-            length = int.from_bytes(data[pos:pos + count], "big")
-            pos += count
-        if pos + length > len(data):
-            raise ValueError("DER element runs past its container")
-        items.append((tag, data[pos:pos + length]))
-        pos += length
-    return items
-
-
-def _expect(data: bytes, tags: tuple[int, ...], what: str) -> list[tuple[int, bytes]]:
-    items = der_items(data)
-    if [tag for tag, _ in items[:len(tags)]] != list(tags):
-        raise ValueError(f"{what} is not as PKCS#10 describes it")
-    return items
-
-
-def der_oid(contents: bytes) -> str:
-    if not contents or contents[-1] & 0x80:
-        raise ValueError("bad OBJECT IDENTIFIER")
-    arcs, value = [], 0
-    for byte in contents:
-        value = (value << 7) | (byte & 0x7F)
-        if not byte & 0x80:
-            arcs.append(value)
-            value = 0
-    first = min(arcs[0] // 40, 2)
-    return ".".join(str(arc) for arc in [first, arcs[0] - 40 * first, *arcs[1:]])
-
-
-def _text(tag: int, contents: bytes) -> str:
-    if tag not in STRING_CODECS:
-        raise ValueError(f"unsupported string type 0x{tag:02x} in the subject")
-    return contents.decode(STRING_CODECS[tag])
-
-
-def parse_csr(der: bytes) -> CertRequest:
-    """The parts of a PKCS#10 request the rules look at: subject CN and O, SANs, key type."""
-    (_, outer), = _expect(der, (0x30,), "the request")
-    info = _expect(_expect(outer, (0x30, 0x30, 0x03), "the request")[0][1],
-                   (0x02, 0x30, 0x30), "certificationRequestInfo")
-    request = CertRequest()
-    for _, rdn in _expect(info[1][1], (), "the subject"):
-        for _, pair in der_items(rdn):
-            (_, oid), (tag, value) = _expect(pair, (0x06,), "a subject attribute")
-            if der_oid(oid) == OID_CN:
-                request.common_names.append(_text(tag, value))
-            elif der_oid(oid) == OID_O:
-                request.organizations.append(_text(tag, value))
-    algorithm = _expect(info[2][1], (0x30, 0x03), "subjectPublicKeyInfo")[0][1]
-    request.key_algorithm = der_oid(_expect(algorithm, (0x06,), "the key algorithm")[0][1])
-    attributes = info[3][1] if len(info) > 3 and info[3][0] == 0xA0 else b""
-    for _, attribute in der_items(attributes):
-        (_, oid), (_, values) = _expect(attribute, (0x06, 0x31), "an attribute")
-        if der_oid(oid) != OID_EXTENSION_REQUEST:
-            continue
-        for _, extensions in der_items(values):
-            for _, extension in der_items(extensions):
-                parts = _expect(extension, (0x06,), "an extension")
-                if der_oid(parts[0][1]) == OID_SAN and parts[-1][0] == 0x04:
-                    (_, names), = _expect(parts[-1][1], (0x30,), "subjectAltName")
-                    _add_sans(request, der_items(names))
-    return request
-
-
-def _add_sans(request: CertRequest, names: list[tuple[int, bytes]]) -> None:
-    for tag, value in names:
-        if tag == 0x82:
-            request.dns_names.append(value.decode("ascii"))
-        elif tag == 0x87 and len(value) in (4, 16):
-            request.ip_addresses.append(ipaddress.ip_address(value))
-        elif tag == 0x87:
-            raise ValueError(f"an IP address SAN of {len(value)} bytes")
-        else:
-            request.other_sans.append(OTHER_SAN_KINDS.get(tag, f"0x{tag:02x}"))
-
-
-def request_der(csr: dict[str, Any]) -> bytes:
-    """spec.request is base64 (JSON's []byte) of a PEM CERTIFICATE REQUEST block."""
-    pem = base64.b64decode((csr.get("spec") or {}).get("request") or "", validate=True)
-    match = re.search(rb"-----BEGIN CERTIFICATE REQUEST-----(.*?)-----END CERTIFICATE REQUEST-----",
-                      pem, re.S)
-    if not match:
-        raise ValueError("no PEM CERTIFICATE REQUEST block")
-    return base64.b64decode(b"".join(match.group(1).split()), validate=True)
-
-
-# ---- identity sources -----------------------------------------------------------------------
-
-def finished(csr: dict[str, Any]) -> str:
-    """The terminal condition (Approved, Denied, Failed) a CSR carries, or ""."""
-    for condition in (csr.get("status") or {}).get("conditions") or []:
-        if condition.get("type") in ("Approved", "Denied", "Failed"):
-            return str(condition["type"])
-    return ""
-
-
-def is_ours(csr: dict[str, Any]) -> bool:
-    return (csr.get("spec") or {}).get("signerName") in SIGNERS and not finished(csr)
-
-
-def decide(csr: dict[str, Any], identity: Identity,
-           node_exists: Callable[[str], bool]) -> tuple[str, str]:
-    """("approve" | "deny" | "skip", reason). Skip: not ours, already decided, or a lookup
-    failed for now (retried on the next pass, never turned into a denial)."""
-    spec = csr.get("spec") or {}
-    if not is_ours(csr):
-        return "skip", f"not a pending kubelet CSR (signer {spec.get('signerName')})"
-    try:
-        request = parse_csr(request_der(csr))
-    except (ValueError, binascii.Error, UnicodeDecodeError) as err:
-        return "deny", f"malformed certificate request: {err}"
-    try:
-        name = _node_name(request)
-        if spec["signerName"] == SIGNER_CLIENT:
-            return "approve", _check_client(spec, request, name, identity, node_exists)
-        return "approve", _check_serving(spec, request, name, identity)
-    except Denied as denial:
-        return "deny", str(denial)
-    except LookupFailed as err:
-        return "skip", f"identity not checked yet: {err}"
-
-
-def _node_name(request: CertRequest) -> str:
-    if len(request.common_names) != 1 or not request.common_names[0].startswith("system:node:"):
-        raise Denied(f"subject CN must be one system:node:<name>, got {request.common_names}")
-    name = request.common_names[0][len("system:node:"):]
-    if len(name) > 253 or not DNS_SUBDOMAIN.fullmatch(name):
-        raise Denied(f"node name {name!r} is not a DNS-1123 subdomain")
-    if request.organizations != ["system:nodes"]:
-        raise Denied(f"subject O must be exactly ['system:nodes'], got {request.organizations}")
-    if request.other_sans:
-        raise Denied(f"SANs of kind {', '.join(sorted(set(request.other_sans)))} are not allowed")
-    return name
-
-
-def _check_usages(spec: dict[str, Any], allowed: set[str], required: str) -> None:
-    usages = spec.get("usages") or []
-    extra = sorted(set(usages) - allowed)
-    if extra or required not in usages:
-        raise Denied(f"usages {usages} must include {required!r} and only {sorted(allowed)}")
-
-
-def _running(identity: Identity, name: str) -> Instance:
-    instance = identity.lookup(name)
-    if instance is None:
-        raise Denied(f"no instance named {name} in the identity record")
-    if instance.state != "running":
-        raise Denied(f"instance {name} is {instance.state}, not running")
-    return instance
-
-
-def _check_client(spec: dict[str, Any], request: CertRequest, name: str, identity: Identity,
-                  node_exists: Callable[[str], bool]) -> str:
-    _check_usages(spec, CLIENT_USAGES, "client auth")
-    if request.dns_names or request.ip_addresses:
-        raise Denied("a kubelet client certificate must carry no SANs")
-    user, groups = spec.get("username", ""), spec.get("groups") or []
-    if user == f"system:node:{name}":
-        if "system:nodes" not in groups:
-            raise Denied(f"requester {user} is not in group system:nodes")
-        _running(identity, name)
-        return f"node {name} renews its own client certificate and is a running instance"
-    if not BOOTSTRAP_USER.fullmatch(user):
-        raise Denied(f"requester {user!r} is neither node {name} nor a bootstrap token")
-    pools = [group[len(POOL_GROUP):] for group in groups if group.startswith(POOL_GROUP)]
-    if len(pools) != 1:
-        raise Denied(f"bootstrap token {user} must be in exactly one group {POOL_GROUP}<pool>")
-    instance = _running(identity, name)
-    if instance.pool != pools[0]:
-        raise Denied(f"instance {name} is in pool {instance.pool!r}, "
-                     f"the token is for pool {pools[0]!r}")
-    if node_exists(name):
-        raise Denied(f"a node named {name} is already registered")
-    return f"instance {name} runs in pool {pools[0]} and no node of that name is registered"
-
-
-def _check_serving(spec: dict[str, Any], request: CertRequest, name: str,
-                   identity: Identity) -> str:
-    _check_usages(spec, SERVING_USAGES, "server auth")
-    user, groups = spec.get("username", ""), spec.get("groups") or []
-    if user != f"system:node:{name}" or "system:nodes" not in groups:
-        raise Denied(f"requester {user!r} is not node {name} in group system:nodes")
-    if not request.dns_names and not request.ip_addresses:
-        raise Denied("a kubelet serving certificate needs at least one DNS or IP SAN")
-    instance = _running(identity, name)
-    names = {n.lower() for n in (instance.name, *instance.dns_names)}
-    addresses = {ipaddress.ip_address(a) for a in instance.addresses}
-    foreign = [d for d in request.dns_names if d.lower() not in names]
-    foreign += [str(ip) for ip in request.ip_addresses if ip not in addresses]
-    if foreign:
-        raise Denied(f"SANs {foreign} do not belong to instance {name} "
-                     f"(names {sorted(names)}, addresses {list(instance.addresses)})")
-    return f"node {name} is a running instance owning every SAN it asks for"
+APPROVED_UNISSUED = 3600.0  # an approval not yet seen issued is held this long at least
 
 
 # ---- the API server and the loop -----------------------------------------------------------
@@ -364,6 +156,9 @@ class Approver:
     recent: list[dict[str, str]] = field(default_factory=list)
     waiting: dict[str, str] = field(default_factory=dict)  # CSR -> why it waits, logged once
     last_error: str = ""
+    # Joining instances' approved client certificates this process has seen, kept after the
+    # API garbage-collects their CSRs (an hour after issue): csr -> (id, name, until).
+    remembered: dict[str, tuple[str, str, float]] = field(default_factory=dict)
 
     def run_pass(self) -> None:
         """One look at every CSR: decide each pending kubelet CSR and write the decision;
@@ -415,19 +210,38 @@ class Approver:
         status, listing = self.api.request("GET", CSR_PATH)
         if status != 200 or not isinstance(listing, dict):
             raise RuntimeError(f"GET {CSR_PATH}: HTTP {status}")
-        pending = [csr for csr in listing.get("items") or [] if is_ours(csr)]
+        items = listing.get("items") or []
+        now = time.time()
+        held = self._held(items, now)
+        pending = sorted((csr for csr in items if is_ours(csr)), key=created_order)
         names = {csr["metadata"]["name"] for csr in pending}
         self.waiting = {k: v for k, v in self.waiting.items() if k in names}
+        try:  # one batched look-up for every joining instance that asks
+            self.identity.prefetch({joining_instance(csr)[0] for csr in pending} - {""})
+        except LookupFailed as err:
+            self.error(f"prefetch: {err}")  # each request then waits on its own look-up
         for csr in pending:
             try:
-                self._handle(csr)
+                self._handle(csr, held, now)
             except Exception as err:  # one odd CSR must not stop the others
                 self.error(f"csr={csr['metadata']['name']} error={err!r}")
         self.counts["passes"] += 1
 
-    def _handle(self, csr: dict[str, Any]) -> None:
+    def _held(self, items: list[dict[str, Any]], now: float) -> Held:
+        """What the CSR list says is held, plus approvals remembered past their CSR."""
+        held = held_from(items, now)
+        for csr, (instance_id, name, state, until) in held.entries.items():
+            if state == "approved":
+                self.remembered[csr] = (instance_id, name, until)
+        self.remembered = {k: v for k, v in self.remembered.items() if v[2] > now}
+        for csr, (instance_id, name, until) in self.remembered.items():
+            if csr not in held.entries:
+                held.add(csr, instance_id, name, "approved", until)
+        return held
+
+    def _handle(self, csr: dict[str, Any], held: Held, now: float) -> None:
         name = csr["metadata"]["name"]
-        decision, reason = decide(csr, self.identity, self.api.node_exists)
+        decision, reason = decide(csr, self.identity, self.api.node_exists, held)
         if decision == "skip":
             if self.waiting.get(name) != reason:
                 self.waiting[name] = reason
@@ -447,6 +261,10 @@ class Approver:
             return
         if status != 200:
             raise RuntimeError(f"PUT approval: HTTP {status}")
+        instance_id, node = joining_instance(csr)
+        if decision == "approve" and instance_id:  # held from now on, in this pass too
+            held.add(name, instance_id, node, "approved", now + APPROVED_UNISSUED)
+            self.remembered[name] = (instance_id, node, now + APPROVED_UNISSUED)
         entry = {"csr": name, "decision": {"approve": "approved", "deny": "denied"}[decision],
                  "node": _requested_node(csr), "signer": csr["spec"]["signerName"],
                  "requester": csr["spec"].get("username", ""), "reason": reason}
@@ -510,8 +328,8 @@ def node_problems(node: dict[str, Any], instance: Instance, lease_renewed: float
 
 def _requested_node(csr: dict[str, Any]) -> str:
     try:
-        names = parse_csr(request_der(csr)).common_names
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        names = parse_csr(request_der(csr["spec"].get("request") or "")).common_names
+    except DECODE_ERRORS:
         return ""
     return names[0].removeprefix("system:node:") if names else ""
 
@@ -551,10 +369,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
     parser.add_argument("--status")
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    parser.add_argument("--webhook-listen", metavar="HOST:PORT",
+                        help="serve the API server's token webhook here (loopback only)")
+    parser.add_argument("--identity-trust", metavar="PATH",
+                        help="PEM certificates or public keys whose identity signatures count")
     args = parser.parse_args(argv)
     try:
-        approver = Approver(KubeApi(args.server, args.ca, args.cert, args.key),
-                            identity_from(args.identity), args.status)
+        if args.webhook_listen and not args.identity_trust:
+            raise ValueError("--webhook-listen needs --identity-trust PATH (the keys that "
+                             "sign instance identities)")
+        identity = identity_from(args.identity)
+        approver = Approver(KubeApi(args.server, args.ca, args.cert, args.key), identity,
+                            args.status)
+        if args.webhook_listen:  # its own connection: the webhook answers from its thread
+            webhook_api = KubeApi(args.server, args.ca, args.cert, args.key)
+            keys = load_trust_file(args.identity_trust)
+            serve(Verifier(keys, identity, webhook_api.node_exists), args.webhook_listen)
     except (ValueError, OSError, ssl.SSLError) as err:
         print(f"mzk-csr-approver: {err}", file=sys.stderr)
         return 2
