@@ -9,10 +9,14 @@ keeps it on disk; a bundle carries it from one to the other:
      "files": {"local/pki/ca.crt": {"content": "<base64>", "mode": 420}, ...}}
 
 Export reads only regular files, never through a link. Import checks the whole bundle before
-anything is written, refuses a directory that is not new, empty or a PKI directory, and
-refuses one whose CAs are not the bundle's (naming both fingerprints): merging two clusters'
-PKIs would hand hosts a CA they do not trust. Files are written by the PKI's one atomic
-writer (`files.Tree`: no links followed, 0600 keys, 0700 private directories).
+anything is written: its form; every private key against its certificate or public half and
+every certificate against the bundle's CA (`bundle_verify`); a target directory that is not
+new, empty or a PKI directory, or whose CAs are not the bundle's (naming both fingerprints:
+merging two clusters' PKIs would hand hosts a CA they do not trust), or whose service-account
+key, tunnel keys or Secrets encryption keys the bundle would replace with others. Then it
+writes all or nothing: the merged result goes into a new directory beside the target, by the
+PKI's one atomic writer (`files.Tree`: no links followed, 0600 keys, 0700 private
+directories), and is swapped in whole (`dir_swap`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bootstrap.errors import ConfigError, PKIError
-from bootstrap.pki import files
+from bootstrap.pki import bundle_verify, dir_swap, files
 from bootstrap.pki.files import PRIVATE_DIR_MODE, Tree
 from bootstrap.pki.issue import CERT_MODE, KEY_MODE, LOCAL, MANIFEST_PATH, open_out
 from bootstrap.pki.table import CAS
@@ -176,21 +180,88 @@ def check(bundle: Any, source: str) -> dict[str, tuple[bytes, int]]:
 
 
 def import_dir(bundle: dict[str, Any], pki_dir: str | Path, source: str = "the bundle") -> int:
-    """Write the bundle's files into `pki_dir` (new, empty, or a PKI directory with the same
-    CAs); files the bundle does not name are left alone. Returns the number of files
-    changed. Everything is checked before the first write."""
+    """Put the bundle's files into `pki_dir` (new, empty, or a PKI directory with the same
+    CAs); files the bundle does not name are kept. Returns the number of files changed.
+
+    Everything is checked before the first write: the bundle's form (`check`), its keys
+    against their certificates (`bundle_verify`), the directory's CAs against the bundle's,
+    and no key of the directory that the bundle would replace with another (`_refuse_lost`).
+    Then all or nothing: the result is written into a new directory beside `pki_dir` and
+    swapped in whole (`dir_swap`), so a failure leaves `pki_dir` exactly as it was."""
     entries = check(bundle, source)
+    bundle_verify.verify(entries, source)
     path = str(Path(pki_dir))
+    existing: dict[str, tuple[bytes, int]] = {}
     if os.path.lexists(path):
-        _refuse_foreign(path, entries, source)
-    root = open_out(path)
-    changed = 0
-    with root:
-        root.claim(PRIVATE_DIR_MODE)
-        for rel, (content, mode) in sorted(entries.items()):
-            if root.write(rel, content, mode, durable=mode == KEY_MODE):
-                changed += 1
-    return changed
+        existing = _existing(path, entries, source)
+    changed = [rel for rel, value in entries.items() if existing.get(rel) != value]
+    if not changed:
+        return 0
+    _refuse_lost(path, existing, entries, source)
+    merged = {**existing, **entries}
+
+    def fill(temp: str) -> None:
+        root = open_out(temp)
+        with root:
+            root.claim(PRIVATE_DIR_MODE)
+            for rel, (content, mode) in sorted(merged.items()):
+                root.write(rel, content, mode, durable=mode == KEY_MODE)
+
+    try:
+        dir_swap.replace_dir(path, fill)
+    except PKIError as err:
+        raise ConfigError(f"{err}. Nothing was changed") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: the import could not be written ({err.strerror}); "
+                          "nothing was changed, fix that and import again") from err
+    return len(changed)
+
+
+def _existing(path: str, entries: dict[str, tuple[bytes, int]],
+              source: str) -> dict[str, tuple[bytes, int]]:
+    """The files of an existing `pki_dir` (none if it is empty), after refusing one that is
+    not a PKI directory or holds another cluster's CAs."""
+    _refuse_foreign(path, entries, source)
+    try:
+        with Tree.open(path) as tree:
+            if not tree.names(""):
+                return {}
+            found: dict[str, dict[str, Any]] = {}
+            _walk(tree, "", found)
+    except PKIError as err:
+        raise ConfigError(f"{err}. Nothing was written") from err
+    return {rel: (base64.b64decode(e["content"]), e["mode"]) for rel, e in found.items()}
+
+
+# Keys a directory holds that no bundle may silently replace with another: every
+# service-account token, Secret or tunnel depends on them (CA keys are held to their
+# certificates, which must already be the same).
+_KEPT_KEYS = re.compile(r"local/pki/sa\.(key|pub)\Z|local/egress-tunnel/[^/]+\.key\Z")
+ENCRYPTION_KEYS = f"{LOCAL}/encryption-keys.yaml"
+
+
+def _refuse_lost(path: str, existing: dict[str, tuple[bytes, int]],
+                 entries: dict[str, tuple[bytes, int]], source: str) -> None:
+    for rel, (ours, _mode) in sorted(existing.items()):
+        theirs = entries.get(rel, (None, 0))[0]
+        if theirs is None or theirs == ours:
+            continue
+        lost = None
+        if _KEPT_KEYS.match(rel):
+            lost = "a different key"
+        elif rel == ENCRYPTION_KEYS and not _secrets(ours) <= _secrets(theirs):
+            lost = "encryption keys without one of the directory's (its Secrets would be " \
+                   "unreadable)"
+        if lost:
+            raise ConfigError(f"{path}/{rel}: {source} holds {lost}; importing would lose "
+                              "this directory's key. Import into a new directory (or move "
+                              "this one aside) if the bundle is the one to keep. Nothing was "
+                              "written")
+
+
+def _secrets(text: bytes) -> set[bytes]:
+    """The `secret:` values of an encryption key file (whatever else it holds)."""
+    return set(re.findall(rb"secret:\s*['\"]?([A-Za-z0-9+/=]+)", text))
 
 
 def _refuse_foreign(path: str, entries: dict[str, tuple[bytes, int]], source: str) -> None:

@@ -201,3 +201,163 @@ def test_the_command_refuses_bad_input_with_one_line(pki: Path, other: Path,
     assert not target.exists()
     assert_refused(cli("export", str(tmp_path / "nowhere"), str(tmp_path / "x.json")),
                    "not a directory")
+
+
+# --------------------------------------------------------------------------- keys verified
+
+
+def with_file(exported: dict, rel: str, content: bytes) -> dict:
+    copy = json.loads(json.dumps(exported))
+    copy["files"][rel] = {"content": base64.b64encode(content).decode(), "mode": 0o600}
+    return copy
+
+
+def file_of(root: Path, rel: str) -> bytes:
+    return (root / rel).read_bytes()
+
+
+@pytest.mark.parametrize("rel, words", [
+    ("local/pki/ca.key", "local/pki/ca.key: does not match local/pki/ca.crt"),
+    ("local/pki/etcd/ca.key", "local/pki/etcd/ca.key: does not match local/pki/etcd/ca.crt"),
+    ("cp-a/etc/kubernetes/pki/apiserver.key",
+     "cp-a/etc/kubernetes/pki/apiserver.key: does not match "
+     "cp-a/etc/kubernetes/pki/apiserver.crt"),
+    ("local/pki/sa.key", "local/pki/sa.key: does not match local/pki/sa.pub"),
+    ("cp-b/etc/kubernetes/pki/sa.key", "cp-b/etc/kubernetes/pki/sa.key: does not match"),
+])
+def test_a_key_that_is_not_its_certificates_is_refused_over_a_working_pki(
+        pki: Path, other: Path, tmp_path: Path, rel: str, words: str) -> None:
+    """Another cluster's key under this cluster's certificate: refused, naming the file,
+    and the working directory is left exactly as it was."""
+    target = tmp_path / "working"
+    bundle.import_dir(bundle.export_dir(pki), target)
+    before = snapshot(target)
+    mixed = with_file(bundle.export_dir(pki), rel, file_of(other, rel))
+    with pytest.raises(ConfigError) as err:
+        bundle.import_dir(mixed, target, source="mixed.json")
+    assert str(err.value).startswith(f"mixed.json: {words}"), err.value
+    assert "\n" not in str(err.value)
+    assert snapshot(target) == before
+    assert sorted(os.listdir(tmp_path)) == ["working"]  # nothing left beside it
+
+
+@pytest.mark.parametrize("rel", ["cp-a/etc/kubernetes/pki/apiserver.crt",
+                                 "node-a1/var/lib/kubelet/pki/kubelet.crt"])
+def test_a_leaf_and_key_of_another_cluster_are_refused(pki: Path, other: Path, tmp_path: Path,
+                                                       rel: str) -> None:
+    """The pair matches, but another CA signed it: it does not chain to the bundle's CA."""
+    key_rel = rel[:-len("crt")] + "key"
+    mixed = with_file(with_file(bundle.export_dir(pki), rel, file_of(other, rel)), key_rel,
+                      file_of(other, key_rel))
+    with pytest.raises(ConfigError, match=rf"{rel}: not signed by the bundle's kubernetes-ca"):
+        bundle.import_dir(mixed, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_hosts_ca_copy_of_another_cluster_is_refused(pki: Path, other: Path,
+                                                       tmp_path: Path) -> None:
+    rel = "node-a1/etc/kubernetes/pki/ca.crt"
+    mixed = with_file(bundle.export_dir(pki), rel, file_of(other, rel))
+    with pytest.raises(ConfigError, match="a CA certificate that is not one of the bundle's"):
+        bundle.import_dir(mixed, tmp_path / "new")
+
+
+def test_a_kubeconfig_with_another_clusters_credentials_is_refused(pki: Path, other: Path,
+                                                                    tmp_path: Path) -> None:
+    rel = "local/admin.conf"
+    mixed = with_file(bundle.export_dir(pki), rel, file_of(other, rel))
+    with pytest.raises(ConfigError, match=r"local/admin\.conf: not signed by the bundle's"):
+        bundle.import_dir(mixed, tmp_path / "new")
+
+
+def test_a_ca_key_without_its_certificate_is_refused(pki: Path, tmp_path: Path) -> None:
+    mixed = with_file(bundle.export_dir(pki), "local/pki/spare.key",
+                      file_of(pki, "local/pki/ca.key"))
+    with pytest.raises(ConfigError, match="a key without its certificate or public half"):
+        bundle.import_dir(mixed, tmp_path / "new")
+
+
+def test_a_bundle_without_ca_keys_still_imports(pki: Path, tmp_path: Path) -> None:
+    """CA keys kept elsewhere: certificates are checked, nothing demands the keys."""
+    exported = bundle.export_dir(pki)
+    for rel in [r for r in exported["files"] if r.endswith("ca.key")]:
+        del exported["files"][rel]
+    assert bundle.import_dir(exported, tmp_path / "new") == len(exported["files"])
+    assert not (tmp_path / "new/local/pki/ca.key").exists()
+
+
+# --------------------------------------------------------------------------- all or nothing
+
+
+def test_a_same_cluster_bundle_updates_a_working_pki_and_keeps_other_files(
+        pki: Path, tmp_path: Path) -> None:
+    target = tmp_path / "working"
+    bundle.import_dir(bundle.export_dir(pki), target)
+    (target / "local/notes.txt").write_text("mine")
+    rel = "node-a1/var/lib/kubelet/pki/kubelet.crt"
+    (target / rel).write_bytes(b"stale")
+    assert bundle.import_dir(bundle.export_dir(pki), target) == 1
+    assert file_of(target, rel) == file_of(pki, rel)
+    assert (target / "local/notes.txt").read_text() == "mine"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    assert sorted(os.listdir(tmp_path)) == ["working"]
+
+
+def test_a_failure_while_writing_leaves_the_target_exactly_as_it_was(
+        pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "working"
+    bundle.import_dir(bundle.export_dir(pki), target)
+    (target / "node-a1/var/lib/kubelet/pki/kubelet.crt").write_bytes(b"stale")
+    before = snapshot(target)
+    from bootstrap.pki import files as pki_files
+    real_write, calls = pki_files.Tree.write, []
+
+    def failing_write(self, rel, content, mode, durable=False):  # type: ignore[no-untyped-def]
+        calls.append(rel)
+        if len(calls) == 40:
+            raise OSError(28, "No space left on device")
+        return real_write(self, rel, content, mode, durable)
+
+    monkeypatch.setattr(pki_files.Tree, "write", failing_write)
+    with pytest.raises(ConfigError, match="No space left on device.*nothing was changed"):
+        bundle.import_dir(bundle.export_dir(pki), target)
+    assert len(calls) == 40
+    assert snapshot(target) == before
+    assert sorted(os.listdir(tmp_path)) == ["working"]
+
+
+def test_a_bundle_with_another_service_account_key_is_refused_over_a_working_pki(
+        pki: Path, tmp_path: Path) -> None:
+    """Same CAs, another sa.key (say, a PKI whose sa.key was re-made): importing it would
+    end every service-account token of the running cluster."""
+    target = tmp_path / "working"
+    bundle.import_dir(bundle.export_dir(pki), target)
+    before = snapshot(target)
+    other_key = generate_key_pair()
+    exported = with_file(with_file(bundle.export_dir(pki), "local/pki/sa.key", other_key[0]),
+                         "local/pki/sa.pub", other_key[1])
+    with pytest.raises(ConfigError) as err:
+        bundle.import_dir(exported, target, source="b.json")
+    assert str(err.value).startswith(f"{target}/local/pki/sa.key: b.json holds a different key")
+    assert snapshot(target) == before
+    assert bundle.import_dir(exported, tmp_path / "elsewhere") > 0  # a new directory is fine
+
+
+def test_a_bundle_that_would_drop_an_encryption_key_is_refused(pki: Path,
+                                                              tmp_path: Path) -> None:
+    target = tmp_path / "working"
+    bundle.import_dir(bundle.export_dir(pki), target)
+    before = snapshot(target)
+    fresh = tmp_path / "fresh"
+    encryption.ensure(fresh)
+    exported = with_file(bundle.export_dir(pki), "local/encryption-keys.yaml",
+                         file_of(fresh, "local/encryption-keys.yaml"))
+    with pytest.raises(ConfigError, match="encryption keys without one of the directory's"):
+        bundle.import_dir(exported, target)
+    assert snapshot(target) == before
+
+
+def generate_key_pair() -> tuple[bytes, bytes]:
+    from bootstrap.pki import certs
+    key = certs.new_key(certs.KeySpec("ecdsa", 2048))
+    return certs.key_pem(key), certs.public_pem(key)
