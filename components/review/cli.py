@@ -2,11 +2,17 @@
 
     render STACK [--format text|json]      the stack's resources and inputs, as text
     diff STACK --base REF                  REF's stack against the working tree's
-    envs new NUMBER [--ttl-days N]         write stacks/Pulumi.pr-NUMBER.yaml from `test`
-    envs up STACK | envs destroy STACK     pulumi up / destroy + stack rm (Pulumi CLI)
-    envs list | envs sweep [--dry-run]     test stacks and their expiry; destroy expired
+    envs new PR [--ttl-days N]             write stacks/Pulumi.pr-N.yaml from `test`
+         [--operator-key FILE] [--runner-address IP]   (CI: its key and address)
+    envs up PR                             preview, save the plan, apply exactly that plan
+    envs destroy PR [--yes-destroy pr-N]   destroy + stack rm (confirm: type the name)
+    envs revoke PR --runner-address IP     remove the rules admitting that address
+    envs list | envs sweep                 test stacks and their expiry; destroy expired
 
-Bad input (an unknown stack, a bad ref, no Pulumi CLI) is one line on stderr and exit 2.
+PR is a pull request's number (42) or stack (pr-42); envs touches no other stack. Every
+envs action takes --dry-run: nothing changes, what would happen is printed.
+Bad input (an unknown stack, a bad ref, a stack file that does not parse, no Pulumi CLI)
+is one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bootstrap.errors import ConfigError
 from components.review.errors import ReviewError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,39 +85,94 @@ def diff(args: argparse.Namespace) -> int:
     return 0
 
 
+# The flags that only some actions take: given to another, they are refused, not ignored.
+_ENVS_FLAGS = {"--yes-destroy": ("destroy",), "--operator-key": ("new",),
+               "--runner-address": ("new", "revoke"), "--ttl-days": ("new",)}
+_DEFAULTS: dict[str, object] = {"--ttl-days": 3}
+
+
+def _confirmed(stack: str, given: str | None) -> None:
+    """Destroying needs the stack's name typed at a terminal, or `--yes-destroy STACK`
+    naming it exactly; without either (a script, a pipe) nothing is destroyed."""
+    if given is not None:
+        if given != stack:
+            raise ReviewError(f"envs destroy {stack}: --yes-destroy {given!r} does not name "
+                              f"this stack; pass --yes-destroy {stack}")
+        return
+    if not sys.stdin.isatty():
+        raise ReviewError(f"envs destroy {stack}: not confirmed; type the name at a terminal "
+                          f"or pass --yes-destroy {stack}")
+    typed = input(f"Destroy every resource of {stack} and remove the stack? "
+                  f"Type {stack} to confirm: ").strip()
+    if typed != stack:
+        raise ReviewError(f"envs destroy {stack}: {typed!r} is not {stack}; nothing destroyed")
+
+
 def envs(args: argparse.Namespace) -> int:
     from components.review import automation, prstack
     from components.review import envs as decide
 
     now = dt.datetime.now(dt.UTC)
+    root = Path(args.root)
+    for flag, actions in _ENVS_FLAGS.items():
+        if getattr(args, flag.lstrip("-").replace("-", "_")) not in (None, _DEFAULTS.get(flag)) \
+                and args.action not in actions:
+            raise ReviewError(f"envs {args.action}: {flag} is for envs {' and '.join(actions)} "
+                              "only; leave it out")
+    if args.action in ("list", "sweep"):
+        if args.target is not None:
+            raise ReviewError(f"envs {args.action} takes no stack (got {args.target!r}); "
+                              "it reads every stack of the backend")
+        return _sweep(args, now)
+    stack = decide.stack_of(args.target)
     if args.action == "new":
-        path = prstack.write(Path(args.root), args.target, now, args.ttl_days)
-        print(f"{path.relative_to(Path(args.root))}: stack {prstack.stack_name(args.target)}, "
-              f"expires {path.read_text().split('expiresAt: ')[1].split()[0].strip(chr(39))}")
+        key = Path(args.operator_key) if args.operator_key else None
+        path, text = prstack.render(root, stack, now, args.ttl_days, key, args.runner_address)
+        expires = prstack.values(root, stack, now, args.ttl_days)["multizone:expiresAt"]
+        if args.dry_run:
+            print(f"{path.relative_to(root)}: would be written (--dry-run):")
+            sys.stdout.write(text)
+            return 0
+        prstack.write(root, stack, now, args.ttl_days, key, args.runner_address)
+        print(f"{path.relative_to(root)}: stack {stack}, expires {expires}")
         return 0
-    if args.action in ("up", "destroy"):
-        if not args.target:
-            raise ReviewError(f"envs {args.action}: name the stack, e.g. pr-42")
-        if args.action == "destroy" and args.target.rsplit("/", 1)[-1] == decide.PROD:
-            raise ReviewError("envs destroy prod: refused; prod is destroyed by hand only "
-                              "(docs/pulumi.md)")
-        getattr(automation, args.action)(args.target)
+    if args.action == "up":
+        automation.up(stack, args.dry_run)
         return 0
+    if args.action == "revoke":
+        if not args.runner_address:
+            raise ReviewError(f"envs revoke {stack}: name the address, --runner-address IP")
+        automation.revoke(stack, prstack.runner_cidr(args.runner_address), args.dry_run)
+        return 0
+    if not args.dry_run:
+        _confirmed(stack, args.yes_destroy)
+    automation.destroy(stack, args.dry_run)
+    if not args.dry_run:
+        print(f"{stack}: destroyed and removed")
+    return 0
+
+
+def _sweep(args: argparse.Namespace, now: dt.datetime) -> int:
+    from components.review import automation
+    from components.review import envs as decide
+
     verdicts = decide.sweep(automation.stacks(), now)
     for v in verdicts:
-        if args.action == "list" or v.destroy:
-            mark = "destroy" if v.destroy else "keep"
-            print(f"{v.stack}: {mark}: {v.reason}")
-    if args.action == "sweep":
-        doomed = [v.stack for v in verdicts if v.destroy]
-        if not doomed:
-            print("sweep: nothing has expired")
-        for stack in doomed:
-            if args.dry_run:
-                print(f"{stack}: would be destroyed and removed (--dry-run)")
-            else:
-                automation.destroy(stack)
-                print(f"{stack}: destroyed and removed")
+        print(f"{v.stack}: {'destroy' if v.destroy else 'keep'}: {v.reason}")
+    if args.action == "list":
+        return 0
+    doomed = [v.stack for v in verdicts if v.destroy]
+    if not doomed:
+        print("sweep: nothing has expired")
+    for name in doomed:
+        stack = decide.pr_stack(name)
+        if stack is None:  # decide() destroys pr-<n> stacks only; never reached
+            raise ReviewError(f"sweep: {name!r} is not a pr-<number> stack; refused")
+        if args.dry_run:
+            print(f"{stack}: would be destroyed and removed (--dry-run)")
+        else:
+            automation.destroy(stack, dry_run=False)
+            print(f"{stack}: destroyed and removed")
     return 0
 
 
@@ -129,11 +191,20 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--base", required=True, help="git ref: branch, tag or commit")
     d.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)
     d.set_defaults(run=diff)
-    e = sub.add_parser("envs", help="test stacks: new, up, destroy, list, sweep")
-    e.add_argument("action", choices=("new", "up", "destroy", "list", "sweep"))
-    e.add_argument("target", nargs="?", help="new: a pull request number; up/destroy: a stack")
+    e = sub.add_parser("envs", help="pull requests' test stacks: new, up, destroy, revoke, "
+                                    "list, sweep")
+    e.add_argument("action", choices=("new", "up", "destroy", "revoke", "list", "sweep"))
+    e.add_argument("target", nargs="?", help="the pull request: its number (42) or its stack "
+                                             "(pr-42); nothing else is accepted")
     e.add_argument("--ttl-days", type=int, default=3)
-    e.add_argument("--dry-run", action="store_true")
+    e.add_argument("--dry-run", action="store_true",
+                   help="change nothing; print what would happen")
+    e.add_argument("--yes-destroy", metavar="STACK",
+                   help="destroy: confirm without a terminal; must name the stack")
+    e.add_argument("--operator-key", metavar="FILE",
+                   help="new: the run's SSH private key becomes the stack's operator key")
+    e.add_argument("--runner-address", metavar="IP",
+                   help="new: admit this one address (/32) too; revoke: remove its rules")
     e.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)
     e.set_defaults(run=envs)
     return p
@@ -141,15 +212,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "envs" and args.action == "new":
-        try:
-            args.target = int(args.target or "")
-        except ValueError:
-            print(f"mzk envs new: {args.target!r} is not a pull request number; give e.g. 42",
-                  file=sys.stderr)
-            return 2
     try:
         return int(args.run(args))
-    except ReviewError as err:
+    except ConfigError as err:  # ours (ReviewError) and a stack file's (StackFileError)
         print(f"mzk {args.command}: {err}", file=sys.stderr)
         return 2
