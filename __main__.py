@@ -6,7 +6,7 @@ without a traceback and the update fails (non-zero exit).
 
 Once the hosts exist, `ClusterBootstrap` runs `bootstrap apply` on the inventory during
 `pulumi up` and keeps the PKI in the stack's state as secrets (docs/pulumi.md); the node
-pools' launch templates come after it, their user data holding its CA and join tokens.
+pools' launch templates come after it, their user data holding its CA.
 """
 
 from __future__ import annotations
@@ -76,9 +76,9 @@ def main() -> dict[str, Any]:
         pulumi.Config(NS).get_secret(PKI_BUNDLE),
         opts=pulumi.ResourceOptions(depends_on=[control_plane, bastion, lbs],
                                     protect=s.protect))
-    # After the bootstrap: each pool's user data holds the CA and the pool's join token.
+    # After the bootstrap: each pool's user data holds the CA (nodes join by instance identity).
     NodePools("nodes", NodePoolsArgs(s, private, sg[NODES], cluster_inventory,
-                                     bootstrap.ca_certificate, bootstrap.join_tokens))
+                                     bootstrap.ca_certificate))
     return {
         "regionalEndpoint": lbs.regional.dns_name,
         "zoneEndpoints": zone_endpoints,

@@ -28,6 +28,7 @@ from bootstrap.rules import (  # noqa: F401 - PKISettings and PKI_DEFAULTS are u
     PKI_FIELDS,
     PKISettings,
 )
+from bootstrap.trust_pem import trust_pem
 
 ROLES = ("control-plane", "etcd", "node")
 HOST_KEY_TYPES = rules.SSH_KEY_TYPES
@@ -110,6 +111,9 @@ class Cluster:
     # The pod network: `bridge` (ours, bootstrap.node.cni) or `external` (the cluster brings
     # its own network plugin; nodes stay NotReady until it is installed).
     cni: str = "bridge"
+    # PEM certificates or public keys whose signatures on instance identity documents the
+    # CSR approver accepts (the lab's "cloud" key); none: AWS's certificate for the region.
+    instance_identity_trust: str | None = None
 
     @property
     def kubernetes_service_ip(self) -> str:
@@ -334,7 +338,8 @@ def _join(where: str, key: str) -> str:
 def _cluster(r: _Reader, raw: Any) -> Cluster:
     c = r.mapping(raw, "cluster", required=("name", "kubernetes_version"),
                   optional=("service_cidr", "pod_cidr", "dns_domain", "api_port", "egress",
-                            "max_nodes", "egress_node_ports", "cni"))
+                            "max_nodes", "egress_node_ports", "cni",
+                            "instance_identity_trust"))
     name = r.check(rules.dns_label, c["name"], "cluster.name")
     # Any release >= 1.28 here: the lab brings its own binaries; real hosts need a pinned
     # one, which `apply` checks (apply_command.local_binaries) and the stack settings demand.
@@ -356,6 +361,8 @@ def _cluster(r: _Reader, raw: Any) -> Cluster:
             c["egress_node_ports"], "cluster.egress_node_ports",
             lambda v, where: r.integer(v, where, 1, 65535))))),
         cni=r.choice(c.get("cni", "bridge"), "cluster.cni", CNI_CHOICES),
+        instance_identity_trust=None if c.get("instance_identity_trust") is None else r.check(
+            trust_pem, c["instance_identity_trust"], "cluster.instance_identity_trust"),
     )
 
 

@@ -2,21 +2,22 @@
 node pool (`nodes-<zone>`).
 
 A node joins by kubelet TLS bootstrapping (bootstrap.node.join): its user data is the join
-script for its pool, holding the cluster CA, its zone's API endpoint and the pool's current
-join token. The token and the CA come from the bootstrap resource's outputs, so the launch
+script for its pool, holding the cluster CA and its zone's API endpoint, and no secret: the
+node's credential is the instance identity document EC2 signs for it, read from IMDSv2 at
+boot, which the control plane's approver verifies (AWS's certificate for the region, then
+the instance looked up by ID). Nothing expires in the template, so nodes join whether or not
+`pulumi up` ran lately. The CA comes from the bootstrap resource's outputs, so the launch
 templates are made after it (control-plane hosts -> bootstrap -> launch templates -> groups;
-the groups' nodes are not in the inventory, so there is no cycle). The token is a secret, so
-the user data is one in state and in previews. The bootstrap rotates a token once less than
-half its lifetime is left: the template gets a new version, which the group launches from
-(`$Latest`); running nodes have joined already and are left alone (no instance refresh).
+the groups' nodes are not in the inventory, so there is no cycle). The metadata service is
+IMDSv2 only with a hop limit of 1 (a pod, one hop further, cannot read the instance's
+identity document or its role's credentials) and without instance tags in it.
 
-Instances carry the tags the control plane's CSR approver looks them up by (`mzk:cluster`,
-`mzk:role`, `mzk:pool`) and by their private DNS name, which is their node name; the Name tag,
-shared by the pool's instances, is no identity (it contains a `/`, so it can never be a node
-name either). Nodes are labelled with their zone (`topology.kubernetes.io/zone`, which the kubelet
-sets on itself). The resource count does not depend on the node count: sizes are numbers on
-the group. Instance refresh replaces nodes in batches with checkpoints, a pause for cloud rate
-limits (seed 004).
+Instances carry the tags the approver checks (`mzk:cluster`, `mzk:role`, `mzk:pool`); their
+node name is their private DNS name, which the approver takes from the instance itself, never
+from a tag. Nodes are labelled with their zone (`topology.kubernetes.io/zone`, which the
+kubelet sets on itself). The resource count does not depend on the node count: sizes are
+numbers on the group. Instance refresh replaces nodes in batches with checkpoints, a pause
+for cloud rate limits (seed 004).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ _ASSUME_EC2 = json.dumps({"Version": "2012-10-17", "Statement": [{
 
 
 def pool_name(zone: str) -> str:
-    """The node pool of a zone: a DNS label, e.g. nodes-eu-west-1a (its token's group is
+    """The node pool of a zone: a DNS label, e.g. nodes-eu-west-1a (its instances' group is
     `system:bootstrappers:mzk:<pool>`)."""
     return f"{POOL_PREFIX}-{zone}"
 
@@ -60,16 +61,14 @@ def node_tags(cluster: str, pool: str) -> dict[str, str]:
             "mzk:pool": pool}
 
 
-def join_script(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None,
-                tokens: Mapping[str, str] | None) -> str:
-    """The user data of `pool`'s nodes: the join script for its zone, endpoint and token.
+def join_script(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None) -> str:
+    """The user data of `pool`'s nodes: the join script for its zone and endpoint.
 
-    Without a CA or a token for the pool (the bootstrap resource has not issued one: only
-    under mocks, its provider fails otherwise) a script that says so and stops: such a node
-    must never boot with something else in the place of the join."""
-    token = (tokens or {}).get(pool)
-    if not ca_pem or not token:
-        message = (f"mzk-join: node pool {pool} has no join token or CA from the bootstrap "
+    Without a CA (the bootstrap resource has not answered: only under mocks, its provider
+    fails otherwise) a script that says so and stops: such a node must never boot with
+    something else in the place of the join."""
+    if not ca_pem:
+        message = (f"mzk-join: node pool {pool} has no cluster CA from the bootstrap "
                    "yet; this node cannot join. Run `pulumi up`.")
         return f"#!/bin/sh\necho {shlex.quote(message)} >&2\nexit 1\n"
     inventory = inventory_module.parse(dict(raw_inventory), source="the program's inventory")
@@ -77,7 +76,7 @@ def join_script(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None,
     cluster = inventory.cluster
     script = join.user_data(join.JoinSpec(
         pool=pool, zone=found.zone, endpoint_url=inventory.zone(found.zone).endpoint.url,
-        ca_pem=ca_pem, token=token, kubernetes_version=cluster.kubernetes_version,
+        ca_pem=ca_pem, kubernetes_version=cluster.kubernetes_version,
         dns_address=cluster.dns_address, dns_domain=cluster.dns_domain))
     size = len(script.encode())
     if size > MAX_USER_DATA:
@@ -86,10 +85,9 @@ def join_script(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None,
     return script
 
 
-def encoded_user_data(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None,
-                      tokens: Mapping[str, str] | None) -> str:
+def encoded_user_data(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None) -> str:
     """What a launch template takes: the join script, base64."""
-    return base64.b64encode(join_script(raw_inventory, pool, ca_pem, tokens).encode()).decode()
+    return base64.b64encode(join_script(raw_inventory, pool, ca_pem).encode()).decode()
 
 
 @dataclass(frozen=True)
@@ -100,7 +98,6 @@ class NodePoolsArgs:
     # The inventory the bootstrap applied (zones, endpoints, pools) and its outputs.
     inventory: pulumi.Input[dict[str, Any]]
     ca_certificate: pulumi.Input[str]
-    join_tokens: pulumi.Input[dict[str, str]]  # secret: pool -> "<id>.<secret>"
 
 
 class NodePools(Component):
@@ -122,11 +119,12 @@ class NodePools(Component):
             pool_id = self.pools[z] = pool_name(z)
 
             def render(values: list[Any], pool_id: str = pool_id) -> str:
-                return encoded_user_data(values[0], pool_id, values[1], values[2])
+                return encoded_user_data(values[0], pool_id, values[1])
 
-            # Secret: the join token is in it (and secret whatever join_tokens arrives as).
-            user_data: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.all(
-                args.inventory, args.ca_certificate, args.join_tokens).apply(render))
+            # No secret in it (the CA certificate and the endpoint are public): reviews show
+            # it, and a change to it is visible in a preview.
+            user_data: pulumi.Output[str] = pulumi.Output.all(
+                args.inventory, args.ca_certificate).apply(render)
             tags = {**self.tags(z, z), "multizone/role": "node",
                     **{k: v for k, v in node_tags(s.cluster_name, pool_id).items()
                        if k != "Name"}}
@@ -135,7 +133,11 @@ class NodePools(Component):
                 self.child_name(z), image_id=s.image_id, instance_type=pool.instance_type,
                 vpc_security_group_ids=[args.security_group_id],
                 iam_instance_profile={"arn": profile.arn}, user_data=user_data,
-                metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
+                # IMDSv2 only; hop limit 1: a pod's packets (one hop more) never reach it,
+                # so pods cannot read the identity document; no instance tags in it.
+                metadata_options={"http_tokens": "required", "http_endpoint": "enabled",
+                                  "http_put_response_hop_limit": 1,
+                                  "instance_metadata_tags": "disabled"},
                 block_device_mappings=[{"device_name": "/dev/xvda", "ebs": {
                     "encrypted": "true", "volume_type": "gp3", "volume_size": 50}}],
                 tag_specifications=[{"resource_type": kind, "tags": launched}
@@ -149,7 +151,7 @@ class NodePools(Component):
                 self.child_name(z), vpc_zone_identifiers=[args.private_subnet_ids[z]],
                 min_size=pool.min_size, max_size=pool.max_size,
                 desired_capacity=pool.desired,
-                # $Latest: a new template version (a rotated token) is what new nodes boot
+                # $Latest: a new template version (a new CA, say) is what new nodes boot
                 # from; it starts no instance refresh (running nodes have joined already).
                 launch_template=aws.autoscaling.GroupLaunchTemplateArgs(
                     id=template.id, version="$Latest"),

@@ -19,6 +19,9 @@ Choices (each one a line of seed 000/001/004, or the reason given):
   (`bootstrap.egress`): SSH tunnels or Konnectivity, never straight over the network.
 - The API server listens on the host's own address only; the controller-manager and the
   scheduler on 127.0.0.1 only (no other control-plane component serves remote traffic).
+- Joining nodes authenticate with their cloud-signed instance identity: with node pools, a
+  token webhook (the CSR approver, on this host's loopback) reviews bearer tokens no other
+  authenticator knows; bootstrap tokens are off (no shared join secret exists).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 
 from bootstrap.egress import hostconfig
 from bootstrap.inventory import Host, Inventory
+from bootstrap.node.identity_webhook import WEBHOOK_HOST, WEBHOOK_PATH, WEBHOOK_PORT
 from bootstrap.pki.table import LEAF_BY_NAME, flag_words
 
 CONFIG_DIR = "/etc/kubernetes"
@@ -38,6 +42,8 @@ AUDIT_LOG = "/var/log/kubernetes/audit/audit.log"
 CONTROLLER_MANAGER_CONF = f"{CONFIG_DIR}/controller-manager.conf"
 SCHEDULER_CONF = f"{CONFIG_DIR}/scheduler.conf"
 ADMIN_CONF = f"{CONFIG_DIR}/admin.conf"
+IDENTITY_WEBHOOK_CONF = f"{CONFIG_DIR}/mzk-identity-webhook.conf"
+WEBHOOK_CACHE_TTL = "30s"  # an authenticated node's token is reviewed again after this
 CONTROLLER_MANAGER_PORT = 10257
 SCHEDULER_PORT = 10259
 
@@ -59,6 +65,18 @@ def authentication_config() -> bytes:
             "anonymous:\n"
             "  enabled: true\n"
             "  conditions:\n" + paths).encode()
+
+
+def identity_webhook_config() -> bytes:
+    """The kubeconfig the API server reaches the identity webhook with: plain HTTP, since it
+    never leaves the host (the approver listens on loopback only)."""
+    server = f"http://{WEBHOOK_HOST}:{WEBHOOK_PORT}{WEBHOOK_PATH}"
+    return ("apiVersion: v1\nkind: Config\n"
+            "# TokenReview for joining nodes' identity tokens (bootstrap.node.identity_webhook)\n"
+            f"clusters:\n- name: mzk-identity\n  cluster:\n    server: {server}\n"
+            "users:\n- name: kube-apiserver\n  user: {}\n"
+            "contexts:\n- name: webhook\n  context: {cluster: mzk-identity, user: kube-apiserver}\n"
+            "current-context: webhook\n").encode()
 
 
 def minor(version: str) -> str:
@@ -148,13 +166,25 @@ def _bracket(address: str) -> str:
 
 def files(inventory: Inventory, encryption: bytes) -> list[ConfigFile]:
     """The API server's configuration files (the same on every control-plane host)."""
-    return [
+    found = [
         ConfigFile(AUTHENTICATION, authentication_config(), 0o644),
         ConfigFile(ADMISSION, admission_config(inventory.cluster.kubernetes_version), 0o644),
         ConfigFile(AUDIT_POLICY, AUDIT_POLICY_TEXT.encode(), 0o644),
         ConfigFile(ENCRYPTION, encryption, 0o600),
         ConfigFile(hostconfig.SELECTOR, hostconfig.selector_config(), 0o644),
     ]
+    if inventory.node_pools:
+        found.append(ConfigFile(IDENTITY_WEBHOOK_CONF, identity_webhook_config(), 0o644))
+    return found
+
+
+def identity_webhook_flags(inventory: Inventory) -> list[str]:
+    """With node pools: the approver's webhook reviews joining nodes' identity tokens."""
+    if not inventory.node_pools:
+        return []
+    return [f"--authentication-token-webhook-config-file={IDENTITY_WEBHOOK_CONF}",
+            "--authentication-token-webhook-version=v1",
+            f"--authentication-token-webhook-cache-ttl={WEBHOOK_CACHE_TTL}"]
 
 
 def apiserver_command(inventory: Inventory, host: Host, binary: str, etcd_servers: str,
@@ -178,7 +208,7 @@ def apiserver_command(inventory: Inventory, host: Host, binary: str, etcd_server
         f"--service-account-issuer={inventory.regional_endpoint.url}",
         f"--service-cluster-ip-range={c.service_cidr}",
         "--authorization-mode=Node,RBAC",
-        "--enable-bootstrap-token-auth=true",  # joined nodes (bootstrap.node.join_tokens)
+        *identity_webhook_flags(inventory),  # joining nodes (bootstrap.node.join)
         "--enable-admission-plugins=NodeRestriction,PodSecurity",
         f"--admission-control-config-file={ADMISSION}",
         f"--authentication-config={AUTHENTICATION}",

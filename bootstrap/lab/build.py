@@ -28,7 +28,7 @@ from bootstrap import k8s_bin
 from bootstrap.errors import ConfigError
 from bootstrap.inventory import load as load_inventory
 from bootstrap.k8s_releases import supported_versions
-from bootstrap.lab import balancers, cgroups, hosts, volumes
+from bootstrap.lab import balancers, cgroups, hosts, imds, volumes
 from bootstrap.lab.hosts import LabError, ensure_keypair, kill_namespace, pid_alive, write_private
 from bootstrap.lab.layout import (
     HOST_DIRS,
@@ -387,6 +387,8 @@ def _write_inventory(layout: Layout, keys: dict[str, str] | None = None) -> Path
     state.save()
     data = inventory_data(layout, keys, layout.dir / "id_ed25519", version,
                           state.data.get("etcd_volumes", {}))
+    # The lab's "cloud" signs its launched hosts' identity documents; the approver trusts it.
+    data["cluster"]["instance_identity_trust"] = imds.ensure_key(layout.dir)
     text = ("# Written by `python -m bootstrap lab up`. Endpoints are the lab's haproxy "
             "frontends\n# (one per zone, one regional) in the router namespace.\n"
             + yaml.safe_dump(data, sort_keys=False))
@@ -459,6 +461,7 @@ def down(lab_dir: Path, remove_files: bool = True, say: Say = print) -> list[str
         raise LabError(f"lab {prefix}: namespaces left after down: {', '.join(left)}")
     if remove_files:
         _remove_mountpoints(state)
+        imds.remove(lab_dir)
         for name in ("hosts", "balancers", "pki", "id_ed25519", "id_ed25519.pub",
                      "authorized_keys", "inventory.yaml", STATE_FILE):
             path = lab_dir / name

@@ -22,7 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                             "scaling group would; it joins by itself (TLS bootstrapping)")
     launch.add_argument("--zone", required=True, help="lab-a, lab-b or lab-c")
     launch.add_argument("--claim", metavar="NAME",
-                        help="run its user data under another node's name (an impostor)")
+                        help="an impostor: its kubelet asks for another node's name, with "
+                             "the instance's own identity")
+    launch.add_argument("--steal", metavar="NAME",
+                        help="an impostor: it presents a copy of launched node NAME's signed "
+                             "identity document instead of its own")
     for p in (up, down, status, launch):
         p.add_argument("--dir", type=Path, default=Path(DEFAULT_DIR),
                        help=f"the lab's directory (default {DEFAULT_DIR}: outside any work "
@@ -41,9 +45,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.lab_action == "launch":
         from bootstrap.lab.launch import launch
-        node = launch(args.dir, args.zone, args.claim)
-        print(f"launched {node.name} ({node.address}) into pool {node.pool}; its kubelet asks "
-              f"to join as {node.claimed}")
+        node = launch(args.dir, args.zone, args.claim, args.steal)
+        print(f"launched {node.name} ({node.instance_id}, {node.address}) into pool "
+              f"{node.pool}; its kubelet asks to join as {node.claimed}"
+              + (f" with {args.steal}'s identity document" if args.steal else ""))
         return 0
     hosts = build.status(args.dir)
     if not hosts:

@@ -2,16 +2,22 @@
 
 What EC2 and an auto scaling group do for a real pool, done on this machine: a new host
 (namespace, address in its zone, sshd as on every lab host, the lab's supervisor as the
-"image" carries systemd), an entry in the lab's instance record (what the approver checks
-instead of the EC2 API; every control-plane host holds a copy, as every one can call EC2),
-then the pool's user data (bootstrap.node.join) run as root inside the host, as cloud-init
-would, with the pool's current join token. The bootstrap never logs in to it.
+"image" carries systemd) with an instance ID; an entry in the lab's instance record (what the
+approver looks instances up in instead of the EC2 API; every control-plane host holds a copy,
+as every one can call EC2); the identity document the lab's "cloud" signs for it, left where
+its metadata service would answer (bootstrap.lab.imds); then the pool's user data
+(bootstrap.node.join) run as root inside the host, as cloud-init would. The user data holds
+no secret, and the bootstrap never logs in to the host.
 
-`claim` runs the user data under another node's name: an impostor holding the token.
+Impostors, for the tests and for anyone who wants to see the approver refuse: `claim` runs
+the user data with the host's own identity but asks for another node's name; `steal` gives
+the host a copy of another launched instance's signed document (as if it had been read off
+that instance) in place of its own.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import subprocess
@@ -21,10 +27,10 @@ from pathlib import Path
 from bootstrap.errors import ConfigError, MultizoneError
 from bootstrap.inventory import load as load_inventory
 from bootstrap.k8s_bin import resolve_dir
-from bootstrap.lab import build, cgroups
+from bootstrap.lab import build, cgroups, imds
 from bootstrap.lab.layout import ZONES, LabHost, plan, zone_subnet
 from bootstrap.lab.resize import add_hosts
-from bootstrap.node import join, join_tokens
+from bootstrap.node import join
 from bootstrap.pki import files
 from bootstrap.services import SUPERVISOR_PATH, SUPERVISOR_SOURCE
 from bootstrap.steps.node_join import LAB_RECORD
@@ -38,12 +44,17 @@ class LaunchError(MultizoneError):
 
 @dataclass(frozen=True)
 class Launched:
-    name: str  # the instance's own name, as the record lists it
+    name: str  # the instance's own name (its private DNS name), as the record lists it
+    instance_id: str
     claimed: str  # the name its kubelet asks for
     address: str
     zone: str
     pool: str
+    user_data: str  # the script it ran
     user_data_output: str
+
+
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def _pool_of(lab_dir: Path, zone: str) -> str:
@@ -62,19 +73,32 @@ def _record(lab_dir: Path, control_plane: list[LabHost], entry: dict[str, object
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             record = {"instances": []}
-        record["instances"] = [i for i in record["instances"] if i["name"] != entry["name"]]
+        record["instances"] = [i for i in record["instances"]
+                               if i.get("instance_id") != entry["instance_id"]
+                               and i.get("name") != entry["name"]]
         record["instances"].append(entry)
         files.write(path, (json.dumps(record, indent=1) + "\n").encode(), 0o644)
 
 
-def launch(lab_dir: Path, zone: str, claim: str | None = None) -> Launched:
-    """Launch one node in `zone`'s pool; returns once its user data ran (the kubelet then
-    joins on its own, if the control plane lets it)."""
+def _check_flags(lab_dir: Path, zone: str, claim: str | None, steal: str | None) -> None:
     if zone not in ZONES:
         raise ConfigError(f"--zone {zone!r}: use one of {', '.join(ZONES)}")
-    if claim is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", claim):
+    if claim is not None and not _NAME.fullmatch(claim):
         raise ConfigError(f"--claim {claim!r}: give a node name (a DNS label, e.g. node-1)")
+    if steal is not None and steal not in build.State.load(lab_dir).data.get("launched", []):
+        raise ConfigError(f"--steal {steal!r}: give the name of a node launched into this lab "
+                          "(e.g. auto-b1); only launched instances have identity documents")
+
+
+def launch(lab_dir: Path, zone: str, claim: str | None = None, steal: str | None = None
+           ) -> Launched:
+    """Launch one node in `zone`'s pool; returns once its user data ran (the kubelet then
+    joins on its own, if the control plane lets it)."""
     lab_dir = lab_dir.resolve()
+    _check_flags(lab_dir, zone, claim, steal)
+    bins = resolve_dir(None)
+    if bins is None:
+        raise LaunchError("set MZK_K8S_BIN_DIR: the lab's nodes run its kubelet")
     state = build.State.load(lab_dir)
     layout = plan(lab_dir, state.data.get("workers", 3), state.data.get("link_slot"))
     letter, pool = zone[-1], _pool_of(lab_dir, zone)
@@ -87,29 +111,34 @@ def launch(lab_dir: Path, zone: str, claim: str | None = None) -> Launched:
     launched.append(name)
     state.save()
     add_hosts(layout, [host], build.State.load(lab_dir))  # as a resize adds workers
-    supervisor = host.home(lab_dir) / "fs" / SUPERVISOR_PATH.lstrip("/")
-    files.write(supervisor, SUPERVISOR_SOURCE, 0o755)
+    root = host.home(lab_dir) / "fs"
+    files.write(root / SUPERVISOR_PATH.lstrip("/"), SUPERVISOR_SOURCE, 0o755)
+    instance_id = imds.new_instance_id()
     _record(lab_dir, [h for h in layout.hosts if "control-plane" in h.roles],
-            {"name": name, "pool": pool, "zone": zone, "state": "running",
-             "addresses": [host.address], "dns_names": []})
+            {"instance_id": instance_id, "name": name, "pool": pool, "zone": zone,
+             "state": "running", "addresses": [host.address], "dns_names": [name],
+             "account": imds.ACCOUNT})
+    document = imds.document(instance_id, zone, host.address, dt.datetime.now(dt.UTC))
+    answers = imds.served(document, imds.sign(lab_dir, document), name, host.address,
+                          instance_id)
+    if steal is not None:  # a copy of another instance's signed document, not its own
+        victim = imds.read(lab_dir / "hosts" / steal / "fs")
+        answers.update({k: victim[k] for k in (imds.DOCUMENT, imds.SIGNATURE)})
+    imds.place(root, answers)
     inventory = load_inventory(lab_dir / "inventory.yaml")
-    token = join_tokens.load(lab_dir / "pki").get(pool)
-    if token is None:
-        raise LaunchError(f"node pool {pool} has no join token yet: run apply first")
-    bins = resolve_dir(None)
-    if bins is None:
-        raise LaunchError("set MZK_K8S_BIN_DIR: the lab's nodes run its kubelet")
     spec = join.JoinSpec(
         pool=pool, zone=zone, endpoint_url=inventory.zone(zone).endpoint.url,
         ca_pem=(lab_dir / "pki" / "local" / "pki" / "ca.crt").read_text(),
-        token=token.value, kubernetes_version=inventory.cluster.kubernetes_version,
+        kubernetes_version=inventory.cluster.kubernetes_version,
         dns_address=inventory.cluster.dns_address, dns_domain=inventory.cluster.dns_domain,
-        lab=True, node_name=claim or name, node_address=host.address,
-        kubelet_path=str(Path(bins) / "kubelet"), cgroup_root=cgroups.root_for(host.netns))
+        lab=True, claim=claim, kubelet_path=str(Path(bins) / "kubelet"),
+        cgroup_root=cgroups.root_for(host.netns))
+    script = join.user_data(spec)
     pid = build.State.load(lab_dir).data["pids"][name]
     done = subprocess.run(["nsenter", "-t", str(pid), "-n", "-m", "-u", "sh", "-s"],
-                          input=join.user_data(spec), capture_output=True, text=True,
+                          input=script, capture_output=True, text=True,
                           timeout=120, check=False)
     if done.returncode != 0:
         raise LaunchError(f"{name}: user data failed: {done.stderr.strip()[-500:]}")
-    return Launched(name, claim or name, host.address, zone, pool, done.stdout)
+    return Launched(name, instance_id, claim or name, host.address, zone, pool, script,
+                    done.stdout)

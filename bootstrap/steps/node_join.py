@@ -1,18 +1,23 @@
 """The control plane's side of nodes that join by themselves (auto-scaled, unknown at
-`pulumi up`): per node pool a join token, the RBAC that lets its holders ask for a kubelet
-client certificate and nothing more, and on every control-plane host the approver that
-grants such requests only to verified instances (bootstrap.node.csr_approver).
+`pulumi up`): the RBAC that lets a verified instance ask for a kubelet client certificate and
+nothing more, and on every control-plane host the approver that authenticates instances by
+their cloud-signed identity (the API server's token webhook) and grants their requests
+(bootstrap.node.csr_approver, bootstrap.node.identity_webhook).
 
-JOIN_OBJECTS (together, on the first control-plane host whose API answers): the tokens are
-rotated here (bootstrap.node.join_tokens says when) and kept beside the PKI for the Pulumi
-program's user data; objects are compared with the facts' probe, so a converged cluster
-costs no round trip. APPROVER (each control-plane host): the program and its service; a
-cluster without node pools runs none (and a leftover is removed).
+There is no join token any more: nothing to issue, rotate or hand to the node pools; a node's
+credential is its instance identity document (bootstrap.node.join).
+
+JOIN_OBJECTS (together, on the first control-plane host whose API answers): the approver's
+role and the bootstrappers' binding, compared with the facts' probe, so a converged cluster
+costs no round trip. APPROVER (each control-plane host): the program and the modules it
+imports, the trust file (whose signatures on identity documents count: the inventory's
+`cluster.instance_identity_trust`, else AWS's pinned certificate for the region) and its
+service, which also serves the webhook on loopback; all compared by digest with the facts.
+A cluster without node pools runs none (and a leftover is removed).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import shlex
@@ -24,7 +29,7 @@ from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
 from bootstrap.hostfiles import FileSpec, put_many
 from bootstrap.inventory import Host, Inventory
-from bootstrap.node import csr_approver, instance_identity, join_tokens
+from bootstrap.node import aws_identity_certs, csr_approver, identity_webhook
 from bootstrap.node import kubelet_config as kc
 from bootstrap.pki.table import LEAF_BY_NAME
 from bootstrap.services import (
@@ -43,10 +48,12 @@ from bootstrap.steps.cluster_objects import (
 )
 
 APPROVER = "mzk-csr-approver"
-PROGRAM = "/var/lib/mzk/bin/mzk-csr-approver"
-IDENTITY_MODULE = "/var/lib/mzk/bin/instance_identity.py"  # imported by the program
+BIN_DIR = "/var/lib/mzk/bin"
+PROGRAM = f"{BIN_DIR}/mzk-csr-approver"
+TRUST_FILE = "/etc/mzk/instance-identity-trust.pem"
 STATUS_FILE = "/run/mzk/csr-approver.json"
 LAB_RECORD = "/etc/mzk/lab-instances.json"  # the lab's record of its launched instances
+WEBHOOK_LISTEN = f"{identity_webhook.WEBHOOK_HOST}:{identity_webhook.WEBHOOK_PORT}"
 APPROVER_USER = LEAF_BY_NAME["csr-approver"].cn
 BOOTSTRAPPERS = "mzk:node-bootstrappers"
 RULES_DIGEST = "mzk.io/rules-digest"
@@ -54,9 +61,25 @@ SERVICES = (APPROVER,)
 
 
 def program_files() -> dict[str, bytes]:
-    """The approver as shipped: its program and, beside it, its identity sources."""
+    """The approver as shipped: its program and, beside it, the modules it imports."""
+    companions = getattr(csr_approver, "COMPANIONS",
+                         ("asn1_der", "instance_identity", "identity_webhook"))
+    source = Path(csr_approver.__file__).parent
     return {PROGRAM: Path(csr_approver.__file__).read_bytes(),
-            IDENTITY_MODULE: Path(instance_identity.__file__).read_bytes()}
+            **{f"{BIN_DIR}/{name}.py": (source / f"{name}.py").read_bytes()
+               for name in companions}}
+
+
+def identity_trust(inventory: Inventory) -> bytes:
+    """Whose signatures on identity documents the approver accepts: the inventory's
+    (the lab's "cloud"), else AWS's pinned certificate for the cluster's region."""
+    if inventory.cluster.instance_identity_trust is not None:
+        return inventory.cluster.instance_identity_trust.encode()
+    region = kc.region_of(inventory.zones[0].name)
+    try:
+        return aws_identity_certs.certificate_for(region).encode()
+    except ValueError as err:
+        raise StepError(" ".join(str(err).split())) from err
 
 
 def _control_plane(inventory: Inventory) -> tuple[Host, ...]:
@@ -64,30 +87,35 @@ def _control_plane(inventory: Inventory) -> tuple[Host, ...]:
 
 
 def watched_paths(ctx: HostContext) -> list[str]:
-    return [*program_files(), unit_path(APPROVER)] if ctx.host.has("control-plane") else []
+    if not ctx.host.has("control-plane"):
+        return []
+    return [*program_files(), TRUST_FILE, unit_path(APPROVER)]
 
 
 def identity_source(inventory: Inventory, lab: bool) -> str:
-    """Where the approver checks instances: the lab's record, or EC2 in the cluster's
-    region (from its zones' names)."""
+    """Where the approver looks instances up by ID: the lab's record, or EC2 in the
+    cluster's region (from its zones' names)."""
     if lab:
         return f"lab:{LAB_RECORD}"
     return f"ec2:{kc.region_of(inventory.zones[0].name)}:{inventory.cluster.name}"
 
 
-def approver_service(ctx: HostContext) -> Service:
+def approver_service(ctx: HostContext, trust: bytes) -> Service:
     leaf = LEAF_BY_NAME["csr-approver"]
     python = ctx.facts.get("bin", {}).get("python3") or "/usr/bin/python3"
     command = [python, PROGRAM, "--server",
                f"https://{ctx.host.address}:{ctx.inventory.cluster.api_port}",
                "--ca", kc.CA_FILE, "--cert", leaf.cert_path, "--key", leaf.key_path,
                "--identity", identity_source(ctx.inventory, bool(ctx.facts.get("lab"))),
+               "--identity-trust", TRUST_FILE, "--webhook-listen", WEBHOOK_LISTEN,
                "--status", STATUS_FILE]
     contents = {f.path: f.content for f in ctx.shared["pki"].hosts[ctx.name].files}
+    contents[TRUST_FILE] = trust
     program = hashlib.sha256(b"".join(program_files().values())).hexdigest()
     return Service(name=APPROVER, command_line=command,
                    env={"MZK_INPUTS": inputs_digest(program, command, contents)},
-                   description="approves kubelet certificates of verified joined nodes")
+                   description="authenticates joining instances by their cloud-signed "
+                               "identity and approves their kubelet certificates")
 
 
 def converge_approver(ctx: HostContext) -> None:
@@ -100,16 +128,18 @@ def converge_approver(ctx: HostContext) -> None:
         ctx.note(f"stop {APPROVER} and remove it (no node pools)")
         if not ctx.dry_run:
             manager.remove(ctx.runner, APPROVER)
-            ctx.runner.run("rm -f " + " ".join(program_files()))
+            ctx.runner.run("rm -f " + " ".join([*program_files(), TRUST_FILE]))
         return
-    program = [FileSpec(path, content, 0o755 if path == PROGRAM else 0o644)
-               for path, content in program_files().items()]
-    todo = [f for f in program if states.get(f.path) != f.state()]
-    wanted = approver_service(ctx)
+    trust = identity_trust(ctx.inventory)
+    wanted_files = [FileSpec(path, content, 0o755 if path == PROGRAM else 0o644)
+                    for path, content in program_files().items()]
+    wanted_files.append(FileSpec(TRUST_FILE, trust, 0o644))  # public keys only
+    todo = [f for f in wanted_files if states.get(f.path) != f.state()]
+    wanted = approver_service(ctx, trust)
     change = change_from_facts(wanted, states.get(unit_path(APPROVER)), status)
     for f in todo:
         ctx.note(f"write {f.path}")
-        change = change or f"restart {APPROVER} (new program)"
+        change = change or f"restart {APPROVER} (new program or trust)"
     if todo and not ctx.dry_run:
         put_many(ctx.runner, todo)
     if change:
@@ -135,12 +165,12 @@ def wanted_objects(inventory: Inventory) -> list[dict[str, Any]]:
     bootstrappers = {
         "apiVersion": f"{group}/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": BOOTSTRAPPERS},
-        # Holders of a pool's token may create certificate requests, nothing else; their
-        # requests are approved by our approver, never by the controller-manager's.
+        # Instances the webhook authenticated into a pool may create certificate requests,
+        # nothing else; our approver decides them, never the controller-manager's.
         "roleRef": {"apiGroup": group, "kind": "ClusterRole",
                     "name": "system:node-bootstrapper"},
         "subjects": [{"apiGroup": group, "kind": "Group",
-                      "name": join_tokens.GROUP_PREFIX + p.name}
+                      "name": identity_webhook.POOL_GROUP + p.name}
                      for p in inventory.node_pools]}
     return [role, binding, bootstrappers]
 
@@ -167,13 +197,9 @@ def converge_objects(group: list[HostContext]) -> None:
                              for name, script in probe_scripts(first).items()})
     if state is None:
         if first.dry_run:
-            first.note("issue a join token per node pool and the RBAC for joining nodes "
-                       "(once an API server is ready)")
+            first.note("grant the RBAC for joining nodes (once an API server is ready)")
             return
         raise StepError("no API server answered kubectl; check `python -m bootstrap check`")
-    pki_dir = first.shared["pki"].out_dir
-    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    stored = join_tokens.load(pki_dir)
     objects: list[dict[str, Any]] = []
     bindings = state.get("bindings", {})
     role, binding, bootstrappers = wanted_objects(inventory)
@@ -182,28 +208,14 @@ def converge_objects(group: list[HostContext]) -> None:
         first.note(f"grant {APPROVER_USER} its role (approve verified kubelet requests)")
     if _differs(bindings.get(BOOTSTRAPPERS), bootstrappers):
         objects.append(bootstrappers)
-        first.note("let each node pool's token holders request kubelet certificates "
+        first.note("let each node pool's verified instances request kubelet certificates "
                    f"({', '.join(p.name for p in inventory.node_pools)})")
-    secrets = set(state.get("token_secrets", ()))
-    tokens, issued = join_tokens.refresh(inventory.node_pools, stored, now)
-    for pool in inventory.node_pools:
-        token = tokens[pool.name]
-        if pool.name in issued:
-            first.note(f"issue a join token for node pool {pool.name} "
-                       f"({pool.join_token_hours} h)")
-        elif token.secret_name in secrets:
-            continue
-        else:  # issued by the Pulumi program's check, or lost by the cluster
-            first.note(f"install the join token of node pool {pool.name} in the cluster")
-        objects.append(token.manifest())
     if first.dry_run or not objects:
         return
     body = json.dumps({"apiVersion": "v1", "kind": "List", "items": objects})
     first.runner.run(f"{shlex.quote(kubectl_path(first))} --kubeconfig={ADMIN_CONF} "
                      f"--request-timeout=10s apply --server-side --field-manager={FIELD_MANAGER} "
                      "--force-conflicts -f - >/dev/null", stdin=body.encode())
-    if tokens != stored:
-        join_tokens.save(pki_dir, tokens)
 
 
 JOIN_OBJECTS = Step("join-objects", _control_plane, run_together=converge_objects)

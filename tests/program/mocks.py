@@ -2,8 +2,8 @@
 shared with `bin/mzk render` and `diff`); the program tests import them from here too.
 
 `BootstrapMocks` also answers for the bootstrap resource as its provider's create does (a CA
-certificate and a join token for every node pool of the inventory it was given), so that the
-node pools' user data is the join script it is after a real `pulumi up`."""
+certificate), so that the node pools' user data is the join script it is after a real
+`pulumi up`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from bootstrap.node import join_tokens
 from components.review.mocks import (
     ACCOUNT,
     AWSError,
@@ -46,20 +45,14 @@ def ca_certificate(name: str = "kubernetes") -> str:
 
 @dataclass
 class BootstrapMocks(AwsMocks):
-    """AWS as `AwsMocks`; the bootstrap resource answers with a CA and one token a pool."""
+    """AWS as `AwsMocks`; the bootstrap resource answers with a CA."""
 
     ca: str = field(default_factory=ca_certificate)
-    tokens: dict[str, str] = field(default_factory=dict)  # every pool's token, once issued
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         rid, outputs = super().new_resource(args)
         if args.typ == BOOTSTRAP:
-            now = dt.datetime.now(dt.UTC)
-            for pool in (outputs.get("inventory") or {}).get("node_pools") or []:
-                self.tokens.setdefault(pool["name"],
-                                       join_tokens.new(pool["name"], 24, now).value)
-            outputs = {**outputs, "plan": [], "applied": [], "ca_certificate": self.ca,
-                       "join_tokens": dict(self.tokens)}
+            outputs = {**outputs, "plan": [], "applied": [], "ca_certificate": self.ca}
             self.resources[-1].outputs = outputs
         return rid, outputs
 

@@ -84,6 +84,28 @@ def test_anonymous_is_allowed_only_on_health_paths() -> None:
                                                                   "/healthz"]
 
 
+def test_joining_nodes_are_authenticated_by_the_identity_webhook_never_a_bootstrap_token(
+) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    without = parse(data)
+    with_pools = parse({**data, "node_pools": [{"name": "pool-a", "zone": "eu-west-1a"}]})
+    got = flags(apiserver(with_pools))
+    assert got["--authentication-token-webhook-config-file"] == \
+        "/etc/kubernetes/mzk-identity-webhook.conf" == config.IDENTITY_WEBHOOK_CONF
+    assert got["--authentication-token-webhook-version"] == "v1"
+    assert got["--authentication-token-webhook-cache-ttl"] == "30s"
+    placed = {f.path: f for f in config.files(with_pools, b"")}
+    webhook = yaml.safe_load(placed[config.IDENTITY_WEBHOOK_CONF].content)
+    (cluster,) = webhook["clusters"]
+    assert cluster["cluster"] == {"server": "http://127.0.0.1:10262/authenticate"}
+    assert placed[config.IDENTITY_WEBHOOK_CONF].mode == 0o644  # no credential in it
+    # No node pools: no approver to ask, so no webhook; and never bootstrap tokens.
+    assert not [f for f in flags(apiserver(without)) if "token-webhook" in f]
+    assert config.IDENTITY_WEBHOOK_CONF not in {f.path for f in config.files(without, b"")}
+    for inv in (with_pools, without):
+        assert "--enable-bootstrap-token-auth" not in flags(apiserver(inv))
+
+
 def test_pod_security_defaults_are_pinned_to_the_cluster_minor() -> None:
     doc = yaml.safe_load(config.admission_config("1.36.2"))
     defaults = doc["plugins"][0]["configuration"]["defaults"]
