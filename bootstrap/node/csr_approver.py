@@ -44,7 +44,7 @@ try:  # in the project
         is_ours,
         joining_instance,
     )
-    from bootstrap.node.identity_webhook import Verifier, serve
+    from bootstrap.node.identity_webhook import Verifier, parse_listen, serve
     from bootstrap.node.instance_identity import (
         Identity,
         Instance,
@@ -66,7 +66,7 @@ except ImportError:  # on a host: shipped beside this program
         is_ours,
         joining_instance,
     )
-    from identity_webhook import Verifier, serve  # type: ignore[no-redef]
+    from identity_webhook import Verifier, parse_listen, serve  # type: ignore[no-redef]
     from instance_identity import (  # type: ignore[no-redef]
         Identity,
         Instance,
@@ -378,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.webhook_listen and not args.identity_trust:
             raise ValueError("--webhook-listen needs --identity-trust PATH (the keys that "
                              "sign instance identities)")
+        if args.webhook_listen:
+            parse_listen(args.webhook_listen)
         identity = identity_from(args.identity)
         approver = Approver(KubeApi(args.server, args.ca, args.cert, args.key), identity,
                             args.status)

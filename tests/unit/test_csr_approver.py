@@ -315,3 +315,21 @@ def test_the_taint_is_the_one_kubelets_register_with() -> None:
     from bootstrap.node import kubelet_config
     assert approver.CHECKS_TAINT == kubelet_config.CHECKS_TAINT
 
+
+
+def test_webhook_flags_are_checked_in_one_line(api: list[str], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    trust = tmp_path / "trust.pem"
+    trust.write_text("not a pem")
+    cases = [
+        (["--webhook-listen", "127.0.0.1:10262"],
+         "--webhook-listen needs --identity-trust PATH"),
+        (["--webhook-listen", "0.0.0.0:10262", "--identity-trust", str(trust)],
+         "--webhook-listen '0.0.0.0:10262' must be a loopback HOST:PORT"),
+        (["--webhook-listen", "127.0.0.1:10262", "--identity-trust", str(trust)],
+         f"--identity-trust {trust}: no CERTIFICATE or PUBLIC KEY block"),
+    ]
+    for flags, message in cases:
+        assert approver.main([*api, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"mzk-csr-approver: {message}") and len(err.splitlines()) == 1
