@@ -3,6 +3,12 @@
 Each host gets an encrypted EBS volume of its own for etcd (it outlives an instance
 replacement), the control-plane instance profile, and user data carrying the host key the
 program generated (secret), so the bootstrap verifies the host from its first connection.
+
+A zone's hosts take its image and instance type (`multizone:controlPlaneZones`, else the
+stack's), and every instance depends on the rollout guard (`components.rollout_guard`),
+which refuses an update that would replace or restart hosts in more than one zone. A
+replaced instance's etcd volume is detached (the old instance stopped first) before it is
+attached to the new one: AWS refuses to attach a volume still in use.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import pulumi_aws as aws
 from components.base import Component
 from components.cloudinit import host_user_data
 from components.hostkeys import HostKey
+from components.rollout_guard import ControlPlaneRollout, host_values
 from components.settings import Settings
 
 ETCD_DEVICE = "/dev/sdf"
@@ -71,6 +78,11 @@ class ControlPlane(Component):
                            opts=self.opts())
         profile = aws.iam.InstanceProfile(self.child_name("profile"), role=role.name,
                                           tags=self.tags(None, "profile"), opts=self.opts())
+        self.rollout = ControlPlaneRollout(
+            self.child_name("rollout"),
+            {host_name(s, zone.suffix, i): host_values(s, zone.name)
+             for zone in s.zones for i in range(s.control_plane_per_zone)},
+            opts=self.opts())
         self.hosts: list[ControlPlaneHost] = []
         for zone in s.zones:
             for i in range(s.control_plane_per_zone):
@@ -95,8 +107,8 @@ class ControlPlane(Component):
         user_data: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.all(key.private_key, key.public_key).apply(render))
         instance = aws.ec2.Instance(
-            self.child_name(zone, str(i + 1)), ami=s.image_id,
-            instance_type=s.control_plane_instance_type, subnet_id=subnet_id,
+            self.child_name(zone, str(i + 1)), ami=s.control_plane_image(zone),
+            instance_type=s.control_plane_type(zone), subnet_id=subnet_id,
             vpc_security_group_ids=[sg_id], iam_instance_profile=profile.name,
             user_data=user_data, user_data_replace_on_change=True,
             metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
@@ -107,13 +119,18 @@ class ControlPlane(Component):
             # User data is read at first boot only. Without this, a new operator key in the
             # stack settings would replace every control-plane host at once (etcd's quorum
             # with them); the bootstrap installs the key on running hosts instead.
-            opts=pulumi.ResourceOptions.merge(self.opts(),
-                                              pulumi.ResourceOptions(ignore_changes=["userData"])))
+            # The rollout guard first: its check refuses a change in more than one zone.
+            opts=pulumi.ResourceOptions.merge(self.opts(), pulumi.ResourceOptions(
+                ignore_changes=["userData"], depends_on=[self.rollout])))
         volume = aws.ebs.Volume(
             self.child_name(zone, str(i + 1), "etcd"), availability_zone=zone,
             size=s.etcd_volume_gib, type="gp3", encrypted=True,
             tags=self.tags(zone, zone, str(i + 1), "etcd"), opts=self.opts())
+        # A new instance replaces the attachment: the old one must go first (the volume
+        # attaches to one instance at a time), and the old instance is stopped before its
+        # volume is taken away, so its etcd member stops cleanly instead of losing its disk.
         aws.ec2.VolumeAttachment(
             self.child_name(zone, str(i + 1), "etcd"), device_name=ETCD_DEVICE,
-            volume_id=volume.id, instance_id=instance.id, opts=self.opts())
+            volume_id=volume.id, instance_id=instance.id, stop_instance_before_detaching=True,
+            opts=self.opts(delete_before_replace=True))
         return ControlPlaneHost(hostname, zone, instance, key, volume, user_data)

@@ -16,7 +16,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from bootstrap import ports, rules
@@ -92,6 +92,15 @@ class NodePoolSettings:
 
 
 @dataclass(frozen=True)
+class ControlPlaneZoneSettings:
+    """A zone's own control-plane image or instance type (`multizone:controlPlaneZones`):
+    what lets a new AMI or type reach one zone per `pulumi up` (etcd keeps its quorum)."""
+
+    image_id: str | None = None
+    instance_type: str | None = None
+
+
+@dataclass(frozen=True)
 class SSHSettings:
     user: str
     private_key_path: str
@@ -126,6 +135,21 @@ class Settings:
     protect: bool
     ephemeral: bool
     expires_at: str | None
+    # zone -> its control-plane override; zones not listed use imageId and
+    # controlPlaneInstanceType.
+    control_plane_zones: Mapping[str, ControlPlaneZoneSettings] = field(default_factory=dict)
+
+    def control_plane_image(self, zone: str) -> str:
+        """The AMI of the zone's control-plane hosts: its override, else `imageId`."""
+        found = self.control_plane_zones.get(zone)
+        return found.image_id if found and found.image_id else self.image_id
+
+    def control_plane_type(self, zone: str) -> str:
+        """The instance type of the zone's control-plane hosts: its override, else
+        `controlPlaneInstanceType`."""
+        found = self.control_plane_zones.get(zone)
+        return found.instance_type if found and found.instance_type \
+            else self.control_plane_instance_type
 
     @property
     def zone_names(self) -> tuple[str, ...]:
@@ -148,6 +172,7 @@ class Settings:
 KEYS = (
     "clusterName", "kubernetesVersion", "zones", "vpcCidr", "serviceCidr", "podCidr",
     "dnsDomain", "apiPort", "egress", "controlPlanePerZone", "controlPlaneInstanceType",
+    "controlPlaneZones",
     "etcdVolumeGiB", "bastionInstanceType", "imageId", "nodePool", "natGateways",
     "adminCidrs", "apiAllowedCidrs", "apiPublic", "ssh", "pki", "protect", "ephemeral",
     "expiresAt",
@@ -325,6 +350,8 @@ def from_config(config: Mapping[str, Any], stack: str,
         if "imageId" in raw else None
     cp_type = c.string(raw, "controlPlaneInstanceType", "controlPlaneInstanceType", "m6i.large",
                        _INSTANCE_TYPE, "give an EC2 instance type such as m6i.large")
+    cp_zones = _control_plane_zones(c, raw["controlPlaneZones"], zones, raw.get("zones")) \
+        if "controlPlaneZones" in raw else {}
     bastion_type = c.string(raw, "bastionInstanceType", "bastionInstanceType", "t3.micro",
                             _INSTANCE_TYPE, "give an EC2 instance type such as t3.micro")
     etcd_gib = c.integer(raw, "etcdVolumeGiB", "etcdVolumeGiB", 20, 8, 1024,
@@ -373,6 +400,7 @@ def from_config(config: Mapping[str, Any], stack: str,
         api_allowed_cidrs=tuple(map(str, api_allowed)), api_public=api_public, ssh=ssh,
         pki=pki, protect=protect, ephemeral=ephemeral,
         expires_at=str(expires) if expires is not None else None,
+        control_plane_zones=cp_zones,
     )
 
 
@@ -436,6 +464,45 @@ def _zones(c: _Checker, value: Any, region: str | None, available: Sequence[str]
         c.bad("zones", f"{len(value)} zone(s) given; list three or more distinct zones "
                        "of the region")
     return tuple(zones) if len(zones) == len(value) else ()
+
+
+def _control_plane_zones(c: _Checker, value: Any, zones: Sequence[ZoneSettings],
+                         raw_zones: Any) -> dict[str, ControlPlaneZoneSettings]:
+    """`controlPlaneZones: {<zone>: {imageId, instanceType}}`: one zone's control plane on
+    another AMI or instance type than the others, to move the control plane one zone per
+    `pulumi up` (docs/pulumi.md, "Changing the control plane")."""
+    where = "controlPlaneZones"
+    if not isinstance(value, Mapping):
+        c.bad(where, f"expected a mapping of zone -> {{imageId, instanceType}}, got "
+                     f"{rules.describe(value)}; write e.g. {{eu-west-1a: {{imageId: "
+                     "ami-0123456789abcdef0}}")
+        return {}
+    # Zone names as listed (even if another zone line is wrong): one mistake, one line.
+    listed = [z.get("name") for z in raw_zones if isinstance(z, Mapping)] \
+        if isinstance(raw_zones, list) else [z.name for z in zones]
+    found: dict[str, ControlPlaneZoneSettings] = {}
+    for zone, item in value.items():
+        here = f"{where}.{zone}"
+        if not isinstance(zone, str) or zone not in listed:
+            c.bad(here, f"is not one of multizone:zones; use one of: "
+                        f"{', '.join(str(z) for z in listed)}")
+            continue
+        before = len(c.problems)
+        fields = c.mapping(item, here, ("imageId", "instanceType"))
+        if not isinstance(item, Mapping):
+            continue
+        if not fields:
+            c.bad(here, "is empty; give imageId and/or instanceType, or remove the zone")
+            continue
+        image = c.string(fields, "imageId", f"{here}.imageId", pattern=_AMI,
+                         hint="give an AMI id such as ami-0123456789abcdef0") \
+            if "imageId" in fields else None
+        itype = c.string(fields, "instanceType", f"{here}.instanceType", None,
+                         _INSTANCE_TYPE, "give an EC2 instance type such as m6i.large") \
+            if "instanceType" in fields else None
+        if len(c.problems) == before:
+            found[zone] = ControlPlaneZoneSettings(image, itype)
+    return found
 
 
 def _node_pool(c: _Checker, value: Any) -> NodePoolSettings | None:

@@ -159,6 +159,8 @@ FACTS: dict[str, list[Rule]] = {
         source=f"{TF} internal/service/iam/instance_profile.go: ForceNew (role: update)"),
     # Ours: components/cluster_bootstrap.py's provider updates in place, never replaces.
     "pulumi-python:dynamic/multizone:ClusterBootstrap": [],
+    # Ours: components/rollout_guard.py's provider updates in place, never replaces.
+    "pulumi-python:dynamic/multizone:ControlPlaneRollout": [],
     # Ours: components/hostkeys.py HostKeyProvider.diff replaces on a new host name.
     "pulumi-python:dynamic/multizone:HostKey": _always(
         "host", source="components/hostkeys.py: HostKeyProvider.diff"),

@@ -21,6 +21,7 @@ NOT_REPLAYED = {  # IAM and Pulumi's own types: outside the services under test
     "aws:iam/role:Role", "aws:iam/rolePolicy:RolePolicy",
     "aws:iam/instanceProfile:InstanceProfile", "pulumi-python:dynamic/multizone:HostKey",
     "pulumi-python:dynamic/multizone:ClusterBootstrap",
+    "pulumi-python:dynamic/multizone:ControlPlaneRollout",
 }
 
 

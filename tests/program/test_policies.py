@@ -14,6 +14,7 @@ UNTAGGABLE = {
     "aws:iam/rolePolicy:RolePolicy", "aws:lb/targetGroupAttachment:TargetGroupAttachment",
     "aws:ec2/volumeAttachment:VolumeAttachment", "pulumi-python:dynamic/multizone:HostKey",
     "aws:route53/record:Record", "pulumi-python:dynamic/multizone:ClusterBootstrap",
+    "pulumi-python:dynamic/multizone:ControlPlaneRollout",
 }
 STATEFUL = {"aws:ec2/vpc:Vpc", "aws:ec2/instance:Instance", "aws:ebs/volume:Volume",
             "aws:lb/loadBalancer:LoadBalancer"}

@@ -135,6 +135,25 @@ BAD = [
     ({"dnsDomain": "-cluster.local"}, "multizone:dnsDomain: '-cluster.local' is not a DNS domain"),
     ({"imageId": "ami-0123456789abcdef0\n"}, "multizone:imageId: 'ami-0123456789abcdef0\\n'"),
     ({"expiresAt": "2026-0\uff11-01"}, "multizone:expiresAt: '2026-0\uff11-01' is not a date"),
+    # Per-zone control-plane overrides (components/rollout_guard.py).
+    ({"controlPlaneZones": {"eu-west-1d": {"imageId": "ami-0123456789abcdef1"}}},
+     "multizone:controlPlaneZones.eu-west-1d: is not one of multizone:zones; use one of: "
+     "eu-west-1a, eu-west-1b, eu-west-1c"),
+    ({"controlPlaneZones": {"eu-west-1a": {"imageId": "ami-xyz"}}},
+     "multizone:controlPlaneZones.eu-west-1a.imageId: 'ami-xyz' is not valid; give an AMI id"),
+    ({"controlPlaneZones": {"eu-west-1a": {"instanceType": "large"}}},
+     "multizone:controlPlaneZones.eu-west-1a.instanceType: 'large' is not valid; give an EC2 "
+     "instance type"),
+    ({"controlPlaneZones": {"eu-west-1a": {"ami": "ami-0123456789abcdef1"}}},
+     "multizone:controlPlaneZones.eu-west-1a.ami: unknown key; use one of: imageId, "
+     "instanceType"),
+    ({"controlPlaneZones": {"eu-west-1a": {}}},
+     "multizone:controlPlaneZones.eu-west-1a: is empty; give imageId and/or instanceType"),
+    ({"controlPlaneZones": {"eu-west-1a": "ami-0123456789abcdef1"}},
+     "multizone:controlPlaneZones.eu-west-1a: expected a mapping, got the string"),
+    ({"controlPlaneZones": ["eu-west-1a"]},
+     "multizone:controlPlaneZones: expected a mapping of zone -> {imageId, instanceType}, got "
+     "a list"),
 ]
 
 
@@ -217,3 +236,26 @@ def test_pki_settings_the_stack_accepts_the_inventory_accepts(pki: dict) -> None
     data = build(s, hosts, bastion, "lb.example.internal",
                  {z: f"api-{z[-1]}.mz-prod.internal" for z in ZONES})
     assert inventory_module.parse(data).pki == s.pki
+
+
+def test_a_zone_override_applies_to_that_zone_only() -> None:
+    """`controlPlaneZones`: one zone on its own AMI and type, the others on the stack's."""
+    base = from_config(stack_config("prod"), "prod", ZONES)
+    s = from_config(stack_config("prod", controlPlaneZones={
+        "eu-west-1b": {"imageId": "ami-0fedcba9876543210", "instanceType": "m7i.xlarge"},
+        "eu-west-1c": {"instanceType": "m7i.large"}}), "prod", ZONES)
+    assert [(s.control_plane_image(z), s.control_plane_type(z)) for z in ZONES] == [
+        (base.image_id, base.control_plane_instance_type),
+        ("ami-0fedcba9876543210", "m7i.xlarge"),
+        (base.image_id, "m7i.large")]
+    assert base.control_plane_zones == {} and "ami-0fedcba9876543210" != base.image_id
+    assert [base.control_plane_image(z) for z in ZONES] == [base.image_id] * 3
+
+
+def test_every_bad_zone_override_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_config(stack_config("prod", controlPlaneZones={
+            "eu-west-1a": {"imageId": "bad", "instanceType": "x", "extra": 1}}), "prod", ZONES)
+    assert [p.split(":")[1] for p in caught.value.problems] == [
+        "controlPlaneZones.eu-west-1a.extra", "controlPlaneZones.eu-west-1a.imageId",
+        "controlPlaneZones.eu-west-1a.instanceType"]
