@@ -422,6 +422,16 @@ def converge(cluster: EtcdCluster, group: list[HostContext]) -> None:
         if not listed_as(ctx.host):  # data of a member the cluster no longer has
             _set_aside(ctx, cluster, "it is no longer a member")
             newcomers.append(ctx)
+    for ctx in with_data:  # a host replaced under its name (its volume kept): new address
+        peer = cluster.peer_url(ctx.host)
+        for m in listed:
+            if m.name == ctx.name and peer not in m.peer_urls:
+                anchor.note(f"update member {m.name} ({m.id_hex}) of {cluster.service}: peer "
+                            f"URL {peer} (was {', '.join(m.peer_urls)})")
+                if not dry_run:
+                    etcdctl(anchor, cluster, f"member update {m.id_hex} "
+                                             f"--peer-urls={shlex.quote(peer)}", client="admin")
+                    wait_healthy(ctx, cluster)
     for m in listed:  # removals first: the quorum must not count departed hosts
         known = m.name in desired_names or any(
             cluster.peer_url(h) in m.peer_urls for h in desired)
