@@ -1,7 +1,9 @@
 """The key that encrypts Secrets at rest, kept beside the PKI on the operator's machine.
 
 `DIR/local/encryption-keys.yaml` (0600, DIR being the PKI directory) lists the keys, the
-first one encrypting, every one decrypting. It is made once, on the first apply, and never
+first one encrypting, every one decrypting. It is made once, on the first apply (and listed
+in `local/keys-made.json`: once made, a missing file is refused, never made again, since a
+new key cannot read the Secrets the old one wrote; see `bootstrap.pki.key_ledger`), and never
 leaves the operator's machine except as the API servers' encryption configuration (0600 on
 each control-plane host). It is not printed or logged; under `pulumi up` it travels only
 inside the bootstrap resource's PKI bundle, a secret of the stack's state
@@ -25,9 +27,12 @@ import yaml
 from bootstrap import safe_yaml
 from bootstrap.control_plane.config import encryption_config
 from bootstrap.errors import ConfigError
+from bootstrap.pki import key_ledger
+from bootstrap.pki.files import Tree
 from bootstrap.pki.issue import KEY_MODE, LOCAL, _write
 
 FILE = "encryption-keys.yaml"
+REL = f"{LOCAL}/{FILE}"  # its path in the PKI directory, as the key ledger lists it
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\Z")
 
 HEADER = """\
@@ -68,16 +73,31 @@ def _parse(path: Path, text: str | bytes) -> list[tuple[str, str]]:
 
 
 def ensure(pki_dir: Path, now: dt.datetime | None = None) -> tuple[bytes, bool]:
-    """(the API servers' encryption configuration, whether a key was made now)."""
+    """(the API servers' encryption configuration, whether a key was made now). A key that
+    was made before and is gone is refused (PKIError), not made again."""
     path = path_in(pki_dir)
     try:
         text: bytes | None = safe_yaml.read_bounded(path)
     except FileNotFoundError:
         text = None
     if text is not None:
-        return encryption_config(_parse(path, text)), False
+        config = encryption_config(_parse(path, text))
+        with _ledger_tree(pki_dir) as tree:
+            key_ledger.update(tree, add=[REL])  # a directory from before the ledger
+        return config, False
+    if os.path.isdir(pki_dir / LOCAL):
+        with _ledger_tree(pki_dir) as tree:
+            key_ledger.refuse_lost(tree, REL, "the Secrets encryption key",
+                                   "the Secrets in etcd are encrypted with it: a new key "
+                                   "cannot read them")
     stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dt%H%M%S")
     secret = base64.b64encode(os.urandom(32)).decode()
     content = HEADER + yaml.safe_dump({"keys": [{"name": f"key-{stamp}", "secret": secret}]})
     _write(path, content.encode(), KEY_MODE, durable=True)
+    with _ledger_tree(pki_dir) as tree:
+        key_ledger.update(tree, add=[REL])
     return encryption_config([(f"key-{stamp}", secret)]), True
+
+
+def _ledger_tree(pki_dir: Path) -> Tree:
+    return Tree.open(str(pki_dir), private=key_ledger.PRIVATE)

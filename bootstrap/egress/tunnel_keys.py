@@ -6,6 +6,9 @@ locally, like every other key of the cluster, so `plan` knows the public half th
 will authorize before any host is touched, and the PKI directory stays the one thing to
 back up (or keep in the stack's secrets). A key whose host left the control plane, or all
 of them when the cluster leaves `ssh-tunnel` mode, is deleted: nothing of an old mode stays.
+Each key made is listed in `local/keys-made.json` (`bootstrap.pki.key_ledger`): a listed key
+that is missing was lost, and is refused rather than silently made again (nodes authorize the
+old public half); only one removed on purpose (above) leaves the list.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bootstrap.errors import PKIError
 from bootstrap.inventory import Inventory
+from bootstrap.pki import key_ledger
 from bootstrap.pki.files import PRIVATE_DIR_NAMES, Tree, is_temp_of
 from bootstrap.pki.issue import KEY_MODE, LOCAL
 
@@ -70,15 +74,23 @@ def ensure(pki_dir: Path, inventory: Inventory) -> TunnelKeys:
             rel = f"{DIR}/{name}.key"
             pem = tree.read(rel)
             if pem is None:
+                key_ledger.refuse_lost(tree, rel, f"the egress tunnel key of {name}",
+                                       "nodes authorize its public half")
                 pem = _new()
                 tree.write(rel, pem, KEY_MODE, durable=True)
                 written.append(rel)
             keys[name] = TunnelKey(pem, _public(pem, tree.full(rel)))
+        key_ledger.update(tree, add=[f"{DIR}/{n}.key" for n in wanted])
         owned = {f"{n}.key" for n in wanted}
         for file in tree.names(DIR):
             if file.endswith(".key") and file not in owned or is_temp_of(file, owned):
                 if tree.unlink(f"{DIR}/{file}"):
                     removed.append(f"{DIR}/{file}")
+        # Keys of hosts no longer wanted leave the list, whether removed now or lost.
+        key_ledger.update(tree, remove=[k for k in key_ledger.listed(tree)
+                                        if k.startswith(f"{DIR}/") and
+                                        k.removeprefix(f"{DIR}/").removesuffix(".key")
+                                        not in wanted])
         if not wanted:
             tree.rmdir_if_empty(DIR)
     return TunnelKeys(keys, tuple(written), tuple(removed))

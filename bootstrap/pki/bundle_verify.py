@@ -17,10 +17,13 @@ What is checked, by path inside the bundle:
   current one under `local/pki`, or the incoming one of a rotation under `local/pki/next`).
 - every CA certificate outside `local/pki` (what hosts trust): one of the bundle's CAs.
 - the SSH tunnel keys (`local/egress-tunnel/*.key`): readable OpenSSH private keys.
+- no key missing that the PKI had: `sa.key` where `sa.pub` is, every key the key ledger
+  (`local/keys-made.json`) lists. (CA keys may be absent: kept elsewhere by design.)
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 from cryptography import x509
@@ -28,6 +31,9 @@ from cryptography.hazmat.primitives import serialization
 
 from bootstrap.errors import ConfigError
 from bootstrap.pki import certs, kubeconfig
+from bootstrap.pki.authority import SA_KEY_PATH as SA_KEY
+from bootstrap.pki.authority import SA_PUB_PATH as SA_PUB
+from bootstrap.pki.key_ledger import LEDGER
 from bootstrap.pki.table import CAS
 
 LOCAL_PKI = "local/pki"
@@ -56,6 +62,7 @@ def verify(entries: dict[str, tuple[bytes, int]], source: str) -> None:
 
 
 def _verify(entries: dict[str, tuple[bytes, int]]) -> None:
+    _check_present(entries)
     cas = _bundle_cas(entries)
     ca_keys = {_spki(c) for found in cas.values() for c in found}
     for rel, (content, _mode) in sorted(entries.items()):
@@ -68,6 +75,22 @@ def _verify(entries: dict[str, tuple[bytes, int]]) -> None:
             _check_kubeconfig(rel, content, cas)
         elif ext == "crt":
             _check_certs(rel, content, cas, ca_keys)
+
+
+def _check_present(entries: dict[str, tuple[bytes, int]]) -> None:
+    if SA_PUB in entries and SA_KEY not in entries:
+        raise _Bad(SA_KEY, "missing, but sa.pub is in the bundle (the cluster's tokens need "
+                           "that key)")
+    if LEDGER in entries:
+        try:
+            listed = json.loads(entries[LEDGER][0])["keys"]
+            if not isinstance(listed, list):
+                raise TypeError("keys is not a list")
+        except (ValueError, KeyError, TypeError) as err:
+            raise _Bad(LEDGER, f"not a list of the keys made ({err})") from None
+        for rel in listed:
+            if rel not in entries:
+                raise _Bad(str(rel), f"missing, but {LEDGER} lists it (the PKI made it)")
 
 
 def _bundle_cas(entries: dict[str, tuple[bytes, int]]) -> dict[str, list[x509.Certificate]]:

@@ -7,6 +7,7 @@ import sys
 import time
 
 from bootstrap import inventory as inventory_module
+from bootstrap.pki import key_ledger
 from bootstrap.pki.issue import MAX_WORKERS, generate
 
 
@@ -36,12 +37,24 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help=f"processes for key generation, 1 to {MAX_WORKERS} (default: one "
                              "per core)")
     parser.add_argument("--quiet", action="store_true", help="print only the summary")
+    parser.add_argument("--rotate-sa-key", action="store_true",
+                        help="replace the service-account signing key on purpose (the old "
+                             "pair goes to local/pki/retired/; every token it signed stops "
+                             "being accepted once applied: docs/operations.md)")
+    parser.add_argument("--forget-lost-key", action="append", default=[], metavar="PATH",
+                        help="a lost key without a public half (local/encryption-keys.yaml, "
+                             "local/egress-tunnel/HOST.key) that the next apply may make "
+                             "anew; repeatable (docs/operations.md says what that costs)")
 
 
 def run(args: argparse.Namespace) -> int:
     inventory = inventory_module.load(args.inventory)
+    if args.forget_lost_key:
+        for rel in key_ledger.forget(args.out, args.forget_lost_key):
+            print(f"{rel}: forgotten; the next apply makes a new one")
     started = time.monotonic()
-    result = generate(inventory, args.out, workers=args.workers)
+    result = generate(inventory, args.out, workers=args.workers,
+                      rotate_sa_key=args.rotate_sa_key)
     elapsed = time.monotonic() - started
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -23,7 +23,6 @@ inventory's name rule accepts.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import multiprocessing
@@ -40,7 +39,9 @@ from cryptography import x509
 from bootstrap.errors import ConfigError, PKIError
 from bootstrap.inventory import Host, Inventory
 from bootstrap.pki import certs, files, kubeconfig
+from bootstrap.pki.authority import CAMaterial, ensure_cas, ensure_sa, is_new
 from bootstrap.pki.files import PRIVATE_DIR_MODE, PUBLIC_DIR_MODE, Tree
+from bootstrap.pki.layout import CERT_MODE, KEY_MODE, LOCAL, MANIFEST_PATH
 from bootstrap.pki.table import (
     CA,
     CAS,
@@ -58,11 +59,6 @@ from bootstrap.pki.table import (
     Leaf,
 )
 
-LOCAL = "local"  # DIR/local: the operator's own files, never a host's
-MANIFEST = "manifest.json"  # DIR/local/manifest.json: the hosts written last time
-MANIFEST_PATH = f"{LOCAL}/{MANIFEST}"
-KEY_MODE = 0o600
-CERT_MODE = 0o644
 MAX_WORKERS = 256  # key generation in more processes than that is a typo, not a plan
 # The inventory's rule for host names (an RFC 1123 label): a name read back from the
 # manifest must pass it before it may name a directory to remove.
@@ -107,26 +103,14 @@ class PKIResult:
         return self.local.changed or any(h.changed for h in self.hosts.values())
 
 
-@dataclass(frozen=True)
-class CAMaterial:
-    """The CA that signs (during a rotation, the incoming one once leaves switch) and the
-    bundle hosts trust (the signing CA first, then the other one of a rotation)."""
-
-    spec: CA
-    cert: x509.Certificate
-    cert_pem: bytes
-    key: certs.PrivateKey | None  # None: the key is kept elsewhere, leaves are only checked
-    key_pem: bytes | None
-    trust_pem: bytes = b""
-    trusted: tuple[x509.Certificate, ...] = ()
-
-
 # --------------------------------------------------------------------------- public API
 
 
 def generate(inventory: Inventory, out_dir: str | Path, *, now: dt.datetime | None = None,
-             workers: int | None = None) -> PKIResult:
-    """Bring DIR up to date with the inventory; see the module docstring."""
+             workers: int | None = None, rotate_sa_key: bool = False) -> PKIResult:
+    """Bring DIR up to date with the inventory; see the module docstring. New CAs and a new
+    service-account key only for a new PKI (`authority`), or the latter on purpose
+    (`rotate_sa_key`)."""
     now = now or dt.datetime.now(dt.UTC)
     workers = check_workers(workers)
     if any(h.name == LOCAL for h in inventory.hosts):
@@ -135,15 +119,17 @@ def generate(inventory: Inventory, out_dir: str | Path, *, now: dt.datetime | No
     root = open_out(out_dir)
     try:
         with root:
-            return _generate(inventory, root, now, workers)
+            return _generate(inventory, root, now, workers, rotate_sa_key)
     except OSError as err:  # a full disk, a permission taken away mid-run
         where = f" ({err.filename})" if err.filename else ""
         raise PKIError(f"{root.path}: {err.strerror or err}{where}; fix that and run again "
                        "(what was written is kept, the rest follows)") from err
 
 
-def _generate(inventory: Inventory, root: Tree, now: dt.datetime, workers: int) -> PKIResult:
+def _generate(inventory: Inventory, root: Tree, now: dt.datetime, workers: int,
+              rotate_sa_key: bool) -> PKIResult:
     previous = _previous_hosts(root)  # refuses a foreign directory before anything changes
+    new = is_new(root)
     root.claim(PRIVATE_DIR_MODE)
     current = {h.name for h in inventory.hosts}
     local_written: list[str] = []
@@ -151,8 +137,10 @@ def _generate(inventory: Inventory, root: Tree, now: dt.datetime, workers: int) 
     # the next run still recognises, and whose hosts it still owns.
     _write_manifest(root, previous | current)
     key_spec = certs.KeySpec(inventory.pki.key_type, inventory.pki.rsa_bits)
-    cas, warnings = _ensure_cas(root, inventory, key_spec, now, local_written)
-    sa_key_pem, sa_pub_pem = _ensure_sa(root, key_spec, local_written)
+    # The service-account pair before the CAs: a new PKI's kubernetes-ca comes last.
+    sa_key_pem, sa_pub_pem = ensure_sa(root, key_spec, local_written, new=new,
+                                       rotate=rotate_sa_key, now=now)
+    cas, warnings = ensure_cas(root, inventory, key_spec, now, local_written, new=new)
 
     job = _Job(inventory=inventory, root=root, cas=cas, sa_key_pem=sa_key_pem,
                sa_pub_pem=sa_pub_pem, key_spec=key_spec, now=now)
@@ -319,146 +307,6 @@ def _cas_for(host: Host, inventory: Inventory) -> list[CA]:
 
 def _ca_key_goes_to(ca: CA, host: Host, inventory: Inventory) -> bool:
     return inventory.pki.ca_keys_on_hosts and host.has(CONTROL_PLANE) and ca.key_on_hosts
-
-
-# --------------------------------------------------------------------------- CAs and SA key
-
-
-def _ensure_cas(root: Tree, inventory: Inventory, key_spec: certs.KeySpec, now: dt.datetime,
-                written: list[str]) -> tuple[dict[str, CAMaterial], list[str]]:
-    cas: dict[str, CAMaterial] = {}
-    warnings: list[str] = []
-    rotation = read_rotation(root)
-    for ca in CAS:
-        crt, key = f"{LOCAL}/pki/{ca.base}.crt", f"{LOCAL}/pki/{ca.base}.key"
-        cert_pem, key_pem = root.read(crt), root.read(key)
-        if cert_pem is None:
-            if key_pem is not None:
-                raise PKIError(f"{root.full(key)}: a CA key without its certificate "
-                               f"{os.path.basename(crt)}; restore the certificate or remove "
-                               "the key to start a new CA")
-            cert_pem, key_pem = _new_ca(root, ca, crt, key, inventory, key_spec, now, written)
-        current = _load_ca(ca, root.full(crt), cert_pem, root.full(key), key_pem, now,
-                           warnings, inventory.pki.renew_before_days)
-        phase = rotation.get(ca.name)
-        if phase is None:
-            cas[ca.name] = dataclasses.replace(current, trust_pem=current.cert_pem,
-                                               trusted=(current.cert,))
-            continue
-        incoming = _ensure_next(root, ca, inventory, key_spec, now, written, warnings,
-                                create=phase == "trust")
-        signing, other = (current, incoming) if phase == "trust" else (incoming, current)
-        cas[ca.name] = dataclasses.replace(signing, trust_pem=signing.cert_pem + other.cert_pem,
-                                           trusted=(signing.cert, other.cert))
-    return cas, warnings
-
-
-def _new_ca(root: Tree, ca: CA, crt: str, key: str, inventory: Inventory,
-            key_spec: certs.KeySpec, now: dt.datetime, written: list[str]) -> tuple[bytes, bytes]:
-    """A new CA's certificate and key, written (key first, durably) at `crt` and `key`."""
-    new_key = certs.new_key(key_spec)
-    cert_pem = certs.cert_pem(certs.new_ca(ca.name, new_key, now,
-                                           inventory.pki.ca_validity_days))
-    key_pem = certs.key_pem(new_key)
-    root.write(key, key_pem, KEY_MODE, durable=True)
-    root.write(crt, cert_pem, CERT_MODE, durable=True)
-    written += [root.full(key), root.full(crt)]
-    return cert_pem, key_pem
-
-
-ROTATION = f"{LOCAL}/pki/rotation.json"  # {"<CA name>": "trust" | "switch"}
-ROTATION_PHASES = ("trust", "switch")
-
-
-def next_paths(ca: CA) -> tuple[str, str]:
-    """Where a rotation keeps the incoming CA until it retires the outgoing one."""
-    return f"{LOCAL}/pki/next/{ca.base}.crt", f"{LOCAL}/pki/next/{ca.base}.key"
-
-
-def read_rotation(root: Tree) -> dict[str, str]:
-    raw = root.read(ROTATION)
-    if raw is None:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError as err:
-        raise PKIError(f"{root.full(ROTATION)}: not JSON; restore it or finish the rotation "
-                       "by hand") from err
-    names = {ca.name for ca in CAS}
-    if not isinstance(data, dict) or not all(
-            k in names and v in ROTATION_PHASES for k, v in data.items()):
-        raise PKIError(f"{root.full(ROTATION)}: not a rotation state ({{CA name: trust | "
-                       "switch}}); restore it")
-    return dict(data)
-
-
-def _ensure_next(root: Tree, ca: CA, inventory: Inventory, key_spec: certs.KeySpec,
-                 now: dt.datetime, written: list[str], warnings: list[str],
-                 create: bool) -> CAMaterial:
-    crt, key = next_paths(ca)
-    cert_pem, key_pem = root.read(crt), root.read(key)
-    if cert_pem is None or key_pem is None:
-        if not create:
-            raise PKIError(f"{root.full(crt)}: the incoming {ca.name} of a rotation is missing; "
-                           "restore it (the hosts already trust it)")
-        cert_pem, key_pem = _new_ca(root, ca, crt, key, inventory, key_spec, now, written)
-    return _load_ca(ca, root.full(crt), cert_pem, root.full(key), key_pem, now, warnings,
-                    inventory.pki.renew_before_days)
-
-
-def _load_ca(ca: CA, crt_path: str, cert_pem: bytes, key_path: str, key_pem: bytes | None,
-             now: dt.datetime, warnings: list[str], renew_before_days: int) -> CAMaterial:
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as err:
-        raise PKIError(f"{crt_path}: not a PEM certificate ({err}); restore the CA "
-                       "certificate") from err
-    facts = certs.facts(cert)
-    if not facts.is_ca:
-        raise PKIError(f"{crt_path}: not a CA certificate; restore the {ca.name} CA")
-    if facts.cn != ca.name:
-        raise PKIError(f"{crt_path}: CN is {facts.cn!r}, the table wants {ca.name!r}; "
-                       "restore the right CA certificate")
-    if facts.not_after <= now:
-        raise PKIError(f"{crt_path}: the {ca.name} CA expired on {facts.not_after:%Y-%m-%d}; "
-                       "rotate the CA (a new CA means new certificates on every host)")
-    left = facts.not_after - now
-    if left <= dt.timedelta(days=renew_before_days):
-        warnings.append(f"{crt_path}: the {ca.name} CA expires in {left.days} days "
-                        f"({facts.not_after:%Y-%m-%d}); the certificates it signs end with it "
-                        "and can no longer be renewed: rotate the CA")
-    key = None
-    if key_pem is not None:
-        try:
-            key = certs.load_key(key_pem)
-        except ValueError as err:
-            raise PKIError(f"{key_path}: not a readable private key ({err}); restore it") \
-                from err
-        if not certs.same_public_key(cert, key):
-            raise PKIError(f"{key_path}: does not match {os.path.basename(crt_path)}; restore "
-                           "the pair that belongs together")
-    return CAMaterial(spec=ca, cert=cert, cert_pem=cert_pem, key=key, key_pem=key_pem)
-
-
-def _ensure_sa(root: Tree, key_spec: certs.KeySpec, written: list[str]) -> tuple[bytes, bytes]:
-    """sa.key/sa.pub: the service-account signing pair. sa.pub always follows sa.key."""
-    key_rel, pub_rel = f"{LOCAL}/pki/sa.key", f"{LOCAL}/pki/sa.pub"
-    key_pem = root.read(key_rel)
-    if key_pem is not None:
-        try:
-            key = certs.load_key(key_pem)
-        except ValueError as err:
-            raise PKIError(f"{root.full(key_rel)}: not a readable private key ({err}); "
-                           "restore it") from err
-    else:
-        key = certs.new_key(key_spec)
-        key_pem = certs.key_pem(key)
-        root.write(key_rel, key_pem, KEY_MODE, durable=True)
-        written.append(root.full(key_rel))
-    pub_pem = certs.public_pem(key)
-    if root.write(pub_rel, pub_pem, CERT_MODE, durable=True):
-        written.append(root.full(pub_rel))
-    return key_pem, pub_pem
 
 
 # --------------------------------------------------------------------------- per host work

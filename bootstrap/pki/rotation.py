@@ -21,15 +21,8 @@ import json
 from pathlib import Path
 
 from bootstrap.errors import PKIError
-from bootstrap.pki.issue import (
-    CERT_MODE,
-    KEY_MODE,
-    LOCAL,
-    ROTATION,
-    next_paths,
-    open_out,
-    read_rotation,
-)
+from bootstrap.pki.authority import ROTATION, next_paths, read_rotation
+from bootstrap.pki.issue import CERT_MODE, KEY_MODE, LOCAL, open_out
 from bootstrap.pki.table import CA_BY_NAME
 
 PHASES = ("trust", "switch", "retire")

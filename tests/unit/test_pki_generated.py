@@ -303,14 +303,26 @@ def test_a_damaged_certificate_is_reissued(fresh):
     assert facts(cert(target)).cn == "front-proxy-client"
 
 
-def test_a_replaced_ca_is_a_loud_error_naming_the_file(fresh):
+def test_a_replaced_ca_is_a_loud_error_naming_the_file(fresh, tmp_path):
     data, out = fresh
+    other = tmp_path / "other"
+    generate(load(data), other)
     for name in ("ca.crt", "ca.key"):
-        (out / "local" / "pki" / name).unlink()
+        shutil.copy(other / "local" / "pki" / name, out / "local" / "pki" / name)
     before = snapshot(out / "cp-a")
     with pytest.raises(PKIError, match=r"apiserver\.crt: signed by a different kubernetes-ca"):
         generate(load(data), out)
     assert snapshot(out / "cp-a") == before
+
+
+def test_a_deleted_ca_is_not_silently_replaced(fresh):
+    data, out = fresh
+    for name in ("ca.crt", "ca.key"):
+        (out / "local" / "pki" / name).unlink()
+    before = snapshot(out)
+    with pytest.raises(PKIError, match=r"local/pki/ca\.crt: missing, and this PKI is not new"):
+        generate(load(data), out)
+    assert snapshot(out) == before  # no new CA key was made
 
 
 def test_ca_key_not_matching_its_certificate_is_an_error(fresh, tmp_path):
