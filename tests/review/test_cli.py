@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ def test_diff_against_a_base_whose_stack_file_does_not_parse_is_one_line(
 class Recorder:
     """Stands in for the Pulumi calls; records what the CLI asked for."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, stacks: list[StackInfo] = ()) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, stacks: Sequence[StackInfo] = ()) -> None:
         self.calls: list[tuple[Any, ...]] = []
         for name in ("up", "destroy", "revoke"):
             monkeypatch.setattr(automation, name, self._record(name))

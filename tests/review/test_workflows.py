@@ -13,6 +13,7 @@ import yaml
 from tests.review.conftest import ROOT
 
 WORKFLOWS = ROOT / ".github" / "workflows"
+ACTIONS = ROOT / ".github" / "actions"
 BIN = Path(sys.executable).parent
 
 
@@ -24,7 +25,7 @@ def _tool(name: str) -> str | None:
 def test_zizmor_reports_nothing() -> None:
     zizmor = _tool("zizmor")
     assert zizmor, "zizmor is a pinned dev dependency: .venv/bin/pip install -e '.[dev]'"
-    run = subprocess.run([zizmor, "--offline", "--no-progress", str(WORKFLOWS)],
+    run = subprocess.run([zizmor, "--offline", "--no-progress", str(WORKFLOWS), str(ACTIONS)],
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "No findings to report" in run.stdout
@@ -65,10 +66,18 @@ def workflows() -> dict[str, dict]:
     return {p.name: yaml.safe_load(p.read_text()) for p in sorted(WORKFLOWS.glob("*.yml"))}
 
 
+def _all_text() -> str:
+    return "".join(p.read_text() for p in [*sorted(WORKFLOWS.glob("*.yml")),
+                                            *sorted(ACTIONS.glob("*/action.yml"))])
+
+
 def test_every_action_is_pinned_by_full_commit_sha() -> None:
-    uses = re.findall(r"uses:\s*(\S+)", "".join(p.read_text() for p in WORKFLOWS.glob("*.yml")))
+    uses = re.findall(r"uses:\s*(\S+)", _all_text())
     assert uses
-    assert all(re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", u) for u in uses), uses
+    local = [u for u in uses if u.startswith("./")]
+    assert set(local) == {"./.github/actions/setup"}  # this checkout's own, no ref to move
+    assert all(re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", u) for u in uses
+               if u not in local), uses
 
 
 def test_cloud_credentials_come_from_oidc_only() -> None:
@@ -84,8 +93,86 @@ def test_cloud_credentials_come_from_oidc_only() -> None:
             assert bool(assumes) == (job["permissions"].get("id-token") == "write"), job_name
 
 
-def test_each_stack_has_one_comment_marker_per_kind() -> None:
+def _steps(flow: str, job: str) -> list[dict]:
+    return list(workflows()[flow]["jobs"][job]["steps"])
+
+
+def _action(steps: list[dict], name: str) -> dict:
+    return next(s for s in steps if s.get("uses", "").startswith(name + "@"))
+
+
+def test_each_stack_has_one_comment_per_kind_updated_in_place() -> None:
     preview = (WORKFLOWS / "preview.yml").read_text()
-    assert preview.count('marker="<!-- mzk-$KIND:$STACK -->"') == 2
-    assert "KIND: preview" in preview and "KIND: render" in preview
+    assert preview.count('marker="<!-- mzk-$KIND:$STACK -->"') == 1 and "KIND: render" in preview
     assert "-X PATCH" in preview  # an existing comment is updated, not duplicated
+    pulumi = _action(_steps("preview.yml", "preview"), "pulumi/actions")["with"]
+    assert pulumi["command"] == "preview" and pulumi["stack-name"] == "${{ matrix.stack }}"
+    assert pulumi["comment-on-pr"] is True and pulumi["edit-pr-comment"] is True
+
+
+def test_a_failing_diff_or_preview_fails_the_check() -> None:
+    for name in ("preview.yml", "prod-preview.yml", "test-env.yml", "drift.yml", "sweep.yml"):
+        text = (WORKFLOWS / name).read_text()
+        assert "|| true" not in text and "continue-on-error" not in text, name
+    last = _steps("preview.yml", "offline-diff")[-1]
+    assert last["if"] == "steps.diff.outputs.rc != '0'" and "exit 1" in last["run"]
+
+
+def test_pull_request_code_never_gets_prods_credentials() -> None:
+    flows = workflows()
+    pick = flows["preview.yml"]["jobs"]["stacks"]["steps"][-1]["run"]
+    assert "sed '/^prod$/d'" in pick
+    preview = flows["preview.yml"]["jobs"]["preview"]
+    assert preview["strategy"]["matrix"]["stack"] == \
+        "${{ fromJSON(needs.stacks.outputs.previewable) }}"
+    prod = flows["prod-preview.yml"]
+    assert set(prod[True]) == {"push", "workflow_dispatch"}  # `on:` reads as True in YAML
+    assert prod[True]["push"]["branches"] == ["main"]
+    job = prod["jobs"]["preview"]
+    assert job["environment"] == "production-preview"
+    assert job["if"] == "github.ref == 'refs/heads/main'"
+    for name, flow in flows.items():
+        roles = re.findall(r"vars\.(MZK_\w+_ROLE_ARN)", (WORKFLOWS / name).read_text())
+        if "MZK_PROD_PREVIEW_ROLE_ARN" in roles:
+            assert name == "prod-preview.yml"
+        assert "pull_request_target" not in flow[True], name
+
+
+def test_python_comes_from_the_lock_and_pulumi_is_checked() -> None:
+    setup = (ACTIONS / "setup" / "action.yml").read_text()
+    assert "--require-hashes --no-deps -r \"$LOCK\"" in setup
+    assert "--no-deps --no-build-isolation -e ." in setup
+    assert "sha256sum --check --strict" in setup and "checksums.txt" in setup
+    for path in WORKFLOWS.glob("*.yml"):
+        text = path.read_text()
+        assert "pip install" not in text and "get.pulumi.com | sh" not in text, path.name
+    for lock in ("requirements.lock", "requirements-dev.lock"):
+        pins = re.findall(r"^([A-Za-z0-9_.-]+)==\S+ \\$", (ROOT / lock).read_text(), re.M)
+        assert pins and "setuptools" in pins  # the build backend too: no isolation needed
+        body = (ROOT / lock).read_text()
+        assert body.count("==") == len(pins) and body.count("--hash=sha256:") >= len(pins)
+
+
+def test_the_test_environment_gets_in_and_cleans_up() -> None:
+    steps = _steps("test-env.yml", "up")
+    by_name = {s.get("name", ""): s for s in steps}
+    up = by_name["pulumi up pr-<number> (preview, then exactly that plan)"]["run"]
+    assert '--operator-key "$KEY"' in up and '--runner-address "$ADDRESS"' in up
+    undo = by_name["a failed first up destroys what it made"]
+    assert undo["if"] == "failure() && steps.access.outputs.existed == 'false'"
+    assert 'envs destroy "pr-$PR" --yes-destroy "pr-$PR"' in undo["run"]
+    revoke = by_name["revoke this runner's address"]
+    assert revoke["if"].startswith("always()") and "envs revoke" in revoke["run"]
+    assert steps.index(revoke) > steps.index(undo)
+
+
+def test_drift_only_plans_and_revokes_its_address() -> None:
+    text = (WORKFLOWS / "drift.yml").read_text()
+    assert "bootstrap plan" in text
+    for forbidden in ("bootstrap apply", "pulumi up", "envs up", "pulumi destroy"):
+        assert forbidden not in text
+    steps = _steps("drift.yml", "plan")
+    last = steps[-1]
+    assert last["if"] == "always()" and "revoke-security-group-ingress" in last["run"]
+    assert "CidrIp=$address/32" in text
+    assert workflows()["drift.yml"]["jobs"]["plan"]["environment"] == "drift"
