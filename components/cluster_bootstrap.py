@@ -293,17 +293,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
+    allow_in_tree = pki_bundle.IN_TREE_FLAG in args
+    args = [a for a in args if a != pki_bundle.IN_TREE_FLAG]
     if len(args) != 1:
         print("usage: pulumi stack export --show-secrets | python -m "
-              "components.cluster_bootstrap FILE", file=sys.stderr)
+              f"components.cluster_bootstrap FILE [{pki_bundle.IN_TREE_FLAG}]", file=sys.stderr)
         return 2
     try:
+        if not allow_in_tree:  # before reading the state: none of it lands in a checkout
+            pki_bundle.refuse_in_tree(args[0])
         try:
             deployment = json.load(sys.stdin)
         except ValueError as err:
             raise ConfigError(f"stdin: not a `pulumi stack export` document ({err})") from err
         found = bundle_from_state(deployment)
-        pki_bundle.write_file(found, args[0])
+        pki_bundle.write_file(found, args[0], allow_in_tree=allow_in_tree)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -99,8 +99,11 @@ def _walk(tree: Tree, rel_dir: str, found: dict[str, dict[str, Any]]) -> None:
             raise files.refusal(tree.full(rel), st, "a regular file or a directory")
 
 
-def write_file(bundle: dict[str, Any], path: str | Path) -> None:
-    """The bundle as a JSON file, 0600 (it holds the CA keys), written atomically."""
+def write_file(bundle: dict[str, Any], path: str | Path, *, allow_in_tree: bool = False) -> None:
+    """The bundle as a JSON file, 0600 from its creation (it holds the CA keys), written
+    atomically; refused inside a git work tree unless `allow_in_tree` (see `refuse_in_tree`)."""
+    if not allow_in_tree:
+        refuse_in_tree(path)
     data = json.dumps(bundle, indent=1, sort_keys=True).encode() + b"\n"
     try:
         files.write(os.path.abspath(path), data, KEY_MODE, durable=True)
@@ -109,6 +112,31 @@ def write_file(bundle: dict[str, Any], path: str | Path) -> None:
     except OSError as err:
         raise ConfigError(f"{path}: cannot be written ({err.strerror}); give another "
                           "file name") from err
+
+
+IN_TREE_FLAG = "--allow-in-tree"
+
+
+def work_tree_of(path: str | Path) -> Path | None:
+    """The git work tree (checkout) that `path` would land in, if any: the nearest
+    directory above it, links resolved, that holds a `.git`."""
+    here = Path(os.path.realpath(os.path.abspath(path))).parent
+    for directory in (here, *here.parents):
+        if os.path.lexists(directory / ".git"):
+            return directory
+    return None
+
+
+def refuse_in_tree(path: str | Path) -> None:
+    """A bundle holds every CA key: inside a checkout it is one `git add .` from being
+    committed. Refused there, with one line; `--allow-in-tree` says it is meant."""
+    top = work_tree_of(path)
+    if top is not None:
+        name = Path(path).name or "STACK.bundle"
+        raise ConfigError(f"{path}: inside the git work tree {top}, where a bundle (every CA "
+                          "key) can be committed by mistake; give a path outside the "
+                          f"checkout, e.g. ~/mzk-pki/{name}, or pass {IN_TREE_FLAG} if it "
+                          "is meant. Nothing was written")
 
 
 # --------------------------------------------------------------------------- reading
@@ -334,7 +362,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     sub = parser.add_subparsers(dest="action", required=True, parser_class=type(parser))
     export = sub.add_parser("export", help="write a PKI directory into a bundle file (0600)")
     export.add_argument("pki_dir", metavar="DIR", help="the PKI directory")
-    export.add_argument("file", metavar="FILE", help="the bundle file to write")
+    export.add_argument("file", metavar="FILE", help="the bundle file to write (outside any "
+                                                     "git work tree, e.g. ~/mzk-pki/x.bundle)")
+    export.add_argument(IN_TREE_FLAG, action="store_true",
+                        help="write FILE even inside a git work tree (it holds the CA keys)")
     into = sub.add_parser("import", help="write a bundle's files into a PKI directory (new, "
                                          "empty, or one with the same CAs)")
     into.add_argument("file", metavar="FILE", help="a bundle file (`export`, or "
@@ -345,7 +376,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "export":
         bundle = export_dir(args.pki_dir)
-        write_file(bundle, args.file)
+        write_file(bundle, args.file, allow_in_tree=args.allow_in_tree)
         print(f"pki-bundle: {len(bundle['files'])} files of {args.pki_dir} (kubernetes-ca "
               f"{ca_fingerprint(bundle)}) -> {args.file} (0600: it holds the CA keys)")
         return 0

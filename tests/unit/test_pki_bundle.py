@@ -5,8 +5,10 @@ with one line and nothing written."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -361,3 +363,66 @@ def generate_key_pair() -> tuple[bytes, bytes]:
     from bootstrap.pki import certs
     key = certs.new_key(certs.KeySpec("ecdsa", 2048))
     return certs.key_pem(key), certs.public_pem(key)
+
+
+# --------------------------------------------------------------------------- exports
+
+
+def a_checkout(tmp_path: Path) -> Path:
+    checkout = tmp_path / "checkout"
+    (checkout / ".git").mkdir(parents=True)
+    (checkout / "stacks").mkdir()
+    return checkout
+
+
+def test_an_export_into_a_git_work_tree_is_refused_unless_allowed(pki: Path,
+                                                                  tmp_path: Path) -> None:
+    target = a_checkout(tmp_path) / "stacks" / "prod.bundle"
+    assert_refused(cli("export", str(pki), str(target)), f"inside the git work tree "
+                   f"{tmp_path / 'checkout'}", "e.g. ~/mzk-pki/prod.bundle", "--allow-in-tree")
+    assert not target.exists()
+    proc = cli("export", str(pki), str(target), "--allow-in-tree")
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_the_checkout_itself_is_a_work_tree() -> None:
+    assert bundle.work_tree_of(ROOT / "stacks" / "x.bundle") == ROOT
+    assert bundle.work_tree_of(Path("/") / "x.bundle") is None
+
+
+def mzk(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ROOT / "bin" / "mzk"), "pki", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_bin_mzk_pki_export_takes_paths_from_where_it_is_run(pki: Path,
+                                                             tmp_path: Path) -> None:
+    """Run from outside the checkout with relative paths: the bundle lands there, not in
+    the checkout (the script itself runs from the checkout)."""
+    shutil.copytree(pki, tmp_path / "pki", symlinks=True)
+    proc = mzk(tmp_path, "export", "pki", "out.bundle")
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE((tmp_path / "out.bundle").stat().st_mode) == 0o600
+    assert not (ROOT / "out.bundle").exists()
+    proc = mzk(tmp_path, "import", "out.bundle", "copy")
+    assert proc.returncode == 0, proc.stderr
+    assert contents(tmp_path / "copy") == contents(pki)
+    proc = mzk(ROOT, "export", str(pki), "in-the-checkout.bundle")
+    assert proc.returncode == 2 and "inside the git work tree" in proc.stderr
+    assert not (ROOT / "in-the-checkout.bundle").exists()
+
+
+def test_the_stack_export_refuses_a_checkout_before_reading_the_state(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from components.cluster_bootstrap import main
+    target = a_checkout(tmp_path) / "prod.bundle"
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"deployment": {"resources": []}}'))
+    assert main([str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "inside the git work tree" in err
+    assert not target.exists()
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"deployment": {"resources": []}}'))
+    assert main([str(target), "--allow-in-tree"]) == 2  # allowed: now the empty state speaks
+    assert "holds 0" in capsys.readouterr().err
