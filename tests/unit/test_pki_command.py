@@ -86,3 +86,26 @@ def test_workers_out_of_bounds(places, workers):
     tmp, _a_file = places
     assert_refused(pki("--out", str(tmp / "pki"), "--workers", workers), "--workers", workers)
     assert not (tmp / "pki").exists()
+
+
+def test_forget_lost_key_refuses_a_key_never_made_or_still_present(tmp_path):
+    out = tmp_path / "pki"
+    assert pki("--out", str(out), "--quiet").returncode == 0
+    before = sorted(p.name for p in out.rglob("*"))
+    assert_refused(pki("--out", str(out), "--forget-lost-key", "local/pki/ca.key"),
+                   "--forget-lost-key local/pki/ca.key: not a key this PKI made")
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_forget_lost_key_takes_a_lost_key_off_the_list(tmp_path):
+    from bootstrap.control_plane import encryption
+    from bootstrap.pki import key_ledger
+    out = tmp_path / "pki"
+    assert pki("--out", str(out), "--quiet").returncode == 0
+    encryption.ensure(out)
+    (out / "local/encryption-keys.yaml").unlink()
+    proc = pki("--out", str(out), "--quiet", "--forget-lost-key", "local/encryption-keys.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert "local/encryption-keys.yaml: forgotten" in proc.stdout
+    with key_ledger.Tree.open(str(out)) as tree:
+        assert "local/encryption-keys.yaml" not in key_ledger.listed(tree)
