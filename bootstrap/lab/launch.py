@@ -90,10 +90,11 @@ def _check_flags(lab_dir: Path, zone: str, claim: str | None, steal: str | None)
                           "(e.g. auto-b1); only launched instances have identity documents")
 
 
-def launch(lab_dir: Path, zone: str, claim: str | None = None, steal: str | None = None
-           ) -> Launched:
+def launch(lab_dir: Path, zone: str, claim: str | None = None, steal: str | None = None,
+           boot: bool = True) -> Launched:
     """Launch one node in `zone`'s pool; returns once its user data ran (the kubelet then
-    joins on its own, if the control plane lets it)."""
+    joins on its own, if the control plane lets it). `boot=False`: the instance is running
+    and has its identity, but its user data has not run yet (an instance still booting)."""
     lab_dir = lab_dir.resolve()
     _check_flags(lab_dir, zone, claim, steal)
     bins = resolve_dir(None)
@@ -134,6 +135,8 @@ def launch(lab_dir: Path, zone: str, claim: str | None = None, steal: str | None
         lab=True, claim=claim, kubelet_path=str(Path(bins) / "kubelet"),
         cgroup_root=cgroups.root_for(host.netns))
     script = join.user_data(spec)
+    if not boot:
+        return Launched(name, instance_id, claim or name, host.address, zone, pool, script, "")
     pid = build.State.load(lab_dir).data["pids"][name]
     done = subprocess.run(["nsenter", "-t", str(pid), "-n", "-m", "-u", "sh", "-s"],
                           input=script, capture_output=True, text=True,

@@ -62,12 +62,10 @@ SERVICES = (APPROVER,)
 
 def program_files() -> dict[str, bytes]:
     """The approver as shipped: its program and, beside it, the modules it imports."""
-    companions = getattr(csr_approver, "COMPANIONS",
-                         ("asn1_der", "instance_identity", "identity_webhook"))
     source = Path(csr_approver.__file__).parent
     return {PROGRAM: Path(csr_approver.__file__).read_bytes(),
             **{f"{BIN_DIR}/{name}.py": (source / f"{name}.py").read_bytes()
-               for name in companions}}
+               for name in csr_approver.COMPANIONS}}
 
 
 def identity_trust(inventory: Inventory) -> bytes:
