@@ -1,5 +1,6 @@
 """The identity sources (the lab's record, EC2's reply, IMDS credentials, SigV4), the
-identity token, signature verification against trusted keys, and AWS's pinned certificates."""
+identity token, and signature verification against trusted keys (AWS's pinned certificates:
+tests/unit/test_aws_identity_certs.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
 from csr_support import Cloud, serve  # noqa: F401 - a fixture
 
 from bootstrap.node import aws_identity_certs
@@ -264,26 +264,3 @@ def test_trust_files_hold_certificates_or_public_keys_of_rsa_only(tmp_path: Path
             identity.load_trust_file(str(path))
         assert str(err.value).startswith(f"--identity-trust {path}: ")
 
-
-# ---- AWS's pinned certificates ------------------------------------------------------------
-
-@pytest.mark.parametrize("region", sorted(aws_identity_certs.RSA_CERTIFICATES))
-def test_each_pinned_aws_certificate_is_a_valid_rsa_certificate(region: str) -> None:
-    from cryptography.hazmat.primitives.asymmetric import padding
-    cert = x509.load_pem_x509_certificate(aws_identity_certs.certificate_for(region).encode())
-    key = cert.public_key()
-    assert isinstance(key, rsa.RSAPublicKey)
-    assert cert.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)[0].value == \
-        "Amazon Web Services LLC"
-    assert cert.signature_hash_algorithm is not None
-    key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(),
-               cert.signature_hash_algorithm)  # self-signed: the text is intact
-    assert cert.not_valid_after_utc > dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
-    assert identity.load_trust(aws_identity_certs.certificate_for(region).encode())
-
-
-def test_a_region_not_pinned_is_one_clear_error() -> None:
-    with pytest.raises(ValueError) as err:
-        aws_identity_certs.certificate_for("eu-west-1")
-    assert "'eu-west-1'" in str(err.value) and "--identity-trust" in str(err.value)
-    assert aws_identity_certs.SOURCE in str(err.value)
