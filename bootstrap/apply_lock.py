@@ -25,7 +25,7 @@ import time
 import paramiko
 
 from bootstrap.errors import LockBusy
-from bootstrap.ssh import CONNECTION_LOST, SSHRunner, _send_eof_in_order
+from bootstrap.ssh_runner import CONNECTION_LOST, SSHRunner, _send_eof_in_order
 
 LOCK_FILE = "/var/lib/mzk/apply.lock"
 OWNER_FILE = "/var/lib/mzk/apply.owner"

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bootstrap.errors import ConfigError, LockBusy, StepError
+from bootstrap.host_fanout import HostsFailed, run_on_hosts
 from bootstrap.inventory import Host, Inventory
-from bootstrap.ssh import HostsFailed, Runner, run_on_hosts
+from bootstrap.runner import Runner
 
 
 @dataclass

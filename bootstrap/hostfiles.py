@@ -23,7 +23,7 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from bootstrap.ssh import Runner, parent_dirs
+from bootstrap.runner import Runner, parent_dirs
 
 _MARK = "MZK_END_OF_FILE"
 

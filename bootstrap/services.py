@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bootstrap.errors import StepError
-from bootstrap.ssh import Runner
+from bootstrap.runner import Runner
 
 UNIT_DIR = "/etc/systemd/system"
 LAB_MARKER = "/etc/mzk/lab-host"

@@ -48,11 +48,12 @@ from bootstrap.control_plane import encryption
 from bootstrap.egress import tunnel_keys
 from bootstrap.engine import ActionFailed
 from bootstrap.errors import ConfigError, HostConnectionError, MultizoneError
+from bootstrap.host_fanout import HostsFailed
 from bootstrap.inventory import Inventory
 from bootstrap.pki import bundle as pki_bundle
 from bootstrap.pki import generate
 from bootstrap.pki.issue import PKIResult
-from bootstrap.ssh import Connections, HostsFailed
+from bootstrap.ssh import Connections
 from components.bootstrap_plan import inventory_changes, pki_changes
 
 TYPE = "pulumi-python:dynamic/multizone:ClusterBootstrap"

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from bootstrap.ssh import known_name
+from bootstrap.ssh_host_keys import known_name
 
 SOCKET = "/run/mzk/egress/tunnel.sock"
 STATUS = "/run/mzk/egress/tunnel-status.json"

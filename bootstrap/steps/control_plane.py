@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from bootstrap.control_plane import config
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
+from bootstrap.host_fanout import run_on_hosts
 from bootstrap.hostfiles import FileSpec, put_many, stat_many
 from bootstrap.inventory import Host, Inventory
 from bootstrap.pki.table import CA_BY_NAME, flags_for
@@ -35,7 +36,6 @@ from bootstrap.services import (
     render_unit,
     unit_path,
 )
-from bootstrap.ssh import run_on_hosts
 from bootstrap.steps.etcd import etcd_servers, etcd_servers_overrides
 
 APISERVER = "kube-apiserver"

@@ -24,6 +24,7 @@ from pathlib import Path
 from bootstrap.egress import hostconfig, tunnel_access
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
+from bootstrap.host_fanout import run_on_hosts
 from bootstrap.hostfiles import FileSpec, put_many
 from bootstrap.inventory import Host, Inventory
 from bootstrap.services import (
@@ -34,7 +35,6 @@ from bootstrap.services import (
     manager_from,
     unit_path,
 )
-from bootstrap.ssh import run_on_hosts
 
 TUNNEL_PROGRAM = "/var/lib/mzk/bin/mzk-egress-tunnel"
 TUNNEL_SOURCE = (Path(__file__).parents[1] / "egress" / "tunnel_service.py").read_bytes()

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from bootstrap import ports
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
+from bootstrap.host_fanout import run_on_hosts
 from bootstrap.inventory import Host, Inventory
 from bootstrap.pki.table import LEAF_BY_NAME, flag_words, flags_for
+from bootstrap.runner import Result
 from bootstrap.services import (
     Service,
     ServiceManager,
@@ -37,7 +39,6 @@ from bootstrap.services import (
     render_unit,
     unit_path,
 )
-from bootstrap.ssh import Result, run_on_hosts
 
 HEALTH_TIMEOUT_S = 60.0
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
+from bootstrap.host_fanout import HostsFailed, run_on_hosts
 from bootstrap.inventory import Host, Inventory
-from bootstrap.ssh import HostsFailed, run_on_hosts
 from bootstrap.steps import etcd
 
 MOUNT_POINT = "/var/lib/etcd"

@@ -26,7 +26,7 @@ from bootstrap.errors import ConfigError, LockBusy
 from bootstrap.hostfiles import stat_many
 from bootstrap.inventory import Host, Inventory
 from bootstrap.pki.table import CAS
-from bootstrap.ssh import SSHRunner
+from bootstrap.ssh_runner import SSHRunner
 from bootstrap.steps.pki import planned
 
 

@@ -24,6 +24,7 @@ from bootstrap.hostfiles import FileSpec, put_many
 from bootstrap.inventory import Host, Inventory
 from bootstrap.node import checks, cni, containerd_config, pause_image
 from bootstrap.node import kubelet_config as kc
+from bootstrap.runner import Runner
 from bootstrap.services import (
     Service,
     ServiceStatus,
@@ -32,7 +33,6 @@ from bootstrap.services import (
     manager_from,
     unit_path,
 )
-from bootstrap.ssh import Runner
 from bootstrap.steps.cluster_objects import kubectl_path
 
 CONTENT_DIR = "/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256"

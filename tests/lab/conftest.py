@@ -22,7 +22,8 @@ from bootstrap.engine import Report
 from bootstrap.inventory import Inventory, load
 from bootstrap.lab import build, hosts
 from bootstrap.lab.layout import Layout
-from bootstrap.ssh import Connections, Result
+from bootstrap.runner import Result
+from bootstrap.ssh import Connections
 
 
 def lab_unavailable() -> str | None:

@@ -28,7 +28,8 @@ from bootstrap.engine import ActionFailed
 from bootstrap.inventory import Inventory, parse
 from bootstrap.lab import build
 from bootstrap.lab.build import ensure_keypair
-from bootstrap.ssh import Connections, Result
+from bootstrap.runner import Result
+from bootstrap.ssh import Connections
 from bootstrap.steps.etcd import EVENTS, MAIN, EtcdCluster
 
 from .conftest import (

@@ -28,7 +28,8 @@ from bootstrap.engine import ActionFailed
 from bootstrap.inventory import Inventory
 from bootstrap.lab import build
 from bootstrap.pki.table import KUBECONFIGS, LEAF_BY_NAME
-from bootstrap.ssh import Connections, Result
+from bootstrap.runner import Result
+from bootstrap.ssh import Connections
 from bootstrap.steps import etcd as etcd_step
 
 from .conftest import (

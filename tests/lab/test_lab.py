@@ -17,11 +17,13 @@ import paramiko
 import pytest
 
 from bootstrap.errors import HostConnectionError, StepError
+from bootstrap.host_fanout import HostsFailed
 from bootstrap.inventory import load
 from bootstrap.lab import build
 from bootstrap.lab.build import ensure_keypair, lab_namespaces
 from bootstrap.services import LabSupervisor, Service, manager_for
-from bootstrap.ssh import Connections, HostsFailed, fingerprint
+from bootstrap.ssh import Connections
+from bootstrap.ssh_host_keys import fingerprint
 
 from .conftest import Lab, lab_unavailable, sshd_pids
 

@@ -286,7 +286,7 @@ def test_a_host_plan_from_facts_needs_no_round_trip() -> None:
     from bootstrap.engine import HostContext
     from bootstrap.pki import HostPKI, PKIResult
     from bootstrap.services import render_unit, unit_path
-    from bootstrap.ssh import FakeRunner
+    from tests.unit.fakes import FakeRunner
 
     inv = inventory()
     host = inv.host("cp-a")

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from bootstrap.engine import HostContext
-from bootstrap.ssh import FakeRunner
 from bootstrap.steps import etcd
+from tests.unit.fakes import FakeRunner
 from tests.unit.pki_support import example_data, load
 
 NEW_ADDRESS = "10.0.16.37"

@@ -15,8 +15,8 @@ from bootstrap.errors import ConfigError
 from bootstrap.inventory import parse
 from bootstrap.pki import generate
 from bootstrap.pki.table import CAS
-from bootstrap.ssh import FakeFile, FakeRunner
 from bootstrap.steps import guard
+from tests.unit.fakes import FakeFile, FakeRunner
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "inventory.yaml"
 CA = "/etc/kubernetes/pki/ca.crt"

@@ -14,7 +14,7 @@ import pytest
 
 from bootstrap import hostfiles
 from bootstrap.hostfiles import FileSpec
-from bootstrap.ssh import Result
+from bootstrap.runner import Result
 
 
 class LocalShell:

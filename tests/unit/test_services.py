@@ -8,6 +8,7 @@ import pytest
 
 from bootstrap.errors import StepError
 from bootstrap.lab.supervise import parse_unit
+from bootstrap.runner import Result
 from bootstrap.services import (
     LAB_MARKER,
     SUPERVISOR_PATH,
@@ -19,7 +20,7 @@ from bootstrap.services import (
     render_unit,
     unit_path,
 )
-from bootstrap.ssh import FakeRunner, Result
+from tests.unit.fakes import FakeRunner
 
 ETCD = Service("etcd", ["/usr/bin/etcd", "--name=cp-a", "--data-dir", "/var/lib/etcd"],
                env={"ETCD_UNSUPPORTED_ARCH": "arm64"}, after=["network"])

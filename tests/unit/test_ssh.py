@@ -18,22 +18,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from bootstrap.errors import HostConnectionError, StepError
-from bootstrap.ssh import (
-    FakeRunner,
-    HostsFailed,
+from bootstrap.host_fanout import HostsFailed, run_on_hosts
+from bootstrap.runner import Result, parent_dirs, put_script, same_file, stat_script
+from bootstrap.ssh import _transient
+from bootstrap.ssh_host_keys import (
     RejectUnpinnedKey,
-    Result,
-    _transient,
     fingerprint,
     known_name,
-    parent_dirs,
     parse_public_key,
     pinned_host_keys,
-    put_script,
-    run_on_hosts,
-    same_file,
-    stat_script,
 )
+from tests.unit.fakes import FakeRunner
 
 
 def _key_line(key: paramiko.PKey) -> str:
@@ -84,7 +79,11 @@ def test_policy_rejects_unknown_key_naming_host_and_both_fingerprints(keys) -> N
 
 
 def test_no_auto_add_and_no_known_hosts_in_the_module() -> None:
-    source = Path(__import__("bootstrap.ssh").ssh.__file__).read_text()
+    import bootstrap.ssh
+    import bootstrap.ssh_host_keys
+
+    source = "".join(Path(m.__file__).read_text()
+                     for m in (bootstrap.ssh, bootstrap.ssh_host_keys) if m.__file__)
     assert "AutoAddPolicy" not in source and "WarningPolicy" not in source
     assert "load_system_host_keys" not in source.replace("never load_system_host_keys", "")
 
@@ -229,7 +228,7 @@ def test_run_on_hosts_respects_the_limit_and_keeps_host_order() -> None:
 def test_commands_get_sudo_n_unless_the_user_is_root() -> None:
     import shlex
 
-    from bootstrap.ssh import SSHRunner
+    from bootstrap.ssh_runner import SSHRunner
 
     admin = SSHRunner("cp-a", paramiko.SSHClient(), "admin")
     assert shlex.split(admin._wrap("echo 'a b' > /etc/x")) == [

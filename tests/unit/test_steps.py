@@ -19,9 +19,10 @@ from bootstrap.errors import StepError
 from bootstrap.inventory import parse
 from bootstrap.k8s_bin import LocalBinaries
 from bootstrap.pki import generate
+from bootstrap.runner import Result
 from bootstrap.services import render_unit
-from bootstrap.ssh import FakeFile, FakeRunner, Result
 from bootstrap.steps import binaries, etcd, facts, pki, preflight
+from tests.unit.fakes import FakeFile, FakeRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 
