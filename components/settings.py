@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from bootstrap import ports, rules
 from bootstrap.errors import ConfigError
+from bootstrap.node import aws_identity_certs
 from bootstrap.rules import PKI_DEFAULTS, PKISettings
 
 NS = "multizone"
@@ -289,6 +290,10 @@ def from_config(config: Mapping[str, Any], stack: str,
         c.problems.append(rules.one_line(f"aws:region: {region!r} is not an AWS region; "
                                          "run `pulumi config set aws:region eu-west-1`"))
         region = None
+    elif (no_certificate := aws_identity_certs.unpinned(region)) is not None:
+        # Auto-scaled nodes join by the region's signed identity document (docs/nodes.md).
+        c.problems.append(rules.one_line(f"aws:region: {no_certificate}, or use a region that "
+                                         "is pinned there"))
 
     name = None
     if "clusterName" in raw:
