@@ -69,7 +69,7 @@ def diff(args: argparse.Namespace) -> int:
 
     root = Path(args.root)
     _check_stack(root, args.stack)
-    from components.review.mocks import digest_key
+    from components.review.secret_inputs import digest_key
 
     key = os.environ.get("MZK_SECRET_DIGEST_KEY") or os.urandom(16).hex()
     base = BaseRender(root, args.base, args.stack, key)  # renders in parallel with head

@@ -1,4 +1,4 @@
-"""Mocks that answer as AWS would, and a harness that evaluates the program under them.
+"""Mocks that answer as AWS would (components.review.evaluation runs the program under them).
 
 Product code, not only test code: `bin/mzk render` and `bin/mzk diff` run the program under
 these mocks to show a stack without credentials, and the tests (tests/program) use the same
@@ -12,42 +12,23 @@ placed in, the subnet's zone, and load balancer DNS names; they also refuse what
 across zones, a load balancer with two subnets in one zone, a DNS routing policy or health
 check AWS does not take, a record outside its hosted zone or a second value on a CNAME).
 Route 53 hosted zones get `Z...` IDs and records the `<zone>_<name>_<type>` ID and `fqdn`
-the provider reports. A recording monitor keeps what the engine would see besides inputs:
-`protect` and which inputs are secret.
+the provider reports.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import hashlib
-import hmac
-import importlib.util
 import ipaddress
-import os
 import random
 import re
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pulumi
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
-from pulumi.runtime import settings as runtime_settings
-from pulumi.runtime.mocks import MockMonitor
 
-ROOT = Path(__file__).resolve().parents[2]
+from components.review.mock_host_keys import _host_key
+from components.review.secret_inputs import _shown, _unwrap
+
 ACCOUNT = "123456789012"
-SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 (Pulumi's wire signature)
-SIG_KEY = "4dabf18193072939515e22adb298388d"
-
-
-# Keyed digests of secret inputs: a render can say that a secret changed without showing
-# it. The key is per process unless given (a diff gives both of its renders the same one).
-_DIGEST_KEY = os.urandom(16).hex()
 
 
 def _rng(typ: str, name: str) -> random.Random:
@@ -62,59 +43,6 @@ def _hex(rng: random.Random, n: int) -> str:
 def _public_ip(rng: random.Random, first: str) -> str:
     return f"{first}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(254) + 1}"
 
-
-def _fixed_check(pem: str, check: bytes) -> str:
-    """The OpenSSH key with its random check integer (twice, at the start of the private
-    section) set to `check`, so that the same key serializes to the same text."""
-    lines = pem.strip().splitlines()
-    blob = bytearray(base64.b64decode("".join(lines[1:-1])))
-    at = len(b"openssh-key-v1\0")
-    for _ in range(3):  # cipher name, KDF name, KDF options
-        at += 4 + int.from_bytes(blob[at:at + 4], "big")
-    at += 4  # number of keys
-    at += 4 + int.from_bytes(blob[at:at + 4], "big")  # the public key
-    at += 4  # length of the private section
-    blob[at:at + 8] = check * 2
-    body = base64.b64encode(bytes(blob)).decode()
-    wrapped = [body[i:i + 70] for i in range(0, len(body), 70)]
-    return "\n".join([lines[0], *wrapped, lines[-1]]) + "\n"
-
-
-@dataclass(frozen=True)
-class Secret:
-    """A secret input as a render shows it: never the value, only a keyed digest of it."""
-
-    digest: str
-
-
-@contextlib.contextmanager
-def digest_key(key: str) -> Iterator[None]:
-    """Use `key` for secret digests meanwhile (a diff gives both of its sides one key)."""
-    global _DIGEST_KEY
-    saved, _DIGEST_KEY = _DIGEST_KEY, key
-    try:
-        yield
-    finally:
-        _DIGEST_KEY = saved
-
-
-def secret_digest(value: Any) -> str:
-    key = os.environ.get("MZK_SECRET_DIGEST_KEY") or _DIGEST_KEY
-    return hmac.new(key.encode(), repr(value).encode(), hashlib.sha256).hexdigest()[:16]
-
-
-def _host_key(rng: random.Random, host: str) -> tuple[str, dict[str, Any]]:
-    """What `HostKeyProvider.create` returns (id and outputs), from a seeded key: the real
-    provider makes a key once and keeps it in state, so one evaluation to the next the
-    key stays the same; a fresh random key here would change every render."""
-    key = ed25519.Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                           serialization.PublicFormat.OpenSSH).decode()
-    private = _fixed_check(private, rng.randbytes(4))
-    key_id = hashlib.sha256(public.encode()).hexdigest()[:32]
-    return key_id, {"host": host, "public_key": public, "private_key": private}
 
 
 class AWSError(Exception):
@@ -452,140 +380,3 @@ _HANDLERS = {
     "aws:ec2/launchTemplate:LaunchTemplate": _simple("lt", kind="launch-template"),
     "aws:iam/rolePolicy:RolePolicy": _simple("policy", "iam"),
 }
-
-
-def _unwrap(value: Any) -> Any:
-    """Plain values from inputs; which of them were secret is kept by `RecordingMonitor`."""
-    if isinstance(value, dict):
-        if value.get(SIG_KEY) == SECRET_SIG:
-            return _unwrap(value["value"])
-        return {k: _unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_unwrap(v) for v in value]
-    return value
-
-
-def _shown(value: Any) -> Any:
-    """Inputs with every secret (at any depth) replaced by its `Secret` digest."""
-    if isinstance(value, dict):
-        if value.get(SIG_KEY) == SECRET_SIG:
-            return Secret(secret_digest(_unwrap(value["value"])))
-        return {k: _shown(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_shown(v) for v in value]
-    return value
-
-
-def _secret_keys(struct: Any) -> frozenset[str]:
-    """Top-level input names whose value the SDK sent as a secret."""
-    found = set()
-    for key, value in struct.fields.items():
-        if value.HasField("struct_value"):
-            inner = value.struct_value.fields
-            if SIG_KEY in inner and inner[SIG_KEY].string_value == SECRET_SIG:
-                found.add(key)
-    return frozenset(found)
-
-
-class RecordingMonitor(MockMonitor):
-    """A mock monitor that also keeps each resource's `protect` and secret inputs."""
-
-    def __init__(self, mocks: AwsMocks) -> None:
-        super().__init__(mocks)
-        self.meta: dict[tuple[str, str], tuple[bool, frozenset[str]]] = {}
-        self.components: list[tuple[str, str, str]] = []  # (type, name, parent urn)
-        # What the engine would keep secret in state whatever the program passes it.
-        self.additional_secret_outputs: dict[tuple[str, str], frozenset[str]] = {}
-        self.ignore_changes: dict[tuple[str, str], frozenset[str]] = {}
-        # What a review needs besides inputs: the URN (parent chain) and the replace options.
-        self.urns: dict[tuple[str, str], str] = {}
-        self.replace_on_changes: dict[tuple[str, str], frozenset[str]] = {}
-        self.delete_before_replace: dict[tuple[str, str], bool] = {}
-
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC name)
-        key = (request.type, request.name)
-        self.urns[key] = self.make_urn(request.parent, request.type, request.name)
-        self.replace_on_changes[key] = frozenset(request.replaceOnChanges)
-        self.delete_before_replace[key] = bool(request.deleteBeforeReplace)
-        self.meta[(request.type, request.name)] = (request.protect,
-                                                   _secret_keys(request.object))
-        self.additional_secret_outputs[(request.type, request.name)] = frozenset(
-            request.additionalSecretOutputs)
-        self.ignore_changes[(request.type, request.name)] = frozenset(request.ignoreChanges)
-        if not request.custom:
-            self.components.append((request.type, request.name, request.parent))
-        return super().RegisterResource(request)
-
-
-@dataclass
-class Evaluation:
-    """One evaluated stack: its resolved outputs and every resource AWS would have made."""
-
-    stack: str
-    outputs: dict[str, Any]
-    secret_outputs: dict[str, bool]
-    mocks: AwsMocks
-    monitor: RecordingMonitor
-
-    @property
-    def resources(self) -> list[Registered]:
-        return self.mocks.resources
-
-    def of_type(self, typ: str) -> list[Registered]:
-        return self.mocks.of_type(typ)
-
-    def by_id(self, rid: str) -> Registered:
-        return self.mocks.by_id[rid]
-
-
-_PROGRAM: Any = None
-
-
-def program() -> Any:
-    """`__main__.py`, imported under another name so that it declares nothing on import."""
-    global _PROGRAM
-    if _PROGRAM is None:
-        spec = importlib.util.spec_from_file_location("multizone_program", ROOT / "__main__.py")
-        assert spec and spec.loader
-        _PROGRAM = importlib.util.module_from_spec(spec)
-        sys.modules["multizone_program"] = _PROGRAM
-        spec.loader.exec_module(_PROGRAM)
-    return _PROGRAM
-
-
-def evaluate(stack: str, config: dict[str, str], mocks: AwsMocks | None = None) -> Evaluation:
-    """Run the program for `stack` under mocks and wait for every resource and output."""
-    mocks = mocks or AwsMocks(region=config.get("aws:region", "eu-west-1"))
-    monitor = RecordingMonitor(mocks)
-    runtime_settings.ROOT.set(None)
-    pulumi.runtime.set_mocks(mocks, project="multizone-k8s", stack=stack, preview=False,
-                             monitor=monitor)
-    pulumi.runtime.set_all_config(config)
-    resolved: dict[str, Any] = {}
-    secret: dict[str, bool] = {}
-
-    @pulumi.runtime.test
-    def run() -> pulumi.Output:
-        outputs = program().main()
-
-        async def is_secret(out: Any) -> bool:
-            return await pulumi.Output.from_input(out).is_secret()
-
-        for key, value in outputs.items():
-            secret[key] = value  # replaced below once resolved
-        return pulumi.Output.all(**outputs).apply(lambda v: resolved.update(v))
-
-    run()
-    for key, value in list(secret.items()):
-        secret[key] = _sync_is_secret(value)
-    for reg in mocks.resources:
-        reg.protect, reg.secret_inputs = monitor.meta.get((reg.typ, reg.name),
-                                                          (False, frozenset()))
-    return Evaluation(stack, resolved, secret, mocks, monitor)
-
-
-def _sync_is_secret(out: Any) -> bool:
-    import asyncio
-
-    return asyncio.get_event_loop().run_until_complete(
-        pulumi.Output.from_input(out).is_secret())

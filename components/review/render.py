@@ -19,7 +19,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from components.review.mocks import AwsMocks, Evaluation, Secret, evaluate
+from components.review.evaluation import Evaluation, evaluate
+from components.review.mocks import AwsMocks
+from components.review.secret_inputs import Secret
 
 SCHEMA = 1
 # Outputs AWS assigns, which a preview shows as unknown: rendered as references.

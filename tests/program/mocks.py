@@ -1,5 +1,6 @@
-"""The AWS mocks and the evaluation harness live in `components/review/mocks.py` (one copy,
-shared with `bin/mzk render` and `diff`); the program tests import them from here too.
+"""The AWS mocks and the evaluation harness live in `components/review/mocks.py` and
+`components/review/evaluation.py` (one copy, shared with `bin/mzk render` and `diff`); the
+program tests import them from here too.
 
 `BootstrapMocks` also answers for the bootstrap resource as its provider's create does (a CA
 certificate), so that the node pools' user data is the join script it is after a real
@@ -16,16 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from components.review.mocks import (
-    ACCOUNT,
-    AWSError,
-    AwsMocks,
-    Evaluation,
-    RecordingMonitor,
-    Registered,
-    evaluate,
-    program,
-)
+from components.review.evaluation import Evaluation, RecordingMonitor, evaluate, program
+from components.review.mocks import ACCOUNT, AWSError, AwsMocks, Registered
 
 BOOTSTRAP = "pulumi-python:dynamic/multizone:ClusterBootstrap"
 

@@ -35,7 +35,8 @@ from components.cluster_bootstrap import (
     ClusterBootstrapProvider,
     bundle_from_state,
 )
-from components.review import mocks as review_mocks
+from components.review import evaluation as review_evaluation
+from components.review import secret_inputs
 from tests.program.mocks import AwsMocks, Evaluation, RecordingMonitor, evaluate
 from tests.program.stackconfig import stack_config
 from tests.unit.pki_support import ROOT, example_data, load
@@ -95,13 +96,13 @@ class DependencyMonitor(RecordingMonitor):
 @pytest.fixture(scope="module")
 def imported(pki_files: dict[str, str]) -> Evaluation:
     """prod, with a hand-run PKI handed over in `multizone:pkiBundle`."""
-    saved = review_mocks.RecordingMonitor
-    review_mocks.RecordingMonitor = DependencyMonitor  # type: ignore[misc]
+    saved = review_evaluation.RecordingMonitor
+    review_evaluation.RecordingMonitor = DependencyMonitor  # type: ignore[misc]
     try:
         config = {**stack_config("prod"), "multizone:pkiBundle": pki_files["pki"]}
         return evaluate("prod", config, CreatingMocks(pki_files))
     finally:
-        review_mocks.RecordingMonitor = saved  # type: ignore[misc]
+        review_evaluation.RecordingMonitor = saved  # type: ignore[misc]
 
 
 def the_resource(ev: Evaluation) -> Any:
@@ -161,7 +162,7 @@ def test_the_pki_bundle_setting_is_not_a_stack_setting(prod: Evaluation,
     assert the_resource(prod).inputs["pki_import"] == ""
     assert holds_key_material(the_resource(imported).inputs["pki_import"])
     shown = the_resource(imported).shown_inputs["pki_import"]
-    assert isinstance(shown, review_mocks.Secret)  # a review shows a digest, never the PKI
+    assert isinstance(shown, secret_inputs.Secret)  # a review shows a digest, never the PKI
 
 
 @pytest.fixture
@@ -192,7 +193,7 @@ def test_the_pki_is_read_back_from_a_stack_export(pki_files: dict[str, str],
                                                   tmp_path: Any) -> None:
     """`bin/mzk pki export STACK FILE`: the resource's `pki` output, as
     `pulumi stack export --show-secrets` writes a secret (its JSON text under `plaintext`)."""
-    secret = {review_mocks.SIG_KEY: review_mocks.SECRET_SIG,
+    secret = {secret_inputs.SIG_KEY: secret_inputs.SECRET_SIG,
               "plaintext": json.dumps(pki_files["pki"])}
     export = {"version": 3, "deployment": {"resources": [
         {"type": "pulumi:pulumi:Stack", "outputs": {}},

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from components import rollout_guard
-from components.review import mocks as review_mocks
+from components.review import evaluation as review_evaluation
 from components.rollout_guard import TYPE, ControlPlaneRolloutProvider, refusal
 from tests.program.mocks import Evaluation, evaluate_bootstrapped
 from tests.program.stackconfig import stack_config, stack_values
@@ -109,12 +109,12 @@ def test_the_guard_updates_in_place_and_keeps_what_it_checked() -> None:
 
 
 def evaluate_with_dependencies(**overrides: Any) -> Evaluation:
-    saved = review_mocks.RecordingMonitor
-    review_mocks.RecordingMonitor = DependencyMonitor  # type: ignore[misc]
+    saved = review_evaluation.RecordingMonitor
+    review_evaluation.RecordingMonitor = DependencyMonitor  # type: ignore[misc]
     try:
         return evaluate_bootstrapped("prod", stack_config("prod", **overrides))
     finally:
-        review_mocks.RecordingMonitor = saved  # type: ignore[misc]
+        review_evaluation.RecordingMonitor = saved  # type: ignore[misc]
 
 
 @pytest.fixture(scope="module")
