@@ -52,12 +52,8 @@ import pulumi_aws as aws
 
 from components.base import Component
 from components.control_plane import ControlPlaneHost
-from components.settings import (
-    KONNECTIVITY_AGENT_PORT,
-    KONNECTIVITY_HEALTH_PORT,
-    Settings,
-    ZoneSettings,
-)
+from components.settings import KONNECTIVITY_AGENT_PORT, KONNECTIVITY_HEALTH_PORT, Settings
+from components.settings_sections import ZoneSettings
 
 ZONAL, REGIONAL = "zonal", "regional"
 ENDPOINT_TAG = "multizone/endpoint"  # which endpoint a balancer resource serves
