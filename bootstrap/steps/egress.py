@@ -2,8 +2,8 @@
 behind the API server's egress socket (`bootstrap.egress.hostconfig.SOCKET`).
 
 - `ssh-tunnel`: our tunnel service (`bootstrap/egress/tunnel_service.py`, shipped as
-  /var/lib/mzk/bin/mzk-egress-tunnel), with this host's tunnel key, the nodes' pinned host
-  keys and its configuration under /etc/mzk/egress;
+  /var/lib/mzk/bin/mzk-egress-tunnel with its companion modules beside it), with this host's
+  tunnel key, the nodes' pinned host keys and its configuration under /etc/mzk/egress;
 - `konnectivity`: the proxy-server.
 
 One host at a time when the host serves egress already (a restart, or a switch of mode):
@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bootstrap.egress import hostconfig, tunnel_access
+from bootstrap.egress import hostconfig, tunnel_access, tunnel_service
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
 from bootstrap.host_fanout import run_on_hosts
@@ -36,10 +36,21 @@ from bootstrap.services import (
     unit_path,
 )
 
-TUNNEL_PROGRAM = "/var/lib/mzk/bin/mzk-egress-tunnel"
-TUNNEL_SOURCE = (Path(__file__).parents[1] / "egress" / "tunnel_service.py").read_bytes()
+TUNNEL_BIN_DIR = "/var/lib/mzk/bin"
+TUNNEL_PROGRAM = f"{TUNNEL_BIN_DIR}/mzk-egress-tunnel"
+
+
+def _tunnel_program_files() -> dict[str, bytes]:
+    """The tunnel service as shipped: its program and, beside it, the modules it imports."""
+    source = Path(tunnel_service.__file__)
+    return {TUNNEL_PROGRAM: source.read_bytes(),
+            **{f"{TUNNEL_BIN_DIR}/{name}.py": source.with_name(f"{name}.py").read_bytes()
+               for name in tunnel_service.COMPANIONS}}
+
+
+TUNNEL_PROGRAM_FILES = _tunnel_program_files()
 TUNNEL_CONFIG = "/etc/mzk/egress/tunnel.json"
-TUNNEL_FILES = (TUNNEL_PROGRAM, TUNNEL_CONFIG, tunnel_access.IDENTITY,
+TUNNEL_FILES = (*TUNNEL_PROGRAM_FILES, TUNNEL_CONFIG, tunnel_access.IDENTITY,
                 tunnel_access.KNOWN_HOSTS)
 SERVICES = (hostconfig.TUNNEL, hostconfig.PROXY_SERVER)
 READY_TIMEOUT_S = 30
@@ -78,7 +89,8 @@ def _tunnel_files(ctx: HostContext) -> list[FileSpec]:
         user=inventory.ssh.user, connect_timeout=inventory.ssh.connect_timeout,
         socket=hostconfig.SOCKET)
     key = ctx.shared["tunnel_keys"].keys[ctx.name]
-    return [FileSpec(TUNNEL_PROGRAM, TUNNEL_SOURCE, 0o755),
+    return [*(FileSpec(path, content, 0o755 if path == TUNNEL_PROGRAM else 0o644)
+              for path, content in TUNNEL_PROGRAM_FILES.items()),
             FileSpec(TUNNEL_CONFIG, config, 0o644),
             FileSpec(tunnel_access.IDENTITY, key.private_pem, 0o600),
             FileSpec(tunnel_access.KNOWN_HOSTS, tunnel_access.known_hosts(

@@ -32,7 +32,14 @@ from pathlib import Path
 
 import pytest
 
-from bootstrap.egress import tunnel_access, tunnel_service
+from bootstrap.egress import (
+    tunnel_access,
+    tunnel_config,
+    tunnel_masters,
+    tunnel_proxy,
+    tunnel_service,
+)
+from bootstrap.steps import egress as egress_step
 
 SERVICE = Path(tunnel_service.__file__)
 # The hosts run it with their system python3; MZK_TUNNEL_PYTHON=python3.9 tries the oldest.
@@ -45,6 +52,15 @@ needs_sshd = pytest.mark.skipif(
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def ship(directory: Path) -> Path:
+    """The service and its companions side by side, as the egress step writes them to a
+    control-plane host; the program's path."""
+    directory.mkdir(parents=True)
+    for path, content in egress_step.TUNNEL_PROGRAM_FILES.items():
+        (directory / Path(path).name).write_bytes(content)
+    return directory / Path(egress_step.TUNNEL_PROGRAM).name
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float = 10.0) -> object:
@@ -229,8 +245,9 @@ class Service:
             identity=str(identity), known_hosts_file=str(known),
             control_dir=str(root / "run" / "ctl")))
         self.log = root / "service.log"
+        self.program = ship(root / "bin")
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([PYTHON, str(SERVICE), "--config",
+            self.proc = subprocess.Popen([PYTHON, "-S", str(self.program), "--config",
                                           str(self.config)],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
@@ -477,8 +494,9 @@ def test_a_host_key_other_than_the_pinned_one_gets_503_and_names_the_node(lab: L
     assert lab.service.state()["node-1"]["state"] == "up"
     assert tunnel_get(lab.service, lab.nodes["node-1"]).startswith("stand-in")
 
-    check = subprocess.run([PYTHON, str(SERVICE), "--config", str(lab.service.config),
-                            "--check"], capture_output=True, text=True, timeout=10)
+    check = subprocess.run([PYTHON, "-S", str(lab.service.program), "--config",
+                            str(lab.service.config), "--check"],
+                           capture_output=True, text=True, timeout=10)
     assert check.returncode == 1
     assert "node-1: tunnel up" in check.stdout
     assert "node-3: tunnel down" in check.stdout and "pinned key" in check.stdout
@@ -572,8 +590,8 @@ def test_known_hosts_names_hosts_as_ssh_looks_them_up() -> None:
 def test_service_config_is_what_the_service_reads() -> None:
     raw = tunnel_access.service_config(
         [tunnel_access.TunnelNode("node-1", "10.0.1.20", 22, [10250, 8080])], user="root")
-    config = tunnel_service.parse_config(json.loads(raw), "test")
-    assert config.nodes == (tunnel_service.Node("node-1", "10.0.1.20", 22, (8080, 10250)),)
+    config = tunnel_config.parse_config(json.loads(raw), "test")
+    assert config.nodes == (tunnel_config.Node("node-1", "10.0.1.20", 22, (8080, 10250)),)
     assert config.socket == tunnel_access.SOCKET and config.status == tunnel_access.STATUS
     assert config.control_dir == tunnel_access.CONTROL_DIR and config.connect_timeout == 5
 
@@ -589,8 +607,8 @@ def test_bad_service_config_names_the_setting(change: Callable[[dict], None],
     config = json.loads(tunnel_access.service_config(
         [tunnel_access.TunnelNode("node-1", "10.0.1.20", 22, [10250])], user="root"))
     change(config)
-    with pytest.raises(tunnel_service.ConfigError, match=message):
-        tunnel_service.parse_config(config, "tunnel.json")
+    with pytest.raises(tunnel_config.ConfigError, match=message):
+        tunnel_config.parse_config(config, "tunnel.json")
 
 
 def test_the_request_head_is_taken_off_the_socket_and_nothing_after_it() -> None:
@@ -605,45 +623,68 @@ def test_the_request_head_is_taken_off_the_socket_and_nothing_after_it() -> None
         # which the Pulumi mocks of later tests expect to find.
         loop = asyncio.new_event_loop()
         try:
-            head = loop.run_until_complete(tunnel_service.read_request_head(a))
+            head = loop.run_until_complete(tunnel_proxy.read_request_head(a))
         finally:
             loop.close()
         assert head.endswith(b"10250\r\n\r\n")
         assert a.recv(100) == b"\x16\x03\x01 first bytes of the tunnel"
-    assert tunnel_service.parse_connect(head) == ("CONNECT", "10.0.1.20", 10250)
-    assert tunnel_service.parse_connect(b"CONNECT [fd00::5]:10250 HTTP/1.1\r\n\r\n") == (
+    assert tunnel_proxy.parse_connect(head) == ("CONNECT", "10.0.1.20", 10250)
+    assert tunnel_proxy.parse_connect(b"CONNECT [fd00::5]:10250 HTTP/1.1\r\n\r\n") == (
         "CONNECT", "fd00::5", 10250)
     for bad in (b"CONNECT 10.0.1.20 HTTP/1.1\r\n\r\n", b"CONNECT a:99999 HTTP/1.1\r\n\r\n",
                 b"hello\r\n\r\n"):
         with pytest.raises(ValueError):
-            tunnel_service.parse_connect(bad)
+            tunnel_proxy.parse_connect(bad)
 
 
 def test_why_a_master_ended_names_a_host_key_problem_and_the_node() -> None:
-    node = tunnel_service.Node("node-7", "10.0.1.27", 22, (10250,))
+    node = tunnel_config.Node("node-7", "10.0.1.27", 22, (10250,))
     changed = ["@@@@@@@@@@@", "@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @",
                "Host key verification failed."]
-    assert tunnel_service.why_master_ended(node, changed, 255) == (
+    assert tunnel_masters.why_master_ended(node, changed, 255) == (
         "host key of node-7 (10.0.1.27:22) does not match the pinned key (known_hosts)")
-    assert "not authorized" in tunnel_service.why_master_ended(
+    assert "not authorized" in tunnel_masters.why_master_ended(
         node, ["root@10.0.1.27: Permission denied (publickey)."], 255)
-    assert tunnel_service.why_master_ended(node, [], -9) == (
+    assert tunnel_masters.why_master_ended(node, [], -9) == (
         "ssh to node-7 (10.0.1.27:22) ended by signal 9")
-    assert tunnel_service.why_master_ended(
+    assert tunnel_masters.why_master_ended(
         node, ["ssh: connect to host 10.0.1.27 port 22: Connection refused"], 255).endswith(
         "Connection refused")
 
 
 def test_the_host_program_is_standard_library_python_3_9() -> None:
-    """It is copied to hosts and run with the system python3: nothing else may creep in."""
-    tree = ast.parse(SERVICE.read_text(), feature_version=(3, 9))
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0 and node.module is not None
-            imported.add(node.module.split(".")[0])
-        assert not isinstance(node, ast.Match)
-    assert imported - {"__future__"} <= set(sys.stdlib_module_names), imported
-    assert "bootstrap" not in imported
+    """It is copied to hosts with its companions and run with the system python3: nothing
+    else may creep in; each imports the others as shipped beside it (in the project, from
+    bootstrap.egress)."""
+    companions = set(tunnel_service.COMPANIONS)
+    allowed = companions | {f"bootstrap.egress.{name}" for name in companions}
+    for source in (SERVICE, *(SERVICE.with_name(f"{name}.py") for name in companions)):
+        tree = ast.parse(source.read_text(), feature_version=(3, 9))
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and node.module is not None
+                imported.add(node.module)
+            assert not isinstance(node, ast.Match)
+        outside = {m for m in imported if m.split(".")[0] not in sys.stdlib_module_names}
+        assert outside <= allowed, (source.name, outside - allowed)
+
+
+def test_the_shipped_program_runs_from_its_companions_alone(tmp_path: Path) -> None:
+    """As the egress step ships it (program and companions in one directory), with no
+    bootstrap on the path (`-S`: no site-packages), it runs; without a companion it does
+    not."""
+    program = ship(tmp_path / "bin")
+    missing = tmp_path / "missing.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([PYTHON, "-S", str(program), "--config", str(missing)],
+                         capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == (
+        f"tunnel-service: {missing}: cannot read: No such file or directory")
+    (program.parent / "tunnel_mux.py").unlink()
+    run = subprocess.run([PYTHON, "-S", str(program), "--config", str(missing)],
+                         capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env)
+    assert run.returncode == 1 and "No module named 'tunnel_mux'" in run.stderr, run.stderr
