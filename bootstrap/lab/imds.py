@@ -119,6 +119,8 @@ def place(host_root: Path, answers: dict[str, bytes]) -> None:
     base.chmod(0o700)
     for path, content in answers.items():
         files.write(base / path, content, 0o600)
+    for directory in (d for d in base.rglob("*") if d.is_dir()):
+        directory.chmod(0o700)
 
 
 def read(host_root: Path) -> dict[str, bytes]:

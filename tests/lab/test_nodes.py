@@ -288,11 +288,18 @@ def identity_of(lab: Lab, name: str) -> tuple[bytes, bytes]:
 def as_bearer(lab: Lab, token: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
     """POST `body` to the lab-a endpoint with `token`, from cp-a: (status, answer)."""
     out = in_host(lab, "cp-a", [
-        "curl", "-s", "-m", "10", "--cacert", "/etc/kubernetes/pki/ca.crt", "-X", "POST",
+        "curl", "-s", "-m", "40", "--cacert", "/etc/kubernetes/pki/ca.crt", "-X", "POST",
         "-H", f"Authorization: Bearer {token}", "-H", "Content-Type: application/json",
         "-d", json.dumps(body), "-w", "\n%{http_code}",
-        lab.inventory.zone("lab-a").endpoint.url + path], timeout=20)
+        lab.inventory.zone("lab-a").endpoint.url + path], timeout=50)
     answer, _, code = out.stdout.rpartition("\n")
+    if code in ("", "000"):  # no answer: what the control plane said about it
+        logs = [lab.dir / "hosts" / host / "fs/var/lib/mzk/log" / f"{service}.log"
+                for host in ("cp-a", "cp-b", "cp-c")
+                for service in ("mzk-csr-approver", "kube-apiserver")]
+        tails = {str(log.relative_to(lab.dir)): log.read_text(errors="replace")[-1500:]
+                 for log in logs if log.exists()}
+        raise AssertionError(f"no answer from {path}: {out.stderr!r}; {tails}")
     return int(code), json.loads(answer) if answer.strip().startswith("{") else answer
 
 
@@ -412,49 +419,6 @@ def test_an_instance_claiming_a_siblings_name_gets_nothing(
     assert victim not in nodes_by_name(nlab)
 
 
-def forged(document: bytes, signature: bytes) -> list[tuple[str, str]]:
-    """Tokens an attacker can make without the cloud's key: (what, token)."""
-    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    moved = document.replace(b'"privateIp"', b'"privateIp" ', 1)  # one byte more
-    return [("altered document", instance_identity.identity_token(moved, signature)),
-            ("signed by another key", instance_identity.identity_token(
-                document, other.sign(document, padding.PKCS1v15(), hashes.SHA256()))),
-            ("a bootstrap token", "abcdef.0123456789abcdef")]
-
-
-def test_a_copied_or_forged_identity_is_not_authenticated(
-        nlab: Lab, still_booting: launch.Launched) -> None:
-    # The honest way: an instance not registered yet is who its document says.
-    booting = instance_identity.identity_token(*identity_of(nlab, still_booting.name))
-    code, answer = whoami(nlab, booting)
-    assert code == 201, answer
-    user = answer["status"]["userInfo"]
-    assert user["username"] == f"mzk:instance:{still_booting.instance_id}"
-    assert f"system:bootstrappers:mzk:{still_booting.pool}" in user["groups"]
-    # A copy of the joined node's document is worth nothing: its node is registered (once
-    # the API server's cache of its last review, 30 s, is past; a second client certificate
-    # would be denied even within it: the next test).
-    joined = JOINED["node"]
-    time.sleep(max(0.0, JOINED["registered_by"] + 31 - time.monotonic()))
-    copied = instance_identity.identity_token(*identity_of(nlab, joined.name))
-    assert whoami(nlab, copied)[0] == 401
-    for what, token in forged(*identity_of(nlab, still_booting.name)):
-        assert whoami(nlab, token)[0] == 401, what
-    # The same through a kubelet: a host presenting the joined node's document.
-    thief = launch.launch(nlab.dir, "lab-c", steal=joined.name)
-    log = launched_root(nlab, thief.name) / "var/lib/mzk/log/kubelet.log"
-    try:
-        until(lambda: log.exists() and "Unauthorized" in log.read_text(errors="replace"),
-              60, "the thief's kubelet refused")
-    finally:
-        stop_launched(nlab, thief.name)
-    assert [c["metadata"]["name"] for c in get_json(nlab, "csr")["items"]
-            if c["spec"]["username"] == f"mzk:instance:{joined.instance_id}"
-            and c["spec"]["signerName"] == CLIENT_SIGNER] == [
-        c["metadata"]["name"] for c in csrs_for(nlab, joined.name)
-        if c["spec"]["signerName"] == CLIENT_SIGNER]  # only its own, first request
-
-
 def test_a_second_certificate_for_the_same_instance_is_denied(
         nlab: Lab, still_booting: launch.Launched) -> None:
     token = instance_identity.identity_token(*identity_of(nlab, still_booting.name))
@@ -491,6 +455,49 @@ def test_node_loss_moves_pods_and_the_node_comes_back(nlab: Lab) -> None:
     node = nodes_by_name(nlab)[lost.name]
     assert ready(node)
     assert check_lines(nlab)[lost.name].endswith("node checks passed")
+
+
+def forged(document: bytes, signature: bytes) -> list[tuple[str, str]]:
+    """Tokens an attacker can make without the cloud's key: (what, token)."""
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    moved = document.replace(b'"privateIp"', b'"privateIp" ', 1)  # one byte more
+    return [("altered document", instance_identity.identity_token(moved, signature)),
+            ("signed by another key", instance_identity.identity_token(
+                document, other.sign(document, padding.PKCS1v15(), hashes.SHA256()))),
+            ("a bootstrap token", "abcdef.0123456789abcdef")]
+
+
+def test_a_copied_or_forged_identity_is_not_authenticated(
+        nlab: Lab, still_booting: launch.Launched) -> None:
+    # The honest way: an instance not registered yet is who its document says.
+    booting = instance_identity.identity_token(*identity_of(nlab, still_booting.name))
+    code, answer = whoami(nlab, booting)
+    assert code == 201, answer
+    user = answer["status"]["userInfo"]
+    assert user["username"] == f"mzk:instance:{still_booting.instance_id}"
+    assert f"system:bootstrappers:mzk:{still_booting.pool}" in user["groups"]
+    # A copy of the joined node's document is worth nothing: its node is registered (once
+    # the API server's cache of its last review, 30 s, is past: this test runs late in the
+    # file; a second client certificate would be denied even within it).
+    joined = JOINED["node"]
+    time.sleep(max(0.0, JOINED["registered_by"] + 31 - time.monotonic()))
+    copied = instance_identity.identity_token(*identity_of(nlab, joined.name))
+    assert whoami(nlab, copied)[0] == 401
+    for what, token in forged(*identity_of(nlab, still_booting.name)):
+        assert whoami(nlab, token)[0] == 401, what
+    # The same through a kubelet: a host presenting the joined node's document.
+    thief = launch.launch(nlab.dir, "lab-c", steal=joined.name)
+    log = launched_root(nlab, thief.name) / "var/lib/mzk/log/kubelet.log"
+    try:
+        until(lambda: log.exists() and "Unauthorized" in log.read_text(errors="replace"),
+              60, "the thief's kubelet refused")
+    finally:
+        stop_launched(nlab, thief.name)
+    assert [c["metadata"]["name"] for c in get_json(nlab, "csr")["items"]
+            if c["spec"]["username"] == f"mzk:instance:{joined.instance_id}"
+            and c["spec"]["signerName"] == CLIENT_SIGNER] == [
+        c["metadata"]["name"] for c in csrs_for(nlab, joined.name)
+        if c["spec"]["signerName"] == CLIENT_SIGNER]  # only its own, first request
 
 
 def test_a_second_apply_changes_nothing(nlab: Lab) -> None:

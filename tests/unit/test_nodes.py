@@ -306,7 +306,8 @@ def test_in_the_lab_the_token_comes_from_the_hosts_own_imds_files(cloud: Path,
     imds.place(root, imds.served(document, signature, "auto-b1", "10.213.2.100",
                                  "i-0000000000000000a"))
     where = root / imds.HOST_DIR.lstrip("/")
-    assert stat.S_IMODE(where.stat().st_mode) == 0o700
+    for directory in (where, *(d for d in where.rglob("*") if d.is_dir())):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     assert stat.S_IMODE((where / imds.DOCUMENT).stat().st_mode) == 0o600
     assert imds.read(root)[imds.DOCUMENT] == document
     lab = spec(lab=True, imds_dir=str(where), kubelet_path="/k", cgroup_root="/x")
