@@ -128,11 +128,10 @@ class Cluster:
 
 @dataclass(frozen=True)
 class NodePool:
-    """Auto-scaled nodes of one zone: they join with this pool's token (bootstrap.node.join)."""
+    """Auto-scaled nodes of one zone: they join by their instance identity (bootstrap.node.join)."""
 
     name: str
     zone: str
-    join_token_hours: int = 24
 
 
 @dataclass(frozen=True)
@@ -228,15 +227,16 @@ def _node_pools(r: _Reader, raw: Any, zones: tuple[Zone, ...]) -> tuple[NodePool
     names = {z.name for z in zones}
 
     def one(item: Any, where: str) -> NodePool:
-        p = r.mapping(item, where, required=("name", "zone"), optional=("join_token_hours",))
+        if isinstance(item, dict) and "join_token_hours" in item:
+            raise r.fail(f"{where}.join_token_hours", "no longer used: nodes join by their "
+                         "cloud-signed instance identity, with no token; remove it")
+        p = r.mapping(item, where, required=("name", "zone"))
         name = r.check(rules.dns_label, p["name"], f"{where}.name",
                        "a DNS label naming the pool, e.g. nodes-eu-west-1a")
         if not isinstance(p["zone"], str) or p["zone"] not in names:
             raise r.fail(f"{where}.zone", f"{p['zone']!r} is not one of the zones "
                          f"({', '.join(sorted(names))}); use one of them")
-        hours = r.integer(p.get("join_token_hours", 24), f"{where}.join_token_hours", 1,
-                          24 * 7)
-        return NodePool(name=name, zone=p["zone"], join_token_hours=hours)
+        return NodePool(name=name, zone=p["zone"])
 
     pools = tuple(r.items(raw, "node_pools", one))
     seen: set[str] = set()

@@ -48,7 +48,7 @@ def build(settings: Settings, hosts: Sequence[dict[str, Any]], bastion: dict[str
                 "authorized_keys": [s.ssh.public_key],
                 "bastion": {"name": bastion["name"], "address": bastion["address"],
                             "ssh_port": 22, "host_key": bastion["host_key"]}},
-        # Each zone's auto scaling group; join_token_hours: the bootstrap's default (24).
+        # Each zone's auto scaling group.
         "node_pools": [{"name": pool_name(z), "zone": z} for z in s.zone_names],
         "pki": {"key_type": p.key_type, "rsa_bits": p.rsa_bits,
                 "ca_validity_days": p.ca_validity_days, "validity_days": p.validity_days,

@@ -59,13 +59,12 @@ def probe_scripts(ctx: HostContext) -> dict[str, str]:
                         "else k=/usr/local/bin/kubectl; fi; "
                         f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" "
                         f"--kubeconfig={ADMIN_CONF} --request-timeout=3s get "
-                        "namespaces,clusterrolebindings,nodes,storageclasses,secrets "
-                        "-n kube-system -o json")}
+                        "namespaces,clusterrolebindings,nodes,storageclasses -o json")}
 
 
 def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
     """{"namespaces": [...], "binding": {...} | None, "nodes": {name: node}, "bindings":
-    {name: binding}, "token_secrets": [name]}, or None if the API did not answer."""
+    {name: binding}, "storage_classes": {name: class}}, or None if the API did not answer."""
     try:
         items = json.loads(outputs.get("objects", ""))["items"]
         namespaces = [i for i in items if i["kind"] == "Namespace"]
@@ -75,11 +74,9 @@ def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
         return None
     nodes = {i["metadata"]["name"]: i for i in items if i["kind"] == "Node"}
     bindings = {i["metadata"]["name"]: i for i in items if i["kind"] == "ClusterRoleBinding"}
-    tokens = [i["metadata"]["name"] for i in items if i["kind"] == "Secret"
-              and i.get("type") == "bootstrap.kubernetes.io/token"]
     classes = {i["metadata"]["name"]: i for i in items if i["kind"] == "StorageClass"}
     return {"namespaces": namespaces, "binding": bound, "nodes": nodes, "bindings": bindings,
-            "token_secrets": tokens, "storage_classes": classes}
+            "storage_classes": classes}
 
 
 def namespace_labels(name: str, kubernetes_version: str) -> dict[str, str]:

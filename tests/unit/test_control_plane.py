@@ -227,7 +227,7 @@ def test_probe_parser_tells_no_answer_from_no_binding() -> None:
     other = {"kind": "ClusterRoleBinding", "metadata": {"name": "system:basic-user"}}
     got = cluster_objects.parse_probe({"objects": json.dumps({"items": [ns, other]})})
     assert got == {"namespaces": [ns], "binding": None, "nodes": {},
-                   "bindings": {"system:basic-user": other}, "token_secrets": [],
+                   "bindings": {"system:basic-user": other},
                    "storage_classes": {}}
     ours = {"kind": "ClusterRoleBinding", "metadata": {"name": cluster_objects.BINDING}}
     got = cluster_objects.parse_probe({"objects": json.dumps({"items": [ns, other, ours]})})

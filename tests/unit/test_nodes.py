@@ -492,14 +492,16 @@ def with_pools(pools: Any) -> dict[str, Any]:
 
 def test_node_pools_are_read_and_bad_ones_named_in_one_line() -> None:
     inventory = inventory_module.parse(with_pools([
-        {"name": "pool-a", "zone": "eu-west-1a", "join_token_hours": 6}]))
-    assert inventory.node_pools == (NodePool("pool-a", "eu-west-1a", 6),)
+        {"name": "pool-a", "zone": "eu-west-1a"}]))
+    assert inventory.node_pools == (NodePool("pool-a", "eu-west-1a"),)
     assert inventory_module.parse(with_pools([])).node_pools == ()
     for pools, field in (([{"name": "Pool A", "zone": "eu-west-1a"}], "node_pools[0].name"),
                          ([{"name": "p", "zone": "mars-1a"}], "node_pools[0].zone"),
                          ([{"name": "p", "zone": ["eu-west-1a"]}], "node_pools[0].zone"),
-                         ([{"name": "p", "zone": "eu-west-1a", "join_token_hours": 0}],
-                          "node_pools[0].join_token_hours"),
+                         ([{"name": "p", "zone": "eu-west-1a", "join_token_hours": 24}],
+                          "node_pools[0].join_token_hours: no longer used"),
+                         ([{"name": "p", "zone": "eu-west-1a", "size": 3}],
+                          "node_pools[0]"),
                          ([{"name": "p", "zone": "eu-west-1a"}] * 2, "node_pools[1].name"),
                          ("pool-a", "node_pools")):
         with pytest.raises(ConfigError) as err:
