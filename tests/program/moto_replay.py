@@ -23,6 +23,21 @@ def _tags(tags: dict[str, str], kind: str) -> list[dict[str, Any]]:
     return [{"ResourceType": kind, "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
 
 
+
+# The program's metadata options as EC2 names them: replayed as given, not assumed.
+_METADATA_NAMES = {"httpTokens": "HttpTokens", "httpEndpoint": "HttpEndpoint",
+                   "httpPutResponseHopLimit": "HttpPutResponseHopLimit",
+                   "instanceMetadataTags": "InstanceMetadataTags"}
+
+
+def _metadata_options(inputs: dict) -> dict:
+    given = inputs.get("metadataOptions") or {}
+    unknown = set(given) - set(_METADATA_NAMES)
+    if unknown:
+        raise AssertionError(f"metadata options not replayed: {sorted(unknown)}")
+    return {_METADATA_NAMES[k]: int(v) if k == "httpPutResponseHopLimit" else v
+            for k, v in given.items()}
+
 class Replay:
     """boto3 clients against moto and the mapping of mock IDs to moto IDs."""
 
@@ -128,7 +143,7 @@ class Replay:
             else {"SubnetId": self.m(i["subnetId"]), "SecurityGroupIds": groups})
         return self.ec2.run_instances(
             ImageId=self.image, InstanceType=i["instanceType"], MinCount=1, MaxCount=1,
-            UserData=i["userData"], MetadataOptions={"HttpTokens": "required"},
+            UserData=i["userData"], MetadataOptions=_metadata_options(i),
             DisableApiTermination=i["disableApiTermination"],
             TagSpecifications=_tags(i["tags"], "instance"), **network)["Instances"][0][
             "InstanceId"]
@@ -147,7 +162,7 @@ class Replay:
         data = {
             "ImageId": self.image, "InstanceType": i["instanceType"],
             "SecurityGroupIds": [self.m(g) for g in i["vpcSecurityGroupIds"]],
-            "UserData": i["userData"], "MetadataOptions": {"HttpTokens": "required"},
+            "UserData": i["userData"], "MetadataOptions": _metadata_options(i),
             "BlockDeviceMappings": [{"DeviceName": b["deviceName"], "Ebs": {
                 "Encrypted": b["ebs"]["encrypted"] == "true", "VolumeType": b["ebs"]["volumeType"],
                 "VolumeSize": int(b["ebs"]["volumeSize"])}} for b in i["blockDeviceMappings"]],

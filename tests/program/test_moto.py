@@ -146,6 +146,20 @@ def test_groups_launch_nodes_from_their_template_in_their_zone(replay: Replay) -
         assert group["LaunchTemplate"]["LaunchTemplateId"]
 
 
+def test_node_templates_keep_the_identity_document_from_pods(replay: Replay) -> None:
+    """IMDSv2 only, one hop (a container is a second hop), no tags in the metadata: what EC2
+    stores for each pool's template, as the program gave it."""
+    templates = replay.ec2.describe_launch_templates()["LaunchTemplates"]
+    assert len(templates) == 3
+    for template in templates:
+        (version,) = replay.ec2.describe_launch_template_versions(
+            LaunchTemplateId=template["LaunchTemplateId"])["LaunchTemplateVersions"]
+        options = version["LaunchTemplateData"]["MetadataOptions"]
+        assert options["HttpTokens"] == "required"
+        assert options["HttpPutResponseHopLimit"] == 1
+        assert options["InstanceMetadataTags"] == "disabled"
+
+
 def test_the_matrix_survives_the_round_trip(replay: Replay) -> None:
     groups = replay.ec2.describe_security_groups(Filters=[{"Name": "group-name",
                                                            "Values": ["security-*"]}])
