@@ -1,4 +1,4 @@
-"""`python -m bootstrap lab up|down|status|launch [--dir DIR]`: the local three-zone lab."""
+"""`python -m bootstrap lab up|down|status|launch|kubectl [--dir DIR]`: the local three-zone lab."""
 
 from __future__ import annotations
 
@@ -27,7 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     launch.add_argument("--steal", metavar="NAME",
                         help="an impostor: it presents a copy of launched node NAME's signed "
                              "identity document instead of its own")
-    for p in (up, down, status, launch):
+    kubectl = sub.add_parser("kubectl", help="kubectl against the lab's regional endpoint, "
+                             "from this machine (through the bastion's network)")
+    kubectl.add_argument("kubectl_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                         help="kubectl's own arguments, e.g. get nodes -o wide")
+    for p in (up, down, status, launch, kubectl):
         p.add_argument("--dir", type=Path, default=Path(DEFAULT_DIR),
                        help=f"the lab's directory (default {DEFAULT_DIR}: outside any work "
                             "tree, since it holds the lab's CA keys)")
@@ -50,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
               f"{node.pool}; its kubelet asks to join as {node.claimed}"
               + (f" with {args.steal}'s identity document" if args.steal else ""))
         return 0
+    if args.lab_action == "kubectl":
+        from bootstrap.lab import kubectl
+        given = args.kubectl_args
+        return kubectl.run(args.dir, given[1:] if given[:1] == ["--"] else given)
     hosts = build.status(args.dir)
     if not hosts:
         print(f"no lab in {args.dir.resolve()}")

@@ -17,6 +17,7 @@ import json
 import re
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from cryptography.x509.oid import NameOID
 from bootstrap.apply_command import execute
 from bootstrap.inventory import Inventory
 from bootstrap.lab import build, hosts, imds, launch
+from bootstrap.lab import kubectl as lab_kubectl
 from bootstrap.node import instance_identity
 from bootstrap.node import kubelet_config as kc
 
@@ -119,6 +121,23 @@ def test_every_node_is_ready_in_its_zone_and_untainted(nlab: Lab) -> None:
     lines = check_lines(nlab)
     for host in nlab.inventory.nodes:
         assert lines[host.name].endswith("node checks passed"), lines[host.name]
+
+
+def test_the_person_at_the_keyboard_runs_kubectl_from_this_machine(nlab: Lab) -> None:
+    """`bin/mzk kubectl` (python -m bootstrap lab kubectl): the admin kubeconfig through the
+    bastion's network to the regional endpoint, its certificate verified for its name."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bootstrap", "lab", "kubectl", "--dir", str(nlab.dir),
+         "get", "nodes", "-o", "name"], capture_output=True, text=True, timeout=60,
+        check=False)
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) == {f"node/{h.name}" for h in nlab.inventory.nodes}
+    # The name is checked: another name for the same address is refused.
+    argv = lab_kubectl.command(nlab.dir, ["get", "nodes"])
+    argv = [a if not a.startswith("--tls-server-name=") else "--tls-server-name=api.other"
+            for a in argv]
+    refused = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode != 0 and "certificate" in refused.stderr, refused.stderr
 
 
 def test_the_zones_storage_classes_are_applied(nlab: Lab) -> None:
