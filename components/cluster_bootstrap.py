@@ -229,7 +229,14 @@ class ClusterBootstrapProvider(dyn.ResourceProvider):
                 "applied": report.lines(),
                 "admin_kubeconfig": (work / "local" / "admin.conf").read_text(),
                 "ca_certificate": (work / "local" / "pki" / "ca.crt").read_text(),
+                # konnectivity mode: nodes' agents verify the proxy-servers with it (public)
+                "konnectivity_ca_certificate": _read_if_any(
+                    work / "local" / "pki" / "konnectivity" / "ca.crt"),
             }
+
+
+def _read_if_any(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"):
@@ -242,6 +249,7 @@ class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"
     pki: pulumi.Output[str]
     admin_kubeconfig: pulumi.Output[str]
     ca_certificate: pulumi.Output[str]
+    konnectivity_ca_certificate: pulumi.Output[str]
 
     def __init__(self, name: str, inventory: pulumi.Input[dict[str, Any]],
                  pki_import: pulumi.Input[str] | None = None,
@@ -257,6 +265,7 @@ class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"
             "applied": None,
             "admin_kubeconfig": None,
             "ca_certificate": None,
+            "konnectivity_ca_certificate": None,
         }
         super().__init__(
             ClusterBootstrapProvider(), name, props,
