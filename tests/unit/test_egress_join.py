@@ -235,3 +235,13 @@ def test_the_lab_example_inventory_is_in_konnectivity_mode() -> None:
     raw = yaml.safe_load(EXAMPLE.read_text())
     raw["cluster"].pop("egress", None)
     assert parse(raw, source="test").cluster.egress == "konnectivity"
+
+
+def test_the_agents_unit_reads_back_as_its_command_line() -> None:
+    """systemd's and the lab supervisor's reading of ExecStart (`$` doubled, quotes)."""
+    from bootstrap.lab import supervise
+
+    service = join.agent_service(spec())
+    parsed = supervise.parse_unit(render_unit(service))
+    assert parsed["command_line"] == list(service.command_line)
+    assert "$$" in render_unit(service)  # systemd would expand a single `$`
