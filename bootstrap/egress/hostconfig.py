@@ -100,14 +100,20 @@ def agent_identifiers(host: Host) -> str:
 
 # The agent's start, as `sh -c` (one line: a unit's ExecStart): wait for the credential
 # (an auto-scaled node's kubelet gets it some seconds after boot), run the agent, and end
-# (the keeper starts it again) when the credential's content changed; TERM goes to the agent.
+# (the keeper starts it again) when the credential's content changed. Stopping it stops the
+# agent: TERM, then KILL after `AGENT_STOP_S` (on its first TERM the proxy-agent drains, and
+# may wait for ever), so no agent outlives its keeper's stop.
+AGENT_STOP_S = 2
 AGENT_START = (
     'c=$1; shift; until [ -s "$c" ]; do sleep 1; done; s=$(cksum < "$c"); "$@" & a=$!; '
-    "trap 'kill -TERM $a 2>/dev/null; wait $a; exit 143' TERM INT; "
+    'halt() { kill -TERM $a 2>/dev/null; i=0; '
+    f'while kill -0 $a 2>/dev/null && [ $i -lt {AGENT_STOP_S * 10} ]; do '
+    'sleep 0.1; i=$((i+1)); done; kill -KILL $a 2>/dev/null; wait $a; }; '
+    "trap 'halt; exit 143' TERM INT; "
     f'while kill -0 $a 2>/dev/null; do sleep {CREDENTIAL_CHECK_S} & wait $!; '
     '[ "$(cksum < "$c")" = "$s" ] && continue; '
     'echo "konnectivity-agent: $c changed: restarting with it"; '
-    'kill -TERM $a; wait $a; exit 0; done; wait $a')
+    'halt; exit 0; done; wait $a')
 
 
 def proxy_agent_command(inventory: Inventory, host: Host, binary: str) -> list[str]:

@@ -145,12 +145,15 @@ def test_the_user_data_holds_nothing_private() -> None:
         assert files[join.KONNECTIVITY_CA] == KCA.encode()
 
 
-def run_start(tmp_path: Path, poll: str = "0.1") -> tuple[subprocess.Popen[str], Path, Path]:
-    """The agent's start with a fake agent that logs its start and its end."""
+def run_start(tmp_path: Path, poll: str = "0.1", drains: bool = False
+              ) -> tuple[subprocess.Popen[str], Path, Path]:
+    """The agent's start with a fake agent that logs its start and its end (or, `drains`,
+    that ignores TERM as the proxy-agent draining its connections may for ever)."""
     cred, log = tmp_path / "cred.pem", tmp_path / "agent.log"
     agent = tmp_path / "agent"
-    agent.write_text(f"#!/bin/sh\necho started \"$@\" >> {log}\n"
-                     f"trap 'echo ended >> {log}; exit 0' TERM\n"
+    on_term = f"echo draining >> {log}" if drains else f"echo ended >> {log}; exit 0"
+    agent.write_text(f"#!/bin/sh\necho started \"$@\" $$ >> {log}\n"
+                     f"trap '{on_term}' TERM\n"
                      "while :; do sleep 0.05; done\n")
     agent.chmod(0o755)
     start = hostconfig.AGENT_START.replace(f"sleep {hostconfig.CREDENTIAL_CHECK_S} ",
@@ -181,7 +184,8 @@ def test_the_agent_waits_for_the_credential_and_restarts_when_it_changes(
         assert proc.poll() is None  # unchanged: keeps running
         cred.write_text("two")  # rotated: the agent ends, the keeper starts it again
         assert proc.wait(timeout=5) == 0
-        assert log.read_text().splitlines() == ["started --flag", "ended"]
+        assert [line.rsplit(" ", 1)[0] if line.startswith("started") else line
+                for line in log.read_text().splitlines()] == ["started --flag", "ended"]
         assert "changed: restarting with it" in (proc.stdout.read() if proc.stdout else "")
     finally:
         if proc.poll() is None:
@@ -245,3 +249,19 @@ def test_the_agents_unit_reads_back_as_its_command_line() -> None:
     parsed = supervise.parse_unit(render_unit(service))
     assert parsed["command_line"] == list(service.command_line)
     assert "$$" in render_unit(service)  # systemd would expand a single `$`
+
+
+def test_an_agent_that_does_not_end_on_term_is_killed(tmp_path: Path) -> None:
+    proc, cred, log = run_start(tmp_path, drains=True)
+    cred.write_text("one")
+    try:
+        until(lambda: log.exists() and "started" in log.read_text())
+        pid = int(log.read_text().split()[-1])
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=hostconfig.AGENT_STOP_S + 5) == 143
+        assert "draining" in log.read_text()  # it was asked first
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # then killed: nothing outlives the start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
