@@ -78,8 +78,7 @@ def main() -> dict[str, Any]:
                                     protect=s.protect))
     # After the bootstrap: each pool's user data holds the CA (nodes join by instance identity).
     NodePools("nodes", NodePoolsArgs(s, private, sg[NODES], cluster_inventory,
-                                     bootstrap.ca_certificate,
-                                     bootstrap.konnectivity_ca_certificate))
+                                     bootstrap.ca_certificate))
     return {
         "regionalEndpoint": lbs.regional.dns_name,
         "zoneEndpoints": zone_endpoints,

@@ -229,14 +229,7 @@ class ClusterBootstrapProvider(dyn.ResourceProvider):
                 "applied": report.lines(),
                 "admin_kubeconfig": (work / "local" / "admin.conf").read_text(),
                 "ca_certificate": (work / "local" / "pki" / "ca.crt").read_text(),
-                # konnectivity mode: nodes' agents verify the proxy-servers with it (public)
-                "konnectivity_ca_certificate": _read_if_any(
-                    work / "local" / "pki" / "konnectivity" / "ca.crt"),
             }
-
-
-def _read_if_any(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
 
 
 class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"):
@@ -249,7 +242,6 @@ class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"
     pki: pulumi.Output[str]
     admin_kubeconfig: pulumi.Output[str]
     ca_certificate: pulumi.Output[str]
-    konnectivity_ca_certificate: pulumi.Output[str]
 
     def __init__(self, name: str, inventory: pulumi.Input[dict[str, Any]],
                  pki_import: pulumi.Input[str] | None = None,
@@ -265,7 +257,6 @@ class ClusterBootstrap(dyn.Resource, module="multizone", name="ClusterBootstrap"
             "applied": None,
             "admin_kubeconfig": None,
             "ca_certificate": None,
-            "konnectivity_ca_certificate": None,
         }
         super().__init__(
             ClusterBootstrapProvider(), name, props,

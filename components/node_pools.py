@@ -18,19 +18,11 @@ from a tag. Nodes are labelled with their zone (`topology.kubernetes.io/zone`, w
 kubelet sets on itself). The resource count does not depend on the node count: sizes are
 numbers on the group. Instance refresh replaces nodes in batches with checkpoints, a pause
 for cloud rate limits (seed 004).
-
-In `konnectivity` egress mode the user data also gives the node its firewall against the
-control plane (the control-plane addresses of the inventory it is rendered from) and its
-Konnectivity agent, which verifies the proxy-servers with the Konnectivity CA (another output
-of the bootstrap, public). Running nodes keep the addresses they booted with: a control-plane
-host replaced with a new address reaches new nodes only (docs/egress.md). The script is
-gzip-compressed (cloud-init unpacks it): with the pinned agent's install it is over 16 KB.
 """
 
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import shlex
 from collections.abc import Mapping
@@ -69,46 +61,33 @@ def node_tags(cluster: str, pool: str) -> dict[str, str]:
             "mzk:pool": pool}
 
 
-def join_script(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None,
-                konnectivity_ca_pem: str | None = None) -> str:
+def join_script(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None) -> str:
     """The user data of `pool`'s nodes: the join script for its zone and endpoint.
 
     Without a CA (the bootstrap resource has not answered: only under mocks, its provider
-    fails otherwise; in konnectivity mode, the Konnectivity CA too) a script that says so and
-    stops: such a node must never boot with something else in the place of the join."""
-    inventory = inventory_module.parse(dict(raw_inventory), source="the program's inventory")
-    konnectivity = inventory.cluster.egress == "konnectivity"
-    if not ca_pem or (konnectivity and not konnectivity_ca_pem):
+    fails otherwise) a script that says so and stops: such a node must never boot with
+    something else in the place of the join."""
+    if not ca_pem:
         message = (f"mzk-join: node pool {pool} has no cluster CA from the bootstrap "
                    "yet; this node cannot join. Run `pulumi up`.")
         return f"#!/bin/sh\necho {shlex.quote(message)} >&2\nexit 1\n"
+    inventory = inventory_module.parse(dict(raw_inventory), source="the program's inventory")
     (found,) = [p for p in inventory.node_pools if p.name == pool]
     cluster = inventory.cluster
-    endpoint = inventory.zone(found.zone).endpoint
     script = join.user_data(join.JoinSpec(
-        pool=pool, zone=found.zone, endpoint_url=endpoint.url,
+        pool=pool, zone=found.zone, endpoint_url=inventory.zone(found.zone).endpoint.url,
         ca_pem=ca_pem, kubernetes_version=cluster.kubernetes_version,
-        dns_address=cluster.dns_address, dns_domain=cluster.dns_domain,
-        konnectivity_ca_pem=konnectivity_ca_pem if konnectivity else None,
-        agent_server=endpoint.name,
-        control_plane=tuple(h.address for h in inventory.control_plane)))
-    size = len(compressed(script))
+        dns_address=cluster.dns_address, dns_domain=cluster.dns_domain))
+    size = len(script.encode())
     if size > MAX_USER_DATA:
-        raise ValueError(f"node pool {pool}: the join script is {size} bytes compressed; EC2 "
-                         f"takes at most {MAX_USER_DATA} bytes of user data")
+        raise ValueError(f"node pool {pool}: the join script is {size} bytes; EC2 takes at "
+                         f"most {MAX_USER_DATA} bytes of user data")
     return script
 
 
-def compressed(script: str) -> bytes:
-    """gzip, reproducibly (no time stamp): cloud-init recognises and unpacks it."""
-    return gzip.compress(script.encode(), mtime=0)
-
-
-def encoded_user_data(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None,
-                      konnectivity_ca_pem: str | None = None) -> str:
-    """What a launch template takes: the join script, gzip, base64."""
-    return base64.b64encode(compressed(join_script(raw_inventory, pool, ca_pem,
-                                                   konnectivity_ca_pem))).decode()
+def encoded_user_data(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None) -> str:
+    """What a launch template takes: the join script, base64."""
+    return base64.b64encode(join_script(raw_inventory, pool, ca_pem).encode()).decode()
 
 
 @dataclass(frozen=True)
@@ -119,7 +98,6 @@ class NodePoolsArgs:
     # The inventory the bootstrap applied (zones, endpoints, pools) and its outputs.
     inventory: pulumi.Input[dict[str, Any]]
     ca_certificate: pulumi.Input[str]
-    konnectivity_ca_certificate: pulumi.Input[str] | None = None
 
 
 class NodePools(Component):
@@ -141,13 +119,12 @@ class NodePools(Component):
             pool_id = self.pools[z] = pool_name(z)
 
             def render(values: list[Any], pool_id: str = pool_id) -> str:
-                return encoded_user_data(values[0], pool_id, values[1], values[2])
+                return encoded_user_data(values[0], pool_id, values[1])
 
             # No secret in it (the CA certificate and the endpoint are public): reviews show
             # it, and a change to it is visible in a preview.
             user_data: pulumi.Output[str] = pulumi.Output.all(
-                args.inventory, args.ca_certificate,
-                args.konnectivity_ca_certificate).apply(render)
+                args.inventory, args.ca_certificate).apply(render)
             tags = {**self.tags(z, z), "multizone/role": "node",
                     **{k: v for k, v in node_tags(s.cluster_name, pool_id).items()
                        if k != "Name"}}

@@ -43,7 +43,7 @@ def script(inventory: Inventory, host: Host, kubectl: str) -> str:
         f"echo \"version $({k} version -o json 2>/dev/null | tr -d ' \\n')\"",
         f"echo \"leases $({k} get lease -n kube-system {leases} -o json 2>/dev/null "
         "| tr -d ' \\n')\"",
-    ]) + "\n" + check_script(inventory, host, kubectl=k)
+    ]) + "\n" + check_script(inventory, host)
 
 
 @dataclass

@@ -7,9 +7,7 @@ approver looks instances up in instead of the EC2 API; every control-plane host 
 as every one can call EC2); the identity document the lab's "cloud" signs for it, left where
 its metadata service would answer (bootstrap.lab.imds); then the pool's user data
 (bootstrap.node.join) run as root inside the host, as cloud-init would. The user data holds
-no secret, and the bootstrap never logs in to the host. In `konnectivity` mode it also loads
-the node's firewall (nft in the host's namespace) and starts its Konnectivity agent (the
-proxy-agent of MZK_K8S_BIN_DIR), as inventory nodes get them from apply.
+no secret, and the bootstrap never logs in to the host.
 
 Impostors, for the tests and for anyone who wants to see the approver refuse: `claim` runs
 the user data with the host's own identity but asks for another node's name; `steal` gives
@@ -129,20 +127,13 @@ def launch(lab_dir: Path, zone: str, claim: str | None = None, steal: str | None
         answers.update({k: victim[k] for k in (imds.DOCUMENT, imds.SIGNATURE)})
     imds.place(root, answers)
     inventory = load_inventory(lab_dir / "inventory.yaml")
-    pki = lab_dir / "pki" / "local" / "pki"
-    konnectivity = inventory.cluster.egress == "konnectivity"
     spec = join.JoinSpec(
         pool=pool, zone=zone, endpoint_url=inventory.zone(zone).endpoint.url,
-        ca_pem=(pki / "ca.crt").read_text(),
+        ca_pem=(lab_dir / "pki" / "local" / "pki" / "ca.crt").read_text(),
         kubernetes_version=inventory.cluster.kubernetes_version,
         dns_address=inventory.cluster.dns_address, dns_domain=inventory.cluster.dns_domain,
         lab=True, claim=claim, kubelet_path=str(Path(bins) / "kubelet"),
-        cgroup_root=cgroups.root_for(host.netns),
-        konnectivity_ca_pem=((pki / "konnectivity" / "ca.crt").read_text()
-                             if konnectivity else None),
-        agent_server=inventory.zone(zone).endpoint.name,
-        control_plane=tuple(h.address for h in inventory.control_plane),
-        agent_path=str(Path(bins) / "proxy-agent"))
+        cgroup_root=cgroups.root_for(host.netns))
     script = join.user_data(spec)
     if not boot:
         return Launched(name, instance_id, claim or name, host.address, zone, pool, script, "")

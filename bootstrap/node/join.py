@@ -17,15 +17,6 @@ template requires, with a hop limit of 1 so that pods cannot read the document; 
 the pinned kubelet release are installed first. In the lab the launcher (bootstrap.lab.launch)
 leaves the same answers in the host's own /run (bootstrap.lab.imds), and gives the kubelet
 binary, as the lab's "image".
-
-In `konnectivity` egress mode (`JoinSpec.konnectivity_ca_pem` set) the node also gets, from
-its first boot, what inventory nodes get from apply: the firewall against the control plane
-(`bootstrap.egress.firewall.ruleset`, loaded before the kubelet starts: by the same systemd
-unit as on inventory nodes, or by `nft` inside the lab host's namespace), and the
-Konnectivity agent (`bootstrap.egress.hostconfig.agent_command`, the same service), which
-authenticates with the client certificate the kubelet obtains by TLS bootstrapping and starts
-once that exists. The control-plane addresses are the inventory's when the user data was
-rendered; the Konnectivity CA certificate (public) lets the agent verify the proxy-servers.
 """
 
 from __future__ import annotations
@@ -34,23 +25,16 @@ import base64
 import shlex
 from dataclasses import dataclass
 
-from bootstrap.egress import firewall, hostconfig, konnectivity_release
 from bootstrap.k8s_releases import release_for
 from bootstrap.node import cni, containerd_config, pause_image
 from bootstrap.node import kubelet_config as kc
-from bootstrap.pki.table import CA_BY_NAME
 from bootstrap.services import SUPERVISOR_PATH, Service, render_unit, unit_path
-from bootstrap.steps.binaries import (
-    INSTALL_DIR,
-    KONNECTIVITY_FOR_KUBERNETES,
-    kubernetes_install_script,
-)
+from bootstrap.steps.binaries import INSTALL_DIR, kubernetes_install_script
 
 NAME_MARK, ADDRESS_MARK = "@NODE_NAME@", "@NODE_ADDRESS@"
 TOKEN_MARK = "@IDENTITY_TOKEN@"  # noqa: S105 - a placeholder, no secret
 TOKEN_PREFIX = "mzk-iid."  # noqa: S105 - instance_identity.identity_token's scheme
-PACKAGES = ("containerd", "runc", "containernetworking-plugins", "curl", "nftables")
-KONNECTIVITY_CA = CA_BY_NAME["konnectivity-ca"].cert_path
+PACKAGES = ("containerd", "runc", "containernetworking-plugins", "curl")
 IMDS = "http://169.254.169.254/latest"
 LAB_IMDS = "/run/mzk-imds"  # bootstrap.lab.imds.HOST_DIR: the lab's "metadata service"
 DOCUMENT = "dynamic/instance-identity/document"
@@ -73,16 +57,6 @@ class JoinSpec:
     claim: str | None = None  # lab impostors only: ask for this name, not the instance's
     kubelet_path: str | None = None  # lab only; AWS: the pinned release, installed
     cgroup_root: str | None = None  # lab only
-    # konnectivity egress mode: the proxy-servers' CA (public), the zone endpoint's host
-    # name the agent dials, the control-plane addresses its firewall drops.
-    konnectivity_ca_pem: str | None = None
-    agent_server: str = ""
-    control_plane: tuple[str, ...] = ()
-    agent_path: str | None = None  # lab only; AWS: the pinned proxy-agent image, installed
-
-    @property
-    def konnectivity(self) -> bool:
-        return self.konnectivity_ca_pem is not None
 
 
 def bootstrap_kubeconfig(spec: JoinSpec, token: str) -> bytes:
@@ -99,32 +73,6 @@ def _services(spec: JoinSpec) -> tuple[Service, Service]:
     kubelet_bin = spec.kubelet_path or f"{INSTALL_DIR}/kubelet"
     return containerd_config.service(), kc.service(
         kc.command(kubelet_bin, NAME_MARK, ADDRESS_MARK, spec.zone, tls_bootstrap=True))
-
-
-def agent_service(spec: JoinSpec) -> Service:
-    """The node's Konnectivity agent: the inventory nodes' definition, with its name and
-    address as placeholders (filled in on the node, as the kubelet's)."""
-    binary = spec.agent_path or f"{konnectivity_release.INSTALL_DIR}/proxy-agent"
-    command = hostconfig.agent_command(binary, NAME_MARK, f"host={NAME_MARK}&ipv4={ADDRESS_MARK}",
-                                       spec.agent_server)
-    return hostconfig.agent_service(command, inputs="user-data")
-
-
-def firewall_rules(spec: JoinSpec) -> bytes:
-    """The inventory nodes' ruleset: nothing from the control plane (konnectivity mode)."""
-    return firewall.ruleset(list(spec.control_plane), 22, allow_ssh=False)
-
-
-def _egress_files(spec: JoinSpec) -> list[tuple[str, bytes, int]]:
-    if not spec.konnectivity:
-        return []
-    found = [(firewall.RULES_FILE, firewall_rules(spec), 0o644),
-             (KONNECTIVITY_CA, str(spec.konnectivity_ca_pem).encode(), 0o644),
-             (unit_path(hostconfig.PROXY_AGENT), render_unit(agent_service(spec)).encode(),
-              0o644)]
-    if not spec.lab:
-        found.append((firewall.UNIT_FILE, firewall.BOOT_UNIT, 0o644))
-    return found
 
 
 def files(spec: JoinSpec) -> list[tuple[str, bytes, int]]:
@@ -144,7 +92,7 @@ def files(spec: JoinSpec) -> list[tuple[str, bytes, int]]:
              (unit_path("kubelet"), render_unit(kubelet).encode(), 0o644)]
     if spec.lab:
         found.append((pause_image.ARCHIVE_PATH, pause_image.oci_image(), 0o644))
-    return found + _egress_files(spec)
+    return found
 
 
 def _put(path: str, content: bytes, mode: int) -> str:
@@ -202,30 +150,12 @@ def _install(spec: JoinSpec) -> list[str]:
     release = release_for(spec.kubernetes_version)
     if release is None:
         raise ValueError(f"Kubernetes {spec.kubernetes_version} has no pinned release")
-    lines = ["export DEBIAN_FRONTEND=noninteractive",
-             "apt-get update -q && apt-get install -y -q " + " ".join(PACKAGES),
-             "arch=$(dpkg --print-architecture)",
-             "[ \"$arch\" = amd64 ] || { echo \"mzk-join: $arch has no pinned kubelet\" >&2; "
-             "exit 1; }",
-             f"( {kubernetes_install_script(release, 'amd64', ('kubelet',))}\n)"]
-    if spec.konnectivity:  # as inventory nodes get it: the pinned image, checked
-        minor = ".".join(spec.kubernetes_version.split(".")[:2])
-        version = KONNECTIVITY_FOR_KUBERNETES.get(minor)
-        if version is None:
-            raise ValueError(f"Kubernetes {minor} has no pinned Konnectivity release")
-        digest = konnectivity_release.pinned_digest("proxy-agent", version)
-        script = konnectivity_release.install_script("proxy-agent", version, digest, "amd64")
-        lines.append(f"( {script}\n)")
-    return lines
-
-
-def _load_firewall(spec: JoinSpec) -> list[str]:
-    """Before anything listens: the lab's nft in this host's namespace; systemd's unit."""
-    if not spec.konnectivity:
-        return []
-    if spec.lab:
-        return [firewall.LOAD]
-    return [f"systemctl daemon-reload && systemctl enable --now {firewall.UNIT}.service"]
+    return ["export DEBIAN_FRONTEND=noninteractive",
+            "apt-get update -q && apt-get install -y -q " + " ".join(PACKAGES),
+            "arch=$(dpkg --print-architecture)",
+            "[ \"$arch\" = amd64 ] || { echo \"mzk-join: $arch has no pinned kubelet\" >&2; "
+            "exit 1; }",
+            f"( {kubernetes_install_script(release, 'amd64', ('kubelet',))}\n)"]
 
 
 def _start(name: str, lab: bool) -> str:
@@ -248,11 +178,8 @@ def user_data(spec: JoinSpec) -> str:
              '{ echo "mzk-join: no usable name or address for this node" >&2; exit 1; }']
     lines += [_put(path, content, mode) for path, content, mode in files(spec)]
     lines.append(kubeconfig_script(spec))
-    units = kubelet_unit + (f" {shlex.quote(unit_path(hostconfig.PROXY_AGENT))}"
-                            if spec.konnectivity else "")
     lines += [f"sed -i -e \"s/{NAME_MARK}/$name/g\" -e \"s/{ADDRESS_MARK}/$address/g\" "
-              f"{units}",
-              *_load_firewall(spec),
+              f"{kubelet_unit}",
               f"sysctl -q -p {kc.SYSCTL_FILE}",
               _start("containerd", spec.lab)]
     if spec.lab:
@@ -260,7 +187,4 @@ def user_data(spec: JoinSpec) -> str:
                   f"ctr --address {sock} -n k8s.io images import "
                   f"{pause_image.ARCHIVE_PATH} >/dev/null"]
     lines += [_start("kubelet", spec.lab), 'echo "mzk-join: $name started its kubelet"']
-    if spec.konnectivity:  # it waits for the kubelet's client certificate itself
-        lines += [_start(hostconfig.PROXY_AGENT, spec.lab),
-                  'echo "mzk-join: $name started its Konnectivity agent"']
     return "\n".join(lines) + "\n"

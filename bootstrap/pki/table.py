@@ -17,11 +17,6 @@ from bootstrap.inventory import Host, Inventory
 PKI_DIR = "/etc/kubernetes/pki"
 KUBERNETES_DIR = "/etc/kubernetes"
 KUBELET_PKI_DIR = "/var/lib/kubelet/pki"  # the kubelet's own default --cert-dir
-# A node's kubelet client certificate and key in one file: what a TLS-bootstrapped kubelet
-# keeps (a link it replaces on rotation); on inventory nodes apply writes the one our PKI
-# issued (in kubelet.conf) there too, for the Konnectivity agent.
-KUBELET_CLIENT_PEM = f"{KUBELET_PKI_DIR}/kubelet-client-current.pem"
-KUBELET_CLIENT = "kubelet-client"  # its handle in FILE_USES
 
 DOCUMENT = "document"  # a row of seed 004, part 5
 DESIGN = "design"  # a row of ours, beyond the document, with the reason in `why`
@@ -75,10 +70,10 @@ CAS: tuple[CA, ...] = (
     CA("kubernetes-ca", "ca", "Kubernetes general CA"),
     CA("etcd-ca", "etcd/ca", "for all etcd-related functions"),
     CA("kubernetes-front-proxy-ca", "front-proxy-ca", "for the front-end proxy"),
-    CA("konnectivity-ca", "konnectivity/ca", "for Konnectivity servers",
+    CA("konnectivity-ca", "konnectivity/ca", "for Konnectivity servers and agents",
        source=DESIGN, egress="konnectivity",
-       why="agents verify the proxy-server with this CA only: it signs nothing but "
-           "proxy-servers, so no other certificate of the cluster passes as one"),
+       why="proxy-servers accept agents whose client certificate this CA signed; signed by "
+           "the cluster CA, any kubelet or admin certificate would pass as an agent"),
 )
 CA_BY_NAME = {ca.name: ca for ca in CAS}
 
@@ -200,13 +195,11 @@ LEAVES: tuple[Leaf, ...] = (
          konnectivity_server_sans, *_pki("konnectivity/server"), roles=(CONTROL_PLANE,),
          source=DESIGN, egress="konnectivity",
          why="agents verify the proxy-server they dial (seed 001: no unverified connection)"),
+    Leaf("konnectivity-agent", "konnectivity-agent:{node}", "konnectivity-ca", (),
+         ("client",), no_sans, *_pki("konnectivity/agent"), roles=(NODE,), source=DESIGN,
+         egress="konnectivity",
+         why="proxy-servers accept only agents with a certificate of ours"),
 )
-# Files of rows that are no longer issued: the pki step removes them from every host.
-# (path -> why)
-RETIRED_FILES: dict[str, str] = {
-    f"{PKI_DIR}/konnectivity/agent.crt": "agents use their kubelet's client certificate",
-    f"{PKI_DIR}/konnectivity/agent.key": "agents use their kubelet's client certificate",
-}
 LEAF_BY_NAME = {leaf.name: leaf for leaf in LEAVES}
 
 
@@ -257,7 +250,7 @@ class FileUse:
     """A row of the "certificate file paths" table (and the service-account table):
     which command reads the file, with which flags for the key and for the certificate."""
 
-    file: str  # a CA.name, Leaf.name, "sa", or "kubelet-client" (KUBELET_CLIENT_PEM)
+    file: str  # a CA.name, Leaf.name, or "sa"
     command: str
     key_flags: tuple[str, ...]
     cert_flags: tuple[str, ...]
@@ -299,16 +292,14 @@ FILE_USES: tuple[FileUse, ...] = (
             why="kubelet authentication: no anonymous requests, clients signed by the CA"),
     FileUse("kubelet-serving", "kubelet", ("--tls-private-key-file",), ("--tls-cert-file",),
             source=DESIGN, why="kubelet serves with a CA-signed certificate"),
-    FileUse("kubernetes-ca", "proxy-server", (), ("--cluster-ca-cert",), source=DESIGN,
-            why="agents authenticate with their node's kubelet client certificate, which the "
-                "cluster CA signed (our PKI, or TLS bootstrapping after the identity checks)"),
+    FileUse("konnectivity-ca", "proxy-server", (), ("--cluster-ca-cert",), source=DESIGN,
+            why="accept agents signed by the Konnectivity CA only"),
     FileUse("konnectivity-server", "proxy-server", ("--cluster-key",), ("--cluster-cert",),
             source=DESIGN, why="the TLS identity agents verify"),
     FileUse("konnectivity-ca", "proxy-agent", (), ("--ca-cert",), source=DESIGN,
             why="verify the proxy-server"),
-    FileUse(KUBELET_CLIENT, "proxy-agent", ("--agent-key",), ("--agent-cert",),
-            source=DESIGN, why="the node's kubelet client certificate: one credential per "
-                               "node, rotated by the kubelet, for every kind of node"),
+    FileUse("konnectivity-agent", "proxy-agent", ("--agent-key",), ("--agent-cert",),
+            source=DESIGN, why="the agent's client certificate"),
 )
 
 
@@ -316,8 +307,6 @@ def paths_of(file: str) -> tuple[str, str]:
     """(key path, certificate path) of a FILE_USES file handle."""
     if file == "sa":
         return SA_KEY, SA_PUB
-    if file == KUBELET_CLIENT:
-        return KUBELET_CLIENT_PEM, KUBELET_CLIENT_PEM
     if file in CA_BY_NAME:
         ca = CA_BY_NAME[file]
         return ca.key_path, ca.cert_path

@@ -187,11 +187,10 @@ def wait_reaching_nodes(ctx: HostContext, timeout: float = READY_TIMEOUT_S,
     probe = reach_probe(ctx)
     tries = int(timeout / 0.25)
     out = ctx.runner.run(f"for i in $(seq 1 {tries}); do r=$({probe}); "
-                         f"[ \"${{r:-0}}\" -ge {len(nodes)} ] && break; sleep 0.25; done; "
-                         "echo \"$r\"",
+                         f"[ \"$r\" = {len(nodes)} ] && break; sleep 0.25; done; echo \"$r\"",
                          check=False, timeout=timeout + 30).stdout.strip()
     reached = int(out) if out.isdigit() else 0
-    if reached >= len(nodes):  # auto-scaled nodes' agents count too
+    if reached == len(nodes):
         return
     if reached == 0 and must_reach:
         raise StepError(f"{ctx.name}: {ctx.inventory.cluster.egress} egress reaches no node "
@@ -219,26 +218,11 @@ def reach_probe(ctx: HostContext) -> str:
             f"awk '$1 == \"{_shq(_READY_METRIC)}\" {{n+=$2}} END {{print n+0}}'")
 
 
-# Ready Nodes as `<name> True`, one a line (for counting the auto-scaled ones).
-_READY_NODES = ("get nodes -o jsonpath='{range .items[*]}{.metadata.name} "
-                "{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}'")
-
-
-def check_script(inventory: Inventory, host: Host, python: str = "python3",
-                 kubectl: str | None = None) -> str:
+def check_script(inventory: Inventory, host: Host, python: str = "python3") -> str:
     """For `check`: the mode, how many nodes this host's egress should reach, how many it
-    does, and (SSH tunnels) each node that is down with the reason. In konnectivity mode,
-    with `kubectl` (a command line), Ready nodes in no inventory (auto-scaled, with agents
-    of their own) count too."""
+    does, and (SSH tunnels) each node that is down with the reason."""
     nodes = [h for h in inventory.nodes if h.name != host.name]
-    total = str(len(nodes))
-    if inventory.cluster.egress == "konnectivity" and kubectl:
-        known = " ".join(h.name for h in inventory.hosts)
-        joined = (f"$({kubectl} {_READY_NODES} 2>/dev/null | awk -v known={shlex.quote(known)} "
-                  "'BEGIN {split(known, k, \" \"); for (i in k) inv[k[i]] = 1} "
-                  "$2 == \"True\" && !($1 in inv) {n++} END {print n+0}')")
-        total = f"$(({len(nodes)} + {joined}))"
-    lines = [f'echo "egress {inventory.cluster.egress} {total}"']
+    lines = [f'echo "egress {inventory.cluster.egress} {len(nodes)}"']
     if inventory.cluster.egress == "ssh-tunnel":
         lines.append(f"{python} {TUNNEL_PROGRAM} --config {TUNNEL_CONFIG} --check 2>&1 | "
                      "sed 's/^/egress-line /'")

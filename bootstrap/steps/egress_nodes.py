@@ -7,11 +7,7 @@ mode never leaves an API server without a way to its nodes:
   in `ssh-tunnel` mode only; connections already open stay, so tunnels carried over SSH
   survive until their control-plane host switches), and the agents of `konnectivity` mode,
   which dial out and wait for their servers;
-- EGRESS_NODES_RETIRE (after): agents of a mode the cluster left are stopped and removed,
-  with the copy of the kubelet's client credential they authenticated with.
-The agent's credential is the node's kubelet client certificate (bootstrap.egress.hostconfig):
-on an inventory node apply writes the one our PKI issued (kubelet.conf's) to
-`KUBELET_CLIENT_PEM`, 0600; auto-scaled nodes have the kubelet's own file there.
+- EGRESS_NODES_RETIRE (after): agents of a mode the cluster left are stopped and removed.
 Everything is decided from the facts: a converged node costs no round trip.
 """
 
@@ -22,9 +18,6 @@ from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.errors import StepError
 from bootstrap.hostfiles import FileSpec, put_many
 from bootstrap.inventory import Host, Inventory
-from bootstrap.node import kubelet_config as kc
-from bootstrap.pki import kubeconfig
-from bootstrap.pki.table import KUBELET_CLIENT_PEM
 from bootstrap.services import (
     Service,
     ServiceStatus,
@@ -44,7 +37,7 @@ def _nodes(inventory: Inventory) -> tuple[Host, ...]:
 def watched_paths(ctx: HostContext) -> list[str]:
     if not ctx.host.has("node"):
         return []
-    return [firewall.RULES_FILE, firewall.UNIT_FILE, AGENT_UNIT, KUBELET_CLIENT_PEM]
+    return [firewall.RULES_FILE, firewall.UNIT_FILE, AGENT_UNIT]
 
 
 def rules_for(ctx: HostContext) -> bytes:
@@ -53,19 +46,13 @@ def rules_for(ctx: HostContext) -> bytes:
                             allow_ssh=ctx.inventory.cluster.egress == "ssh-tunnel")
 
 
-def credential(ctx: HostContext) -> FileSpec:
-    """The node's kubelet client certificate and key, from the kubelet.conf our PKI made."""
-    contents = {f.path: f.content for f in ctx.shared["pki"].hosts[ctx.name].files}
-    cert, key = kubeconfig.credentials(contents[kc.KUBECONFIG])
-    return FileSpec(KUBELET_CLIENT_PEM, cert.rstrip(b"\n") + b"\n" + key, 0o600)
-
-
 def agent_service(ctx: HostContext) -> Service:
     binary, identity = ctx.facts["konnectivity"], ctx.facts["konnectivity_id"]
     command = hostconfig.proxy_agent_command(ctx.inventory, ctx.host, binary)
     contents = {f.path: f.content for f in ctx.shared["pki"].hosts[ctx.name].files}
-    contents[KUBELET_CLIENT_PEM] = credential(ctx).content
-    return hostconfig.agent_service(command, inputs_digest(identity, command, contents))
+    return Service(name=hostconfig.PROXY_AGENT, command_line=command,
+                   env={"MZK_INPUTS": inputs_digest(identity, command, contents)},
+                   description="Konnectivity agent: the control plane's way to this node")
 
 
 def converge(ctx: HostContext) -> None:
@@ -74,8 +61,6 @@ def converge(ctx: HostContext) -> None:
     files = [FileSpec(firewall.RULES_FILE, rules, 0o644)]
     if ctx.facts.get("systemd"):
         files.append(FileSpec(firewall.UNIT_FILE, firewall.BOOT_UNIT, 0o644))
-    if ctx.inventory.cluster.egress == "konnectivity":
-        files.append(credential(ctx))
     todo = [f for f in files if states.get(f.path, "?") != f.state()]
     loaded = ctx.facts.get("egress_firewall") == firewall.digest_of(rules)
     if (todo or not loaded) and not ctx.facts.get("bin", {}).get("nft"):
@@ -111,29 +96,20 @@ def retire(ctx: HostContext) -> None:
     node = ctx.host.has("node")
     if node and ctx.inventory.cluster.egress == "konnectivity":
         return
-    states = ctx.facts.get("file_states") or {}
-    copy = node and states.get(KUBELET_CLIENT_PEM) is not None
     if node:
         status = ctx.facts.get("services", {}).get(hostconfig.PROXY_AGENT)
-        present = states.get(AGENT_UNIT) is not None
+        present = (ctx.facts.get("file_states") or {}).get(AGENT_UNIT) is not None
         present = present or bool(status and status.running)
     else:
         present = bool(ctx.facts.get("agent_traces"))
-    if not present and not copy:
+    if not present:
         return
     why = f"egress is {ctx.inventory.cluster.egress}" if node else "no longer a node"
-    if present:
-        ctx.note(f"stop {hostconfig.PROXY_AGENT} and remove its unit ({why})")
-    if copy:
-        ctx.note(f"remove {KUBELET_CLIENT_PEM} (the agent's copy of the kubelet's "
-                 f"credential; {why})")
+    ctx.note(f"stop {hostconfig.PROXY_AGENT} and remove its unit ({why})")
     if ctx.dry_run:
         return
-    if present:
-        manager_from(ctx.name, bool(ctx.facts.get("lab")),
-                     bool(ctx.facts.get("systemd"))).remove(ctx.runner, hostconfig.PROXY_AGENT)
-    if copy:
-        ctx.runner.run(f"rm -f {KUBELET_CLIENT_PEM}")
+    manager_from(ctx.name, bool(ctx.facts.get("lab")),
+                 bool(ctx.facts.get("systemd"))).remove(ctx.runner, hostconfig.PROXY_AGENT)
 
 
 EGRESS_NODES = Step("egress-nodes", _nodes, run=converge)

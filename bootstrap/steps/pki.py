@@ -8,12 +8,11 @@ from __future__ import annotations
 from bootstrap.engine import HostContext, Step, all_hosts
 from bootstrap.hostfiles import FileSpec, sync
 from bootstrap.pki import PKIResult
-from bootstrap.pki.table import CA, CAS, LEAVES, RETIRED_FILES, Leaf
+from bootstrap.pki.table import CA, CAS, LEAVES, Leaf
 
 # Files that only one egress mode puts on hosts: removed where not issued.
 _MODE_ROWS: list[CA | Leaf] = [*(c for c in CAS if c.egress), *(x for x in LEAVES if x.egress)]
 _MODE_FILES = [p for row in _MODE_ROWS for p in (row.cert_path, row.key_path)]
-_MODE_FILES += list(RETIRED_FILES)  # rows no longer issued: their files go too
 
 
 def planned(ctx: HostContext) -> tuple[list[FileSpec], list[str]]:
@@ -45,8 +44,7 @@ def place(ctx: HostContext) -> None:
         ctx.note(f"write {path}")
     for path in removed:
         why = "CA keys stay off this host" if path.endswith(".key") and any(
-            path == ca.key_path for ca in CAS) else RETIRED_FILES.get(
-            path, "not used in this egress mode")
+            path == ca.key_path for ca in CAS) else "not used in this egress mode"
         ctx.note(f"remove {path} ({why})")
 
 

@@ -17,7 +17,6 @@ import ipaddress
 import json
 import os
 import signal
-import stat
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ from bootstrap.apply_command import execute
 from bootstrap.egress import hostconfig
 from bootstrap.inventory import Inventory
 from bootstrap.lab import build
-from bootstrap.pki.table import KUBELET_CLIENT_PEM
 from bootstrap.services import LabSupervisor
 from bootstrap.ssh import Connections
 
@@ -353,13 +351,6 @@ def test_switching_to_konnectivity_keeps_two_api_servers_reaching_nodes(eglab) -
     # Each proxy-server holds every agent.
     for cp in CPS:
         assert "egress konnectivity reaches 3/3 nodes" in check_lines(lab)[cp]
-    # Agents authenticate with their kubelet's client certificate (0600), none of their own.
-    for node in lab.inventory.nodes:
-        fs = lab.layout.host(node.name).home(lab.dir) / "fs"
-        pem = fs / KUBELET_CLIENT_PEM.lstrip("/")
-        assert stat.S_IMODE(pem.stat().st_mode) == 0o600
-        assert b"PRIVATE KEY" in pem.read_bytes()
-        assert not list((fs / "etc" / "kubernetes" / "pki").glob("konnectivity/agent.*"))
     # Nothing of the tunnels is left: keys on nodes and locally, files and services on hosts.
     for node in lab.inventory.nodes:
         assert "mzk-egress-tunnel" not in on(lab, node.name,
@@ -397,6 +388,5 @@ def test_switching_back_to_ssh_tunnels_leaves_nothing_of_konnectivity(eglab) -> 
         fs = lab.layout.host(host.name).home(lab.dir) / "fs"
         assert not list((fs / "etc" / "kubernetes" / "pki").glob("konnectivity/*"))
         assert not (fs / "etc" / "systemd" / "system" / "konnectivity-agent.service").exists()
-        assert not (fs / KUBELET_CLIENT_PEM.lstrip("/")).exists()  # the agent's copy
         assert not (fs / "etc" / "systemd" / "system" / "konnectivity-server.service").exists()
     assert not apply(lab, lab.inventory).changed

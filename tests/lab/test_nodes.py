@@ -30,13 +30,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from bootstrap.apply_command import execute
-from bootstrap.egress import firewall
 from bootstrap.inventory import Inventory
 from bootstrap.lab import build, hosts, imds, launch
 from bootstrap.lab import kubectl as lab_kubectl
 from bootstrap.node import instance_identity
 from bootstrap.node import kubelet_config as kc
-from bootstrap.pki.table import KUBELET_CLIENT_PEM
 
 from . import workload
 from .conftest import (
@@ -207,13 +205,12 @@ def one_pod_per_zone(lab: Lab) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def port_forward(lab: Lab, pod: str, local_port: int, remote_port: int = 8080
-                 ) -> Iterator[None]:
+def port_forward(lab: Lab, pod: str, local_port: int) -> Iterator[None]:
     pid = json.loads((lab.dir / "lab-state.json").read_text())["pids"]["cp-a"]
     proc = subprocess.Popen(
         ["nsenter", "-t", str(pid), "-n", "-m", KUBECTL(),
          "--kubeconfig=/etc/kubernetes/admin.conf", "-n", "default", "port-forward",
-         f"pod/{pod}", f"{local_port}:{remote_port}"],
+         f"pod/{pod}", f"{local_port}:8080"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         assert proc.stdout is not None
@@ -251,90 +248,6 @@ def test_logs_exec_and_port_forward_through_konnectivity(nlab: Lab) -> None:
     assert nlab.inventory.cluster.egress == "konnectivity"
     assert_control_plane_cannot_reach_kubelets(nlab)
     assert_streams_reach_every_zone(nlab)
-
-
-def node_admitted(lab: Lab, name: str) -> bool:
-    found = nodes_by_name(lab).get(name)
-    return bool(found and ready(found) and not [
-        t for t in found["spec"].get("taints") or [] if t["key"] == kc.CHECKS_TAINT])
-
-
-def pod_on(name: str, node: str) -> dict[str, Any]:
-    """The web workload's container, pinned to one node by its hostname label."""
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
-            "spec": {"terminationGracePeriodSeconds": 1,
-                     "nodeSelector": {"kubernetes.io/hostname": node},
-                     "containers": [workload.container(
-                         "web", workload.WEB_SCRIPT, securityContext=workload.RESTRICTED_SECURITY,
-                         env=[{"name": "NODE_NAME", "value": node}],
-                         ports=[{"containerPort": 8080}])]}}
-
-
-def test_an_auto_scaled_node_is_reached_only_through_konnectivity(nlab: Lab) -> None:
-    """A launched node (user data only, never logged in to) gets the inventory nodes'
-    firewall and agent: streams reach its pod through every API server, the control plane
-    cannot reach its kubelet directly, `check` counts its agent on every proxy-server."""
-    assert nlab.inventory.cluster.egress == "konnectivity"
-    started = time.monotonic()
-    node = launch.launch(nlab.dir, "lab-c")
-    assert "PRIVATE KEY" not in node.user_data
-    assert "started its Konnectivity agent" in node.user_data_output
-    until(lambda: node_admitted(nlab, node.name), 150, f"{node.name} Ready and admitted")
-    workload.import_on(nlab, node.name)
-    kubectl_apply(nlab, pod_on("auto-web", node.name))
-    until(lambda: bool(running_pods(nlab, "default", "auto-web")), 90, "auto-web running")
-    for cp in ("cp-a", "cp-b", "cp-c"):  # every API server, each through its proxy-server
-        logs = until_ok(nlab, cp, "-n default logs auto-web --tail=2")
-        assert "tick" in logs and node.name in logs, (cp, logs)
-        echoed = kubectl(nlab, cp, "-n default exec -i auto-web -- /bin/busybox cat",
-                         stdin=f"hello {cp}\n".encode()).stdout
-        assert echoed == f"hello {cp}\n"
-    with port_forward(nlab, "auto-web", 18081, 8080):
-        served = in_host(nlab, "cp-a", ["curl", "-s", "-m", "5", "http://127.0.0.1:18081/node"])
-    assert served.stdout == f"{node.name}\n", served
-    print(f"\n{node.name}: launch to logs, exec and port-forward through every API server in "
-          f"{time.monotonic() - started:.1f} s")
-    # Its firewall, from the first boot: the inventory nodes' table, loaded; a control-plane
-    # host's connection to its kubelet is dropped, while the kubelet does listen there.
-    rules = (launched_root(nlab, node.name) / firewall.RULES_FILE.lstrip("/")).read_bytes()
-    assert rules == firewall.ruleset([h.address for h in nlab.inventory.control_plane], 22,
-                                     allow_ssh=False)
-    listed = in_host(nlab, node.name, ["nft", "list", "table", "inet", firewall.TABLE]).stdout
-    assert firewall.digest_of(rules) in listed
-    for cp in ("cp-a", "cp-b", "cp-c"):
-        out = in_host(nlab, cp, ["curl", "-sk", "--max-time", "1", "-o", "/dev/null",
-                                 f"https://{node.address}:10250/healthz"])
-        assert out.returncode == 28, (cp, out)  # timed out: dropped
-    here = in_host(nlab, node.name, ["curl", "-sk", "--max-time", "2", "-o", "/dev/null",
-                                     "-w", "%{http_code}", f"https://{node.address}:10250/healthz"])
-    assert here.stdout == "401", here  # the kubelet answers (anonymous refused)
-    # The agent's credential is the kubelet's own client certificate (TLS bootstrapped).
-    unit = (launched_root(nlab, node.name) / "etc/systemd/system/konnectivity-agent.service")
-    assert f"--agent-cert={KUBELET_CLIENT_PEM}" in unit.read_text()
-    assert f"--agent-identifiers=host={node.name}&ipv4={node.address}" in unit.read_text()
-    # Every proxy-server holds its agent: check counts it with the inventory's nodes.
-    lines = check_lines(nlab)
-    total = len(nlab.inventory.nodes) + 1
-    for cp in ("cp-a", "cp-b", "cp-c"):
-        assert f"egress konnectivity reaches {total}/{total} nodes" in lines[cp], lines[cp]
-    assert lines[node.name] == f"{node.name}: lab-c, joined by TLS bootstrapping, Ready, admitted"
-    report = apply(nlab)
-    assert not report.changed, report.lines()
-
-
-def until_ok(lab: Lab, host: str, args: str) -> str:
-    """kubectl's output once it succeeds (a new agent may take a moment to reach every
-    proxy-server: it dials through the zone's balancer until it holds each one)."""
-    found: list[str] = []
-
-    def ok() -> bool:
-        out = kubectl(lab, host, args, check=False)
-        found[:] = [out.stdout] if out.ok else []
-        return out.ok
-
-    until(ok, 30, f"{args} via {host}")
-    return found[0]
 
 
 def test_logs_exec_and_port_forward_through_ssh_tunnels(nlab: Lab) -> None:

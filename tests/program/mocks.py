@@ -41,13 +41,11 @@ class BootstrapMocks(AwsMocks):
     """AWS as `AwsMocks`; the bootstrap resource answers with a CA."""
 
     ca: str = field(default_factory=ca_certificate)
-    konnectivity_ca: str = field(default_factory=lambda: ca_certificate("konnectivity-ca"))
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         rid, outputs = super().new_resource(args)
         if args.typ == BOOTSTRAP:
-            outputs = {**outputs, "plan": [], "applied": [], "ca_certificate": self.ca,
-                       "konnectivity_ca_certificate": self.konnectivity_ca}
+            outputs = {**outputs, "plan": [], "applied": [], "ca_certificate": self.ca}
             self.resources[-1].outputs = outputs
         return rid, outputs
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
-import gzip
 import json
 import re
 import shlex
@@ -24,7 +23,7 @@ from bootstrap.inventory import parse
 from bootstrap.node import join
 from bootstrap.node import kubelet_config as kc
 from bootstrap.services import unit_path
-from components.node_pools import MAX_USER_DATA, compressed, join_script, pool_name
+from components.node_pools import MAX_USER_DATA, join_script, pool_name
 from tests.program.mocks import BOOTSTRAP, Evaluation, ca_certificate
 from tests.unit.pki_support import example_data
 
@@ -62,9 +61,7 @@ def written_files(script: str) -> dict[str, bytes]:
 
 
 def user_data_of(template: Any) -> str:
-    """The launch template's user data: base64 of the gzip-compressed script."""
-    return gzip.decompress(base64.b64decode(template.inputs["userData"],
-                                            validate=True)).decode()
+    return base64.b64decode(template.inputs["userData"], validate=True).decode()
 
 
 def group_tags(group: Any) -> dict[str, tuple[str, bool]]:
@@ -230,12 +227,10 @@ def test_the_join_script_fits_in_ec2_user_data_with_the_largest_ca() -> None:
           .sign(key, hashes.SHA256())).public_bytes(serialization.Encoding.PEM).decode()
     raw = inventory_with_pools()
     raw["cluster"]["kubernetes_version"] = "1.36.0"
-    script = join_script(raw, "pool-a", ca, ca)  # konnectivity mode: its CA as large
-    assert "proxy-agent" in script
-    assert len(compressed(script)) <= MAX_USER_DATA  # gzip, as the launch template holds it
-    noise = "".join(f"{i:x}"[::-1] for i in range(10**6, 10**6 + 12000))  # compresses badly
+    script = join_script(raw, "pool-a", ca)
+    assert len(script.encode()) <= MAX_USER_DATA
     with pytest.raises(ValueError, match="16384 bytes"):
-        join_script(raw, "pool-a", ca + noise, ca)
+        join_script(raw, "pool-a", ca + "\n" * MAX_USER_DATA)
 
 
 def test_without_a_ca_a_node_refuses_to_boot_into_anything() -> None:
@@ -244,9 +239,7 @@ def test_without_a_ca_a_node_refuses_to_boot_into_anything() -> None:
         script = join_script(raw, "pool-a", ca)
         assert script.startswith("#!/bin/sh\n") and script.rstrip().endswith("exit 1")
         assert "kubelet" not in script
-    # konnectivity mode (the default) needs the Konnectivity CA too
-    assert "kubelet" not in join_script(raw, "pool-a", ca_certificate())
-    assert "kubelet" in join_script(raw, "pool-a", ca_certificate(), ca_certificate())
+    assert "kubelet" in join_script(raw, "pool-a", ca_certificate())
 
 
 POOLS = [{"name": "pool-a", "zone": "eu-west-1a"}, {"name": "pool-b", "zone": "eu-west-1b"},

@@ -24,9 +24,8 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 # Leaves of the example: 8 files (the document's 7 and the CSR approver's) and 3 kubeconfigs
 # per control-plane host, a serving certificate and kubelet.conf per node, and the
 # operator's admin.conf; the example runs
-# Konnectivity: a proxy-server certificate per control-plane host (agents use their
-# kubelet's client certificate)
-LEAVES = 3 * (8 + 3) + 3 * 2 + 1 + 3
+# Konnectivity: a proxy-server certificate per control-plane host, an agent's per node
+LEAVES = 3 * (8 + 3) + 3 * 2 + 1 + 3 + 3
 
 
 

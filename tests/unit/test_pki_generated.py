@@ -404,8 +404,9 @@ def test_konnectivity_mode_adds_its_ca_and_leaves_and_leaving_it_removes_them(fr
         assert not signed_by(server, cert(local / "ca.crt"))
         assert result.hosts[host].issued == ("konnectivity-server: new",)
     for node in ("node-a1", "node-b1", "node-c1"):
-        # Agents use their kubelet's client certificate: no certificate of their own.
-        assert not (out / node / PKI.lstrip("/") / "konnectivity" / "agent.crt").exists()
+        agent = cert(out / node / PKI.lstrip("/") / "konnectivity" / "agent.crt")
+        assert facts(agent).cn == f"konnectivity-agent:{node}"
+        assert facts(agent).ext_key_usages == {"client_auth"}
         assert (out / node / PKI.lstrip("/") / "konnectivity" / "ca.crt").exists()
     data["cluster"]["egress"] = "ssh-tunnel"
     generate(load(data), out)

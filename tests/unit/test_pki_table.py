@@ -168,8 +168,7 @@ def test_cas_come_before_leaves_and_every_reference_resolves():
         assert leaf.ca in CA_BY_NAME, leaf.name
     assert table.KUBECONFIG_CA in CA_BY_NAME
     for use in FILE_USES:
-        assert use.file in ("sa", table.KUBELET_CLIENT) or use.file in CA_BY_NAME \
-            or use.file in LEAF_BY_NAME, use
+        assert use.file == "sa" or use.file in CA_BY_NAME or use.file in LEAF_BY_NAME, use
         assert use.key_flags or use.cert_flags
 
 
@@ -231,19 +230,3 @@ def test_flags_without_ca_keys_on_hosts_name_no_ca_key():
     assert "--cluster-signing-key-file" not in cm
     assert "--cluster-signing-cert-file" not in cm
     assert cm["--client-ca-file"] == "/etc/kubernetes/pki/ca.crt"
-
-
-def test_konnectivity_agents_authenticate_with_their_kubelets_client_certificate():
-    """One credential per node for every kind of node: the kubelet's client certificate
-    (cluster CA), so the proxy-servers verify agents against the cluster CA; no agent row."""
-    assert not [leaf for leaf in LEAVES if leaf.name.startswith("konnectivity-agent")]
-    agent = table.flags_for("proxy-agent")
-    assert agent["--agent-cert"] == agent["--agent-key"] == table.KUBELET_CLIENT_PEM
-    assert table.KUBELET_CLIENT_PEM == "/var/lib/kubelet/pki/kubelet-client-current.pem"
-    assert agent["--ca-cert"] == CA_BY_NAME["konnectivity-ca"].cert_path
-    server = table.flags_for("proxy-server")
-    assert server["--cluster-ca-cert"] == CA_BY_NAME["kubernetes-ca"].cert_path
-    assert server["--cluster-cert"].endswith("/konnectivity/server.crt")
-    # The retired agent certificate's files are removed from hosts by the pki step.
-    assert set(table.RETIRED_FILES) == {f"{table.PKI_DIR}/konnectivity/agent.crt",
-                                        f"{table.PKI_DIR}/konnectivity/agent.key"}
