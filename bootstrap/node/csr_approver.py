@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import http.client
 import json
 import os
 import re
@@ -52,6 +51,7 @@ try:  # in the project
         identity_from,
         load_trust_file,
     )
+    from bootstrap.node.kube_api import KubeApi as _KubeApi
 except ImportError:  # on a host: shipped beside this program
     from asn1_der import DECODE_ERRORS, parse_csr, request_der  # type: ignore[no-redef]
     from csr_rules import (  # type: ignore[no-redef]
@@ -74,9 +74,10 @@ except ImportError:  # on a host: shipped beside this program
         identity_from,
         load_trust_file,
     )
+    from kube_api import KubeApi as _KubeApi  # type: ignore[no-redef]
 
 # The modules shipped beside this program (bootstrap/node/<name>.py as <name>.py).
-COMPANIONS = ("asn1_der", "instance_identity", "identity_webhook", "csr_rules")
+COMPANIONS = ("asn1_der", "instance_identity", "identity_webhook", "csr_rules", "kube_api")
 __all__ = ["DNS_SUBDOMAIN", "SIGNER_CLIENT", "SIGNER_SERVING", "decide", "COMPANIONS"]
 REASON_APPROVED = "MzkIdentityVerified"
 REASON_DENIED = "MzkIdentityNotVerified"
@@ -94,56 +95,11 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: UP017
 
 
-class KubeApi:
-    """One keep-alive HTTPS connection to the API server, authenticated by client cert."""
+class KubeApi(_KubeApi):
+    """The approver's API client: a node it cannot look up now raises LookupFailed, on which
+    the rules and the webhook wait (never deny)."""
 
-    def __init__(self, server: str, ca: str, cert: str, key: str, timeout: float = 10.0):
-        parts = urllib.parse.urlsplit(server)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"--server {server!r} must be an https:// URL")
-        self.host, self.port, self.timeout = parts.hostname, parts.port or 443, timeout
-        self.context = ssl.create_default_context(cafile=ca)
-        self.context.load_cert_chain(cert, key)
-        self.connection: http.client.HTTPSConnection | None = None
-
-    def request(self, method: str, path: str, body: Any = None,
-                content_type: str = "application/json") -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        for attempt in (1, 2):  # a kept-alive connection the server closed gets one retry
-            reused = self.connection is not None
-            if self.connection is None:
-                self.connection = http.client.HTTPSConnection(
-                    self.host, self.port, context=self.context, timeout=self.timeout)
-            try:
-                self.connection.request(method, path, body=data, headers=headers)
-                response = self.connection.getresponse()
-                raw = response.read()
-                break
-            except (OSError, http.client.HTTPException):
-                self.close()
-                if attempt == 2 or not reused:
-                    raise
-        try:
-            return response.status, json.loads(raw) if raw else None
-        except ValueError:
-            return response.status, None
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
-
-    def node_exists(self, name: str) -> bool:
-        """Only a 404 means "no such node": any other answer counts as registered (fail
-        closed), except 429/5xx and transport errors, which are retried."""
-        try:
-            status, _ = self.request("GET", "/api/v1/nodes/" + urllib.parse.quote(name, safe=""))
-        except (OSError, http.client.HTTPException) as err:
-            raise LookupFailed(f"GET node {name}: {err!r}") from err
-        if status == 429 or status >= 500:
-            raise LookupFailed(f"GET node {name}: HTTP {status}")
-        return status != 404
+    unavailable = LookupFailed
 
 
 @dataclass
