@@ -126,7 +126,7 @@ def quantity(text: str) -> Fraction | None:
     if not match:
         return None
     number, suffix = Fraction(match.group(1)), match.group(2) or ""
-    if suffix[:1] in ("e", "E"):
+    if len(suffix) > 1 and suffix[0] in "eE" and suffix[1] != "i":
         return number * Fraction(10) ** int(suffix[1:])
     return number * _SCALE[suffix]
 
