@@ -1,5 +1,6 @@
 """The API server client our host programs share: one keep-alive HTTPS connection,
-authenticated by a client certificate, plus watches on connections of their own.
+authenticated by a client certificate; watches on connections of their own; and a cache of
+one collection kept by a list and then a watch (ListWatch).
 
 The kubelet rotates its client credential (`kubelet-client-current.pem`, certificate and key
 in one file, a symlink swapped to a new file), so a program holding it must not keep the
@@ -19,11 +20,15 @@ import http.client
 import json
 import os
 import ssl
+import threading
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 WATCH_SECONDS = 300  # the server ends a watch after this; the client then watches again
+LIST_PAGE = 500  # objects per list page: bounds the memory a list of 5,000 Nodes takes
+MAX_BACKOFF = 30.0
 
 
 class ApiUnavailable(Exception):
@@ -159,3 +164,91 @@ class KubeApi:
         if status == 429 or status >= 500:
             raise self.unavailable(f"GET node {name}: HTTP {status}")
         return status != 404
+
+
+class ListWatch:
+    """The objects of one collection, each reduced to what a program needs, kept by one
+    paged list and then a watch (what 5,000 agents cost the API server is one watch each,
+    not a list per pass). Through API errors the last good objects are kept, so an outage
+    never looks like deletions; errors are retried with a backoff of up to MAX_BACKOFF."""
+
+    def __init__(self, api: KubeApi, path: str, reduce: Callable[[dict[str, Any]], Any],
+                 log: Callable[[str], None]):
+        self.api, self.path, self.reduce, self.log = api, path, reduce, log
+        self.items: dict[str, Any] | None = None  # None until the first list
+        self.version, self.error = "", ""
+        self.changed, self.lock = threading.Event(), threading.Lock()
+
+    def list_all(self) -> tuple[dict[str, Any], str]:
+        """Every object, reduced, and the list's resource version."""
+        items: dict[str, Any] = {}
+        token = ""
+        while True:
+            query = {"limit": str(LIST_PAGE), **({"continue": token} if token else {})}
+            page = self.api.get_json(f"{self.path}?{urllib.parse.urlencode(query)}")
+            for item in page.get("items") or []:
+                items[_key(item)] = self.reduce(item)
+            meta = page.get("metadata") or {}
+            token = meta.get("continue", "")
+            if not token:
+                return items, meta.get("resourceVersion", "")
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name=f"watch {self.path}", daemon=True)
+        thread.start()
+        return thread
+
+    def run(self) -> None:
+        backoff = 0.0
+        while True:
+            try:
+                if not self.version:
+                    items, self.version = self.list_all()
+                    self._store(items)
+                for event in self.api.watch(self.path, self.version):
+                    self._apply(event)
+                backoff = 0.0
+            except WatchExpired:
+                self.version = ""
+            except ApiUnavailable as err:
+                with self.lock:
+                    self.error = str(err)
+                self.api.close()
+                backoff = min(max(2 * backoff, 1.0), MAX_BACKOFF)
+                self.log(f"event=api-error retry_in={backoff:.0f}s error={json.dumps(str(err))}")
+                time.sleep(backoff)
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        item = event.get("object") or {}
+        self.version = (item.get("metadata") or {}).get("resourceVersion") or self.version
+        if event.get("type") not in ("ADDED", "MODIFIED", "DELETED"):
+            return  # BOOKMARK: only the version moves
+        key = _key(item)
+        with self.lock:
+            items = self.items if self.items is not None else {}
+            before = items.get(key)
+            if event["type"] == "DELETED":
+                items.pop(key, None)
+                after = None
+            else:
+                items[key] = after = self.reduce(item)
+            self.items, self.error = items, ""
+            if after != before:
+                self.changed.set()
+
+    def _store(self, items: dict[str, Any]) -> None:
+        with self.lock:
+            if items != self.items:
+                self.changed.set()
+            self.items, self.error = items, ""
+
+    def snapshot(self) -> tuple[dict[str, Any] | None, str]:
+        """The objects (None before the first list) and the last error ("" when healthy)."""
+        with self.lock:
+            return (None if self.items is None else dict(self.items)), self.error
+
+
+def _key(item: dict[str, Any]) -> str:
+    meta = item.get("metadata") or {}
+    return f"{meta['namespace']}/{meta.get('name', '')}" if meta.get("namespace") \
+        else meta.get("name", "")
