@@ -119,7 +119,9 @@ class KubeApi:
         except (OSError, http.client.HTTPException) as err:
             raise ApiUnavailable(f"GET {path}: {err!r}") from err
         if status != 200 or not isinstance(answer, dict):
-            raise ApiUnavailable(f"GET {path}: HTTP {status}")
+            message = answer.get("message", "") if isinstance(answer, dict) else ""
+            raise ApiUnavailable(f"GET {path}: HTTP {status}" + (f": {message}" if message
+                                                                 else ""))
         return answer
 
     def watch(self, path: str, resource_version: str,
@@ -177,7 +179,8 @@ class ListWatch:
         self.api, self.path, self.reduce, self.log = api, path, reduce, log
         self.items: dict[str, Any] | None = None  # None until the first list
         self.version, self.error = "", ""
-        self.changed, self.lock = threading.Event(), threading.Lock()
+        self.changed, self.lock, self.stopping = threading.Event(), threading.Lock(), \
+            threading.Event()
 
     def list_all(self) -> tuple[dict[str, Any], str]:
         """Every object, reduced, and the list's resource version."""
@@ -198,25 +201,35 @@ class ListWatch:
         thread.start()
         return thread
 
+    def stop(self) -> None:
+        """End run() at its next event or retry (a watch in progress ends with the server's)."""
+        self.stopping.set()
+
     def run(self) -> None:
         backoff = 0.0
-        while True:
+        while not self.stopping.is_set():
             try:
                 if not self.version:
                     items, self.version = self.list_all()
                     self._store(items)
+                started = time.monotonic()
                 for event in self.api.watch(self.path, self.version):
+                    if self.stopping.is_set():
+                        return
                     self._apply(event)
                 backoff = 0.0
+                if time.monotonic() - started < 1.0:  # a server ending watches at once
+                    self.stopping.wait(1.0)
             except WatchExpired:
                 self.version = ""
+                self.stopping.wait(1.0)  # never a tight list loop against the API server
             except ApiUnavailable as err:
                 with self.lock:
                     self.error = str(err)
                 self.api.close()
                 backoff = min(max(2 * backoff, 1.0), MAX_BACKOFF)
                 self.log(f"event=api-error retry_in={backoff:.0f}s error={json.dumps(str(err))}")
-                time.sleep(backoff)
+                self.stopping.wait(backoff)
 
     def _apply(self, event: dict[str, Any]) -> None:
         item = event.get("object") or {}

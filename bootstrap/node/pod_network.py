@@ -520,14 +520,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def open_cache(args: argparse.Namespace, agent: Agent) -> ListWatch:
+    """The Node cache on the kubelet's credential. A service waits for a credential file that
+    is not there yet (an auto-scaled node's, until TLS bootstrapping); --once does not."""
+    while True:
+        try:
+            return ListWatch(KubeApi(args.server, args.ca, args.cert, args.key), NODES_PATH,
+                             record_of, log)
+        except FileNotFoundError as err:
+            if args.once:
+                raise
+            agent.waiting = f"credential {err.filename} is not there yet"
+            agent._once(f"event=waiting node={agent.node} reason={_quoted(agent.waiting)}")
+            agent.write_status(False, "")
+            time.sleep(args.interval)
+
+
+def rbac_manifests() -> list[dict[str, Any]]:
+    """Nodes read with their kubelet's credential: the Node authorizer lets a node read only
+    its own Node (Kubernetes 1.34+) and leaves the rest to RBAC, so the group of all nodes
+    gets get/list/watch on Nodes, and nothing else."""
+    group, name = "rbac.authorization.k8s.io", "mzk:pod-network"
+    return [
+        {"apiVersion": f"{group}/v1", "kind": "ClusterRole", "metadata": {"name": name},
+         "rules": [{"apiGroups": [""], "resources": ["nodes"],
+                    "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": f"{group}/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+         "roleRef": {"apiGroup": group, "kind": "ClusterRole", "name": name},
+         "subjects": [{"apiGroup": group, "kind": "Group", "name": "system:nodes"}]},
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     agent = Agent(args.node, args.cluster_cidr, args.service_cidr, args.status)
     cache: ListWatch | None = None
     if not args.nodes_file:
         try:
-            cache = ListWatch(KubeApi(args.server, args.ca, args.cert, args.key), NODES_PATH,
-                              record_of, log)
+            cache = open_cache(args, agent)
         except (ValueError, OSError, ssl.SSLError) as err:
             print(f"{PROGRAM}: {err}", file=sys.stderr)
             return 2
@@ -545,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                 records, error = cache.list_all()[0], ""
             else:
                 records, error = cache.snapshot()
+                error = error or ("" if records is not None else "no node list yet")
         except (ApiUnavailable, OSError, ValueError) as err:
             records, error = None, str(err)
             log(f"event=nodes-error error={_quoted(error)}")

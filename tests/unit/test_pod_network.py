@@ -8,22 +8,28 @@ it and run once in each node's namespace, pods then reaching each other by pod I
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from csr_support import serve  # noqa: F401 - a fixture
 
 from bootstrap.node import kube_api
 from bootstrap.node import pod_network as pn
@@ -235,19 +241,32 @@ def test_bad_flags_are_one_line_and_exit_2(flags: list[str], names: str) -> None
 
 # ---- the shared API client -----------------------------------------------------------------
 
-def write_credential(path: Path, name: str) -> None:
+Issued = tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
+
+
+def write_credential(path: Path, name: str, ca: Issued | None = None,
+                     ip: str | None = None) -> Issued:
+    """A certificate and its key in one PEM file (as the kubelet keeps its client credential),
+    signed by `ca` (or by itself); written as the kubelet does: a new file, then the name."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(hours=1))
-            .sign(key, hashes.SHA256()))
-    temporary = path.with_suffix(".tmp")  # as the kubelet does: a new file, then the name
+    builder = (x509.CertificateBuilder().subject_name(subject)
+               .issuer_name(ca[1].subject if ca else subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=1))
+               .not_valid_after(now + dt.timedelta(hours=1))
+               .add_extension(x509.BasicConstraints(ca=ca is None, path_length=None), True))
+    if ip:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address(ip))]), False)
+    cert = builder.sign(ca[0] if ca else key, hashes.SHA256())
+    temporary = path.with_suffix(".tmp")
     temporary.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
     os.replace(temporary, path)
+    return key, cert
 
 
 def test_a_rotated_client_certificate_is_loaded_again(tmp_path: Path) -> None:
@@ -292,6 +311,104 @@ def test_the_node_cache_lists_in_pages_then_follows_watch_events() -> None:
     snapshot, error = cache.snapshot()
     assert cache.changed.is_set() and snapshot is not None and sorted(snapshot) == ["node-a"]
     assert error == ""
+
+
+def test_list_then_watch_against_a_tls_api_with_a_client_certificate_rotated_between(
+        tmp_path: Path, serve: Callable[..., Any]) -> None:  # noqa: F811 - the fixture
+    """The cache lists, follows a watch (a node added, one deleted), lists again after 410
+    Gone, and the certificate rotated on disk in between is the one the next call presents."""
+    ca = write_credential(tmp_path / "ca.pem", "test-ca")
+    (tmp_path / "ca.crt").write_bytes(ca[1].public_bytes(serialization.Encoding.PEM))
+    write_credential(tmp_path / "server.pem", "apiserver", ca, ip="127.0.0.1")
+    client = tmp_path / "kubelet-client-current.pem"
+    write_credential(client, "system:node:node-a", ca)
+    nodes = {"node-a": A, "node-b": B}
+    seen: list[tuple[str, int]] = []  # (kind of call, client certificate serial)
+
+    class FakeApi(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the handler's name
+            peer = self.connection.getpeercert()  # type: ignore[attr-defined]
+            watch = "watch=1" in self.path
+            seen.append(("watch" if watch else "list", int(peer["serialNumber"], 16)))
+            if watch and sum(kind == "watch" for kind, _ in seen) == 1:
+                client_rotated.wait(5)
+                events = [{"type": "ADDED", "object": C}, {"type": "DELETED", "object": B},
+                          {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "12"}}}]
+                nodes["node-c"] = C
+                nodes.pop("node-b")
+                body = "".join(json.dumps(e) + "\n" for e in events).encode()
+            elif watch:  # the version is too old: list again
+                self.send_response(410)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            else:
+                body = json.dumps(node_list(*nodes.values())).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    client_rotated = threading.Event()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.pem")
+    context.load_verify_locations(tmp_path / "ca.crt")
+    context.verify_mode = ssl.CERT_REQUIRED
+    server = serve(FakeApi, context)
+    api = kube_api.KubeApi(f"https://127.0.0.1:{server.server_port}", str(tmp_path / "ca.crt"),
+                           str(client), str(client))
+    cache = kube_api.ListWatch(api, pn.NODES_PATH, pn.record_of, print)
+    cache.start()
+    assert cache.changed.wait(5)
+    assert sorted(cache.snapshot()[0] or {}) == ["node-a", "node-b"]
+    rotated = write_credential(client, "system:node:node-a", ca)[1].serial_number
+    client_rotated.set()
+    deadline = time.monotonic() + 10
+    while [kind for kind, _ in seen][:4] != ["list", "watch", "watch", "list"]:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.05)
+    while sorted(cache.snapshot()[0] or {}) != ["node-a", "node-c"]:
+        assert time.monotonic() < deadline, cache.snapshot()
+        time.sleep(0.05)
+    assert seen[0][1] != rotated and seen[2][1] == seen[3][1] == rotated
+    cache.stop()
+
+
+def test_rbac_lets_nodes_read_nodes_and_nothing_more() -> None:
+    role, binding = pn.rbac_manifests()
+    for manifest in (role, binding):
+        kubernetes_validate.validate(manifest, "1.33", strict=True)
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"],
+                              "verbs": ["get", "list", "watch"]}]
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                    "name": "system:nodes"}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+
+def test_a_missing_credential_is_waited_for_as_a_service_and_refused_once(
+        tmp_path: Path) -> None:
+    flags = [sys.executable, pn.__file__, "--server", "https://127.0.0.1:6443", "--ca",
+             str(tmp_path / "ca.crt"), "--cert", str(tmp_path / "c.pem"), "--key",
+             str(tmp_path / "c.pem"), "--node", "node-a", "--cluster-cidr", CLUSTER,
+             "--service-cidr", SERVICES, "--interval", "0.2", "--status",
+             str(tmp_path / "status.json")]
+    done = subprocess.run([*flags, "--once"], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    service = subprocess.Popen(flags, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "status.json").exists():
+            assert time.monotonic() < deadline and service.poll() is None
+            time.sleep(0.05)
+        status = json.loads((tmp_path / "status.json").read_text())
+        assert "is not there yet" in status["waiting"] and not status["last_pass_ok"]
+    finally:
+        service.kill()
+        service.wait()
 
 
 # ---- a real overlay between two namespaces -----------------------------------------------------
