@@ -119,9 +119,7 @@ class KubeApi:
         except (OSError, http.client.HTTPException) as err:
             raise ApiUnavailable(f"GET {path}: {err!r}") from err
         if status != 200 or not isinstance(answer, dict):
-            message = answer.get("message", "") if isinstance(answer, dict) else ""
-            raise ApiUnavailable(f"GET {path}: HTTP {status}" + (f": {message}" if message
-                                                                 else ""))
+            raise ApiUnavailable(f"GET {path}: HTTP {status}" + _message(answer))
         return answer
 
     def watch(self, path: str, resource_version: str,
@@ -140,10 +138,10 @@ class KubeApi:
                 connection.request("GET", f"{path}?{query}",
                                    headers={"Accept": "application/json"})
                 response = connection.getresponse()
-                if response.status == 410:
-                    raise WatchExpired(f"watch {path}: HTTP 410")
                 if response.status != 200:
-                    raise ApiUnavailable(f"watch {path}: HTTP {response.status}")
+                    error = WatchExpired if response.status == 410 else ApiUnavailable
+                    raise error(f"watch {path}: HTTP {response.status}"
+                                + _message(response.read(65536)))
                 while line := response.readline():
                     event = json.loads(line)
                     if event.get("type") == "ERROR":
@@ -259,6 +257,17 @@ class ListWatch:
         """The objects (None before the first list) and the last error ("" when healthy)."""
         with self.lock:
             return (None if self.items is None else dict(self.items)), self.error
+
+
+def _message(answer: Any) -> str:
+    """The API's Status message as ": <message>", from a decoded or raw answer; "" if none."""
+    if isinstance(answer, bytes):
+        try:
+            answer = json.loads(answer)
+        except ValueError:
+            return ""
+    message = answer.get("message") if isinstance(answer, dict) else None
+    return f": {message}" if isinstance(message, str) and message else ""
 
 
 def _key(item: dict[str, Any]) -> str:
