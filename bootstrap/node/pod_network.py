@@ -10,7 +10,9 @@ forwarding entry (its VXLAN MAC -> its InternalIP), one permanent neighbour (its
 CIDR's network address -> that MAC) and one route (its pod CIDR via that address, onlink),
 so a packet never floods and 5,000 nodes cost 15,000 kernel entries per node. The MAC is
 derived from the InternalIP, so no node publishes anything: Node objects (spec.podCIDR,
-status.addresses) are all it reads, with the kubelet's credential (list and watch).
+status.addresses) are all it reads, with the kubelet's credential, by one list and then a
+watch; the Node authorizer (1.34+) lets a node read only its own Node, so the cluster needs
+rbac_manifests() (get/list/watch Nodes for the group system:nodes).
 
 Pods keep their addresses between nodes; traffic leaving the cluster CIDR is masqueraded
 (nftables table `ip mzk_pods`, its digest in its comment, replaced in one transaction).
