@@ -22,6 +22,7 @@ from typing import Any
 
 from bootstrap import inventory as inventory_module
 from bootstrap import k8s_bin
+from bootstrap.addons import lab_images
 from bootstrap.apply_lock import HeldLock
 from bootstrap.control_plane import encryption, health
 from bootstrap.egress import tunnel_keys
@@ -32,7 +33,7 @@ from bootstrap.k8s_bin import LocalBinaries
 from bootstrap.k8s_releases import release_for, supported_versions
 from bootstrap.pki import generate, near_expiry
 from bootstrap.ssh import Connections
-from bootstrap.steps import ACTION, nodes
+from bootstrap.steps import ACTION, addons, nodes
 from bootstrap.steps.etcd import CLUSTERS, status
 from bootstrap.steps.facts import gather
 
@@ -119,6 +120,10 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
     `binaries` None: from $MZK_K8S_BIN_DIR if set (see `local_binaries`)."""
     if binaries is None:
         binaries = local_binaries(inventory, None)
+    # Lab: the add-ons' images built here; real hosts: every image pinned (else exit 2).
+    images = lab_images.ensure(binaries) if binaries is not None else None
+    if binaries is None:
+        addons.pinned_images(inventory)
     made_pki_dir = not pki_dir.exists()
     with tempfile.TemporaryDirectory(prefix="mzk-plan-") as scratch:
         if dry_run:
@@ -143,7 +148,8 @@ def execute(inventory: Inventory, pki_dir: Path, *, dry_run: bool,
             report.add("local", "pki", f"issue {line}")
         locks: list[HeldLock] = []
         shared: dict[str, Any] = {"pki": pki, "k8s_bin": binaries, "tunnel_keys": keys,
-                                  "encryption": encryption_config, "locks": locks}
+                                  "encryption": encryption_config, "locks": locks,
+                                  "lab_images": images}
         with Connections(inventory, progress=progress) as connections:
             if inventory.ssh.authorized_keys:
                 shared["bastion_runner"] = connections.bastion_runner()

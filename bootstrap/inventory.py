@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap import rules, safe_yaml
+from bootstrap.addons.dns_scale import DnsRule
 from bootstrap.errors import ConfigError
 from bootstrap.inventory_reader import Reader as _Reader
 from bootstrap.rules import (  # noqa: F401 - PKISettings and PKI_DEFAULTS are used from here
@@ -114,6 +115,8 @@ class Cluster:
     # PEM certificates or public keys whose signatures on instance identity documents the
     # CSR approver accepts (the lab's "cloud" key); none: AWS's certificate for the region.
     instance_identity_trust: str | None = None
+    # CoreDNS's replicas and memory as the cluster grows (bootstrap.addons.dns_scale).
+    dns: DnsRule = field(default_factory=DnsRule)
 
     @property
     def kubernetes_service_ip(self) -> str:
@@ -209,6 +212,9 @@ def parse(data: Any, source: str = "<memory>") -> Inventory:
     ssh = _ssh(r, top["ssh"], hosts)
     pki = _pki(r, top["pki"] if "pki" in top else {})  # written: must be a mapping
     _check_topology(r, zones, hosts)
+    for problem in cluster.dns.validate(len(zones))[:1]:
+        field, _, message = problem.partition(": ")
+        raise r.fail(field, message)
     if cluster.egress == "ssh-tunnel" and not ssh.authorized_keys:
         raise r.fail("ssh.authorized_keys", "cluster.egress ssh-tunnel adds the control "
                      "plane's tunnel keys to the nodes' authorized_keys, which the bootstrap "
@@ -252,7 +258,7 @@ def _cluster(r: _Reader, raw: Any) -> Cluster:
     c = r.mapping(raw, "cluster", required=("name", "kubernetes_version"),
                   optional=("service_cidr", "pod_cidr", "dns_domain", "api_port", "egress",
                             "max_nodes", "egress_node_ports", "cni",
-                            "instance_identity_trust"))
+                            "instance_identity_trust", "dns"))
     name = r.check(rules.dns_label, c["name"], "cluster.name")
     # Any release >= 1.28 here: the lab brings its own binaries; real hosts need a pinned
     # one, which `apply` checks (apply_command.local_binaries) and the stack settings demand.
@@ -276,7 +282,18 @@ def _cluster(r: _Reader, raw: Any) -> Cluster:
         cni=r.choice(c.get("cni", "bridge"), "cluster.cni", CNI_CHOICES),
         instance_identity_trust=None if c.get("instance_identity_trust") is None else r.check(
             trust_pem, c["instance_identity_trust"], "cluster.instance_identity_trust"),
+        dns=_dns_rule(r, c.get("dns")),
     )
+
+
+def _dns_rule(r: _Reader, raw: Any) -> DnsRule:
+    """`cluster.dns`: the CoreDNS scaling rule (checked against the zones in `parse`)."""
+    if raw is None:
+        return DnsRule()
+    d = r.mapping(raw, "cluster.dns", optional=("nodes_per_replica", "max_replicas"))
+    default = DnsRule()
+    return DnsRule(nodes_per_replica=d.get("nodes_per_replica", default.nodes_per_replica),
+                   max_replicas=d.get("max_replicas", default.max_replicas))
 
 
 def _endpoint(r: _Reader, raw: Any, where: str, default_port: int) -> Endpoint:

@@ -31,6 +31,9 @@ CONTROL_PLANE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-sch
 NODE_BINARIES = ("kubelet",)
 # Konnectivity's binaries have no --version: taken when present, identified by digest.
 KONNECTIVITY_BINARIES = ("proxy-server", "proxy-agent")
+# The add-ons' binaries, for the lab's images (bootstrap.addons.lab_images): taken when
+# present, identified by digest (coredns has no --version).
+ADDON_BINARIES = ("kube-proxy", "coredns")
 VERSIONS_CACHE = ".mzk-versions.json"
 _VERSION = re.compile(r"v(\d+)\.(\d+)\.(\d+)")
 
@@ -143,7 +146,7 @@ def load(directory: Path, kubernetes_version: str,
                               f"{paths[name]} is v{have}; set the version to "
                               f"{'.'.join(have.split('.')[:2])}.x or give binaries of "
                               f"{'.'.join(want)}")
-    for name in KONNECTIVITY_BINARIES:
+    for name in (*KONNECTIVITY_BINARIES, *ADDON_BINARIES):
         path = directory / name
         if path.is_file() and os.access(path, os.X_OK):
             paths[name] = path

@@ -21,6 +21,7 @@ class AddonContext:
     lab: bool  # lab: images built locally (imagePullPolicy Never), no upstream resolver
     # image name -> reference: lab "mzk.local/<name>:lab", real hosts pinned by digest
     images: dict[str, str] = field(default_factory=dict)
+    pod_network: bool = True  # cluster.cni bridge: ours (bootstrap.node.pod_network)
 
     def image(self, name: str) -> str:
         return self.images[name]

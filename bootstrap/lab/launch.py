@@ -24,6 +24,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bootstrap import k8s_bin
+from bootstrap.addons import lab_images
 from bootstrap.errors import ConfigError, MultizoneError
 from bootstrap.inventory import load as load_inventory
 from bootstrap.k8s_bin import resolve_dir
@@ -133,7 +135,11 @@ def launch(lab_dir: Path, zone: str, claim: str | None = None, steal: str | None
         kubernetes_version=inventory.cluster.kubernetes_version,
         dns_address=inventory.cluster.dns_address, dns_domain=inventory.cluster.dns_domain,
         lab=True, claim=claim, kubelet_path=str(Path(bins) / "kubelet"),
-        cgroup_root=cgroups.root_for(host.netns))
+        cgroup_root=cgroups.root_for(host.netns),
+        pod_network=inventory.cluster.cni == "bridge",
+        cluster_cidr=inventory.cluster.pod_cidr, service_cidr=inventory.cluster.service_cidr,
+        lab_images=tuple(i.archive for i in lab_images.ensure(
+            k8s_bin.load(Path(bins), inventory.cluster.kubernetes_version)).values()))
     script = join.user_data(spec)
     if not boot:
         return Launched(name, instance_id, claim or name, host.address, zone, pool, script, "")

@@ -43,6 +43,7 @@ try:  # in the project
         is_ours,
         joining_instance,
     )
+    from bootstrap.node.dns_autoscaler import DnsAutoscaler, DnsRule
     from bootstrap.node.identity_webhook import Verifier, parse_listen, serve
     from bootstrap.node.instance_identity import (
         Identity,
@@ -66,6 +67,7 @@ except ImportError:  # on a host: shipped beside this program
         is_ours,
         joining_instance,
     )
+    from dns_autoscaler import DnsAutoscaler, DnsRule  # type: ignore[no-redef]
     from identity_webhook import Verifier, parse_listen, serve  # type: ignore[no-redef]
     from instance_identity import (  # type: ignore[no-redef]
         Identity,
@@ -77,7 +79,8 @@ except ImportError:  # on a host: shipped beside this program
     from kube_api import KubeApi as _KubeApi  # type: ignore[no-redef]
 
 # The modules shipped beside this program (bootstrap/node/<name>.py as <name>.py).
-COMPANIONS = ("asn1_der", "instance_identity", "identity_webhook", "csr_rules", "kube_api")
+COMPANIONS = ("asn1_der", "instance_identity", "identity_webhook", "csr_rules", "kube_api",
+              "dns_autoscaler")
 __all__ = ["DNS_SUBDOMAIN", "SIGNER_CLIENT", "SIGNER_SERVING", "decide", "COMPANIONS"]
 REASON_APPROVED = "MzkIdentityVerified"
 REASON_DENIED = "MzkIdentityNotVerified"
@@ -329,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve the API server's token webhook here (loopback only)")
     parser.add_argument("--identity-trust", metavar="PATH",
                         help="PEM certificates or public keys whose identity signatures count")
+    parser.add_argument("--dns-zones", type=int, metavar="N",
+                        help="also keep CoreDNS sized for the nodes (bootstrap.addons.dns_scale)")
+    parser.add_argument("--dns-nodes-per-replica", type=int, default=16)
+    parser.add_argument("--dns-max-replicas", type=int, default=100)
     args = parser.parse_args(argv)
     try:
         if args.webhook_listen and not args.identity_trust:
@@ -343,6 +350,13 @@ def main(argv: list[str] | None = None) -> int:
             webhook_api = KubeApi(args.server, args.ca, args.cert, args.key)
             keys = load_trust_file(args.identity_trust)
             serve(Verifier(keys, identity, webhook_api.node_exists), args.webhook_listen)
+        dns = None
+        if args.dns_zones is not None:
+            rule = DnsRule(args.dns_nodes_per_replica, args.dns_max_replicas)
+            problems = rule.validate(args.dns_zones)
+            if problems:
+                raise ValueError(problems[0])
+            dns = DnsAutoscaler(approver.api, rule, args.dns_zones)
     except (ValueError, OSError, ssl.SSLError) as err:
         print(f"mzk-csr-approver: {err}", file=sys.stderr)
         return 2
@@ -351,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             approver.run_pass()
             backoff = 0.0
+            changed = dns.tick(time.monotonic()) if dns is not None else None
+            if changed:
+                print(f"event=dns-scaled {changed}", file=sys.stderr, flush=True)
         except Exception as err:  # a service: report, back off, carry on
             approver.api.close()
             approver.error(f"pass failed: {err!r}")

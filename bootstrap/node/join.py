@@ -22,11 +22,12 @@ binary, as the lab's "image".
 from __future__ import annotations
 
 import base64
+import gzip
 import shlex
 from dataclasses import dataclass
 
 from bootstrap.k8s_releases import release_for
-from bootstrap.node import cni, containerd_config, pause_image
+from bootstrap.node import cni, containerd_config, pause_image, pod_network_unit
 from bootstrap.node import kubelet_config as kc
 from bootstrap.services import SUPERVISOR_PATH, Service, render_unit, unit_path
 from bootstrap.steps.binaries import INSTALL_DIR, kubernetes_install_script
@@ -57,6 +58,11 @@ class JoinSpec:
     claim: str | None = None  # lab impostors only: ask for this name, not the instance's
     kubelet_path: str | None = None  # lab only; AWS: the pinned release, installed
     cgroup_root: str | None = None  # lab only
+    # The pod network (cluster.cni bridge): our agent, with the pool's pod and service CIDRs.
+    pod_network: bool = True
+    cluster_cidr: str = "10.244.0.0/16"
+    service_cidr: str = "10.96.0.0/12"
+    lab_images: tuple[str, ...] = ()  # lab only: add-on image archives to import (the "AMI")
 
 
 def bootstrap_kubeconfig(spec: JoinSpec, token: str) -> bytes:
@@ -90,18 +96,27 @@ def files(spec: JoinSpec) -> list[tuple[str, bytes, int]]:
              (kc.CA_FILE, spec.ca_pem.encode(), 0o644),
              (unit_path("containerd"), render_unit(containerd).encode(), 0o644),
              (unit_path("kubelet"), render_unit(kubelet).encode(), 0o644)]
+    if spec.pod_network:
+        agent = pod_network_unit.command(
+            server=spec.endpoint_url, credential=pod_network_unit.ROTATED_CREDENTIAL,
+            node=NAME_MARK, cluster_cidr=spec.cluster_cidr, service_cidr=spec.service_cidr)
+        found += [(path, content, 0o755 if path == pod_network_unit.PROGRAM else 0o644)
+                  for path, content in pod_network_unit.program_files().items()]
+        found.append((unit_path(pod_network_unit.NAME),
+                      render_unit(pod_network_unit.service(agent)).encode(), 0o644))
     if spec.lab:
         found.append((pause_image.ARCHIVE_PATH, pause_image.oci_image(), 0o644))
     return found
 
 
 def _put(path: str, content: bytes, mode: int) -> str:
-    """Atomic: a temp file beside it, then rename; the content as base64 (any bytes)."""
+    """Atomic: a temp file beside it, then rename; the content gzip-compressed (EC2 takes
+    16 KiB of user data; programs shrink about fourfold) and base64 (any bytes)."""
     q, tmp = shlex.quote(path), shlex.quote(path + ".mzk-tmp")
-    data = base64.b64encode(content).decode()
+    data = base64.b64encode(gzip.compress(content, mtime=0)).decode()
     lines = [data[i:i + 76] for i in range(0, len(data), 76)]
-    return "\n".join([f"mkdir -p $(dirname {q})", f"base64 -d > {tmp} <<'MZK_EOF'", *lines,
-                      "MZK_EOF", f"chmod {mode:o} {tmp}", f"mv -f {tmp} {q}"])
+    return "\n".join([f"mkdir -p $(dirname {q})", f"base64 -d <<'MZK_EOF' | gzip -dc > {tmp}",
+                      *lines, "MZK_EOF", f"chmod {mode:o} {tmp}", f"mv -f {tmp} {q}"])
 
 
 def identity_script(spec: JoinSpec) -> list[str]:
@@ -178,13 +193,17 @@ def user_data(spec: JoinSpec) -> str:
              '{ echo "mzk-join: no usable name or address for this node" >&2; exit 1; }']
     lines += [_put(path, content, mode) for path, content, mode in files(spec)]
     lines.append(kubeconfig_script(spec))
+    units = kubelet_unit + (f" {shlex.quote(unit_path(pod_network_unit.NAME))}"
+                            if spec.pod_network else "")
     lines += [f"sed -i -e \"s/{NAME_MARK}/$name/g\" -e \"s/{ADDRESS_MARK}/$address/g\" "
-              f"{kubelet_unit}",
+              f"{units}",
               f"sysctl -q -p {kc.SYSCTL_FILE}",
               _start("containerd", spec.lab)]
     if spec.lab:
         lines += [f"for i in $(seq 100); do [ -S {sock} ] && break; sleep 0.1; done",
-                  f"ctr --address {sock} -n k8s.io images import "
-                  f"{pause_image.ARCHIVE_PATH} >/dev/null"]
+                  *(f"ctr --address {sock} -n k8s.io images import {shlex.quote(a)} >/dev/null"
+                    for a in (pause_image.ARCHIVE_PATH, *spec.lab_images))]
     lines += [_start("kubelet", spec.lab), 'echo "mzk-join: $name started its kubelet"']
+    if spec.pod_network:
+        lines.append(_start(pod_network_unit.NAME, spec.lab))
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ so a packet never floods and 5,000 nodes cost 15,000 kernel entries per node. Th
 derived from the InternalIP, so no node publishes anything: Node objects (spec.podCIDR,
 status.addresses) are all it reads, with the kubelet's credential, by one list and then a
 watch; the Node authorizer (1.34+) lets a node read only its own Node, so the cluster needs
-rbac_manifests() (get/list/watch Nodes for the group system:nodes).
+bootstrap.addons.pod_network (get/list/watch Nodes for the group system:nodes).
 
 Pods keep their addresses between nodes; traffic leaving the cluster CIDR is masqueraded
 (nftables table `ip mzk_pods`, its digest in its comment, replaced in one transaction).
@@ -536,21 +536,6 @@ def open_cache(args: argparse.Namespace, agent: Agent) -> ListWatch:
             agent._once(f"event=waiting node={agent.node} reason={_quoted(agent.waiting)}")
             agent.write_status(False, "")
             time.sleep(args.interval)
-
-
-def rbac_manifests() -> list[dict[str, Any]]:
-    """Nodes read with their kubelet's credential: the Node authorizer lets a node read only
-    its own Node (Kubernetes 1.34+) and leaves the rest to RBAC, so the group of all nodes
-    gets get/list/watch on Nodes, and nothing else."""
-    group, name = "rbac.authorization.k8s.io", "mzk:pod-network"
-    return [
-        {"apiVersion": f"{group}/v1", "kind": "ClusterRole", "metadata": {"name": name},
-         "rules": [{"apiGroups": [""], "resources": ["nodes"],
-                    "verbs": ["get", "list", "watch"]}]},
-        {"apiVersion": f"{group}/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
-         "roleRef": {"apiGroup": group, "kind": "ClusterRole", "name": name},
-         "subjects": [{"apiGroup": group, "kind": "Group", "name": "system:nodes"}]},
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from bootstrap.hostfiles import parse_states, state_script
 from bootstrap.node import checks
 from bootstrap.services import LAB_MARKER, parse_status, status_script
 from bootstrap.steps import (
+    addons,
     cluster_objects,
     control_plane,
     egress,
@@ -20,6 +21,7 @@ from bootstrap.steps import (
     guard,
     node_join,
     nodes,
+    pod_network,
     ssh_access,
 )
 from bootstrap.steps.binaries import K8S_RELEASE_MARK
@@ -121,7 +123,8 @@ def gather(ctx: HostContext) -> None:
     watched_services = (("etcd", "etcd-events") if ctx.host.has("etcd") else ()) + (
         control_plane.SERVICES + egress.SERVICES + node_join.SERVICES
         if ctx.host.has("control-plane") else ()) + (
-        (hostconfig.PROXY_AGENT, *nodes.SERVICES) if ctx.host.has("node") else ())
+        (hostconfig.PROXY_AGENT, *nodes.SERVICES, *pod_network.SERVICES)
+        if ctx.host.has("node") else ())
     if watched_services:
         sections["services"] = status_script(watched_services)
     if ctx.host.has("control-plane"):
@@ -130,10 +133,10 @@ def gather(ctx: HostContext) -> None:
     watched = watched_paths(ctx) + control_plane.watched_paths(ctx) + \
         ssh_access.watched_paths(ctx) + egress.watched_paths(ctx) + \
         egress_nodes.watched_paths(ctx) + nodes.watched_paths(ctx) + \
-        node_join.watched_paths(ctx)
+        node_join.watched_paths(ctx) + pod_network.watched_paths(ctx)
     if ctx.host.has("node"):
         sections["egress_firewall"] = egress_nodes.FACTS_SCRIPT
-        sections["node"] = nodes.facts_script()
+        sections["node"] = nodes.facts_script(ctx.shared.get("lab_images"))
     if ctx.inventory.ssh.authorized_keys:
         sections["ssh_user"] = ssh_access.facts_script(ctx.inventory.ssh.user)
     if watched:
@@ -141,6 +144,7 @@ def gather(ctx: HostContext) -> None:
     objects = "pki" in ctx.shared and ctx.inventory.control_plane[:1] == (ctx.host,)
     if objects:
         sections.update(cluster_objects.probe_scripts(ctx))
+        sections.update(addons.probe_scripts(ctx))
     base_script = SCRIPT if ctx.host.has("control-plane") else "\n".join([
         SCRIPT, traces_line("control_plane_traces", control_plane.TRACES_PATHS),
         traces_line("egress_traces", egress.TRACES_PATHS)])
@@ -166,6 +170,7 @@ def gather(ctx: HostContext) -> None:
         ctx.facts["etcd_volume_state"] = etcd_volume.VolumeState.parse(found["etcd_volume"])
     if objects:
         ctx.facts["objects"] = cluster_objects.parse_probe(found)
+        ctx.facts["addons_state"] = addons.parse_probe(found)
     if "node" in found:
         readings = checks.Readings.parse(found["node"])
         ctx.facts["node_readings"] = readings.values

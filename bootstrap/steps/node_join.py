@@ -24,12 +24,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from bootstrap.addons import dns_scale
 from bootstrap.control_plane.config import ADMIN_CONF
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
 from bootstrap.hostfiles import FileSpec, put_many
 from bootstrap.inventory import Host, Inventory
-from bootstrap.node import aws_identity_certs, csr_approver, identity_webhook
+from bootstrap.node import aws_identity_certs, csr_approver, dns_autoscaler, identity_webhook
 from bootstrap.node import kubelet_config as kc
 from bootstrap.pki.table import LEAF_BY_NAME
 from bootstrap.services import (
@@ -63,9 +64,12 @@ SERVICES = (APPROVER,)
 def program_files() -> dict[str, bytes]:
     """The approver as shipped: its program and, beside it, the modules it imports."""
     source = Path(csr_approver.__file__).parent
+    addons = Path(dns_scale.__file__).parent
     return {PROGRAM: Path(csr_approver.__file__).read_bytes(),
             **{f"{BIN_DIR}/{name}.py": (source / f"{name}.py").read_bytes()
-               for name in csr_approver.COMPANIONS}}
+               for name in csr_approver.COMPANIONS},
+            **{f"{BIN_DIR}/{name}.py": (addons / f"{name}.py").read_bytes()
+               for name in dns_autoscaler.COMPANIONS}}
 
 
 def identity_trust(inventory: Inventory) -> bytes:
@@ -106,7 +110,9 @@ def approver_service(ctx: HostContext, trust: bytes) -> Service:
                "--ca", kc.CA_FILE, "--cert", leaf.cert_path, "--key", leaf.key_path,
                "--identity", identity_source(ctx.inventory, bool(ctx.facts.get("lab"))),
                "--identity-trust", TRUST_FILE, "--webhook-listen", WEBHOOK_LISTEN,
-               "--status", STATUS_FILE]
+               "--status", STATUS_FILE, "--dns-zones", str(len(ctx.inventory.zones)),
+               "--dns-nodes-per-replica", str(ctx.inventory.cluster.dns.nodes_per_replica),
+               "--dns-max-replicas", str(ctx.inventory.cluster.dns.max_replicas)]
     contents = {f.path: f.content for f in ctx.shared["pki"].hosts[ctx.name].files}
     contents[TRUST_FILE] = trust
     program = hashlib.sha256(b"".join(program_files().values())).hexdigest()

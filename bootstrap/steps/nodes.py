@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from bootstrap.addons.lab_images import LabImage
 from bootstrap.control_plane.config import ADMIN_CONF
 from bootstrap.engine import HostContext, Step
 from bootstrap.errors import StepError
@@ -49,11 +50,14 @@ def _lab_pause_digest() -> str:
     return pause_image.image_digest().removeprefix("sha256:")
 
 
-def facts_script() -> str:
-    """The node's readings for its checks, and whether the runtime holds our pause image."""
+def facts_script(lab_images: dict[str, LabImage] | None = None) -> str:
+    """The node's readings for its checks, and whether the runtime holds our pause image
+    and the lab's add-on images."""
+    held = [f'[ -f {CONTENT_DIR}/{image.blob} ] && echo "nc.image.{name} 1" '
+            f'|| echo "nc.image.{name} 0"' for name, image in (lab_images or {}).items()]
     return "\n".join([checks.SCRIPT,
                       f'[ -f {CONTENT_DIR}/{_lab_pause_digest()} ] && echo "nc.pause 1" '
-                      '|| echo "nc.pause 0"'])
+                      '|| echo "nc.pause 0"', *held])
 
 
 def watched_paths(ctx: HostContext) -> list[str]:
@@ -128,8 +132,12 @@ def converge(ctx: HostContext) -> None:
     changes = {s.name: change_from_facts(s, states.get(unit_path(s.name)), status.get(s.name))
                for s in (containerd, kubelet)}
     import_pause = lab and (readings.values.get("pause") != "1" or bool(changes["containerd"]))
+    lab_images: dict[str, LabImage] = (ctx.shared.get("lab_images") or {}) if lab else {}
+    imports = [i for name, i in lab_images.items()
+               if readings.values.get(f"image.{name}") != "1"]
     for line in (changes["containerd"],
                  "import the sandbox image into containerd" if import_pause else None,
+                 *(f"import the lab's {i.name} image into containerd" for i in imports),
                  changes["kubelet"]):
         if line:
             ctx.note(line)
@@ -145,11 +153,14 @@ def converge(ctx: HostContext) -> None:
     manager = manager_from(ctx.name, lab, bool(ctx.facts.get("systemd")))
     if changes["containerd"]:
         manager.ensure(ctx.runner, containerd)
-    if import_pause:
+    archives = ([pause_image.ARCHIVE_PATH] if import_pause else []) + [i.archive
+                                                                       for i in imports]
+    if archives:
         sock = shlex.quote(kc.RUNTIME_SOCKET)
+        ctr = f"ctr --address {sock} -n k8s.io images import"
         ctx.runner.run(f"for i in $(seq 100); do [ -S {sock} ] && break; sleep 0.1; done; "
-                       f"ctr --address {sock} -n k8s.io images import {pause_image.ARCHIVE_PATH} "
-                       ">/dev/null", timeout=60)
+                       + " && ".join(f"{ctr} {shlex.quote(a)} >/dev/null" for a in archives),
+                       timeout=120)
     if changes["kubelet"]:
         manager.ensure(ctx.runner, kubelet)
 

@@ -33,13 +33,12 @@ NODE8 = "ip-10-213-1-31.lab.internal"
 
 def ship(directory: Path) -> Path:
     """The program and its companions side by side, as the hosts get them."""
+    from bootstrap.steps.node_join import program_files
+
     directory.mkdir()
-    program = directory / "mzk-csr-approver"
-    program.write_bytes(Path(approver.__file__).read_bytes())
-    for name in approver.COMPANIONS:
-        source = Path(approver.__file__).with_name(f"{name}.py")
-        (directory / f"{name}.py").write_bytes(source.read_bytes())
-    return program
+    for path, content in program_files().items():
+        (directory / Path(path).name).write_bytes(content)
+    return directory / "mzk-csr-approver"
 
 
 # ---- RBAC ----------------------------------------------------------------------------------------

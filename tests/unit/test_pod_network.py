@@ -378,7 +378,14 @@ def test_list_then_watch_against_a_tls_api_with_a_client_certificate_rotated_bet
 
 
 def test_rbac_lets_nodes_read_nodes_and_nothing_more() -> None:
-    role, binding = pn.rbac_manifests()
+    from bootstrap.addons import pod_network as addon
+    from bootstrap.addons.context import AddonContext
+
+    ctx = AddonContext(cluster_name="c", kubernetes_version="1.36.2", zones=("a",),
+                       zone_endpoints={"a": "https://a:6443"}, regional_endpoint="https://r",
+                       service_cidr="10.96.0.0/12", pod_cidr=CLUSTER, dns_address="10.96.0.10",
+                       dns_domain="cluster.local", node_count=1, lab=True)
+    role, binding = addon.manifests(ctx)
     for manifest in (role, binding):
         kubernetes_validate.validate(manifest, "1.33", strict=True)
     assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"],

@@ -294,8 +294,8 @@ def test_the_action_order_removes_members_before_retiring_hosts():
                       "etcd-volume",
                       "etcd", "etcd-retire", "control-plane", "egress-nodes", "egress",
                       "egress-nodes-retire", "egress-retire", "cluster-objects",
-                      "join-objects", "csr-approver", "nodes", "nodes-admit",
-                      "control-plane-retire"]
+                      "join-objects", "csr-approver", "nodes", "pod-network", "nodes-admit",
+                      "addons", "control-plane-retire"]
 
 
 # --------------------------------------------------------------------------- engine
