@@ -18,6 +18,13 @@ from a tag. Nodes are labelled with their zone (`topology.kubernetes.io/zone`, w
 kubelet sets on itself). The resource count does not depend on the node count: sizes are
 numbers on the group. Instance refresh replaces nodes in batches with checkpoints, a pause
 for cloud rate limits (seed 004).
+
+The nodes' role also carries the EBS CSI driver's permissions (`ebs_csi_policy`): its
+controller runs on nodes, on the host network (the metadata service's hop limit of 1 keeps
+the role's credentials from pods on the pod network). Scoped by tags wherever EC2 allows it:
+volumes are created only with this cluster's tags, and attached, detached, modified or
+deleted only when they carry them, and attached only to this cluster's nodes
+(docs/workloads-aws.md).
 """
 
 from __future__ import annotations
@@ -47,6 +54,15 @@ REFRESH = aws.autoscaling.GroupInstanceRefreshPreferencesArgs(
 _ASSUME_EC2 = json.dumps({"Version": "2012-10-17", "Statement": [{
     "Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "ec2.amazonaws.com"},
 }]})
+# The tag the EBS CSI driver adds, beside kubernetes.io/cluster/<name>=owned, to every volume
+# it creates when told the cluster's name (--k8s-tag-cluster-id). Nothing else in the stack
+# carries it: the cluster tag alone is also on the etcd volumes and every root volume.
+EBS_CSI_CLUSTER_TAG = "ebs.csi.aws.com/cluster-name"
+# EC2's Describe* calls take no resource-level permissions or tag conditions: "*" is the
+# only scope AWS accepts for them, and they change nothing.
+EBS_CSI_DESCRIBE = ("ec2:DescribeAvailabilityZones", "ec2:DescribeInstances",
+                    "ec2:DescribeInstanceTypes", "ec2:DescribeTags", "ec2:DescribeVolumes",
+                    "ec2:DescribeVolumesModifications")
 
 
 def pool_name(zone: str) -> str:
@@ -59,6 +75,44 @@ def node_tags(cluster: str, pool: str) -> dict[str, str]:
     """What the CSR approver reads (bootstrap.node.csr_approver.Ec2Identity) and the Name."""
     return {"Name": f"{cluster}/{pool}", "mzk:cluster": cluster, "mzk:role": "node",
             "mzk:pool": pool}
+
+
+def ebs_csi_policy(settings: Settings) -> dict[str, Any]:
+    """The EBS CSI controller's permissions, least privilege (docs/workloads-aws.md):
+
+    - CreateVolume only when the request tags the volume as this cluster's (both tags);
+    - CreateTags only as part of that CreateVolume (`ec2:CreateAction`), never on an
+      existing resource, so no tag can be added to make a volume "ours";
+    - Attach/Detach/Modify/Delete only on volumes carrying both tags, and Attach/Detach only
+      to instances tagged as this cluster's nodes (not its control plane or bastion);
+    - Describe* on "*", as EC2 requires. No snapshots: the snapshot sidecar is not run.
+    """
+    cluster = settings.cluster_name
+    arn = f"arn:aws:ec2:{settings.region}:*"
+    volume_tags = {settings.cluster_tag: "owned", EBS_CSI_CLUSTER_TAG: cluster}
+    instance_tags = {settings.cluster_tag: "owned", "mzk:cluster": cluster, "mzk:role": "node"}
+    return {"Version": "2012-10-17", "Statement": [
+        {"Sid": "DescribeIsUnscopedInEC2", "Effect": "Allow",
+         "Action": list(EBS_CSI_DESCRIBE), "Resource": "*"},
+        {"Sid": "CreateOnlyThisClustersVolumes", "Effect": "Allow",
+         "Action": "ec2:CreateVolume", "Resource": f"{arn}:volume/*",
+         "Condition": {"StringEquals": {f"aws:RequestTag/{k}": v
+                                        for k, v in volume_tags.items()}}},
+        {"Sid": "TagOnlyWhileCreating", "Effect": "Allow",
+         "Action": "ec2:CreateTags", "Resource": f"{arn}:volume/*",
+         "Condition": {"StringEquals": {"ec2:CreateAction": "CreateVolume"}}},
+        {"Sid": "ChangeOnlyThisClustersVolumes", "Effect": "Allow",
+         "Action": ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:ModifyVolume",
+                    "ec2:DeleteVolume"],
+         "Resource": f"{arn}:volume/*",
+         "Condition": {"StringEquals": {f"ec2:ResourceTag/{k}": v
+                                        for k, v in volume_tags.items()}}},
+        {"Sid": "AttachOnlyToThisClustersNodes", "Effect": "Allow",
+         "Action": ["ec2:AttachVolume", "ec2:DetachVolume"],
+         "Resource": f"{arn}:instance/*",
+         "Condition": {"StringEquals": {f"ec2:ResourceTag/{k}": v
+                                        for k, v in instance_tags.items()}}},
+    ]}
 
 
 def join_script(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None) -> str:
@@ -112,6 +166,8 @@ class NodePools(Component):
                             tags=self.tags(None, "role"), opts=self.opts())
         profile = aws.iam.InstanceProfile(self.child_name("profile"), role=role.name,
                                           tags=self.tags(None, "profile"), opts=self.opts())
+        aws.iam.RolePolicy(self.child_name("ebs-csi"), role=role.id,
+                           policy=json.dumps(ebs_csi_policy(s)), opts=self.opts())
         self.groups: dict[str, aws.autoscaling.Group] = {}
         self.pools: dict[str, str] = {}  # zone -> pool name
         for zone in s.zones:

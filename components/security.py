@@ -6,7 +6,10 @@ events) only between control-plane hosts; the kubelet port of control-plane host
 from the control plane, of nodes never (seed 001: the API server reaches nodes only
 through its egress path); Konnectivity (agents dial out) or SSH-tunnel egress only as the
 chosen mode needs; SSH only from the bastion,
-and to the bastion only from admin CIDRs. Security groups are stateful, so every ingress row
+and to the bastion only from admin CIDRs. The workloads add three things to nodes and no
+more (docs/workloads-aws.md): the pod network's VXLAN (UDP 8472) between nodes only, and
+from inside the VPC only (load balancers), the NodePort range (TCP and UDP) and
+kube-proxy's health check port. Security groups are stateful, so every ingress row
 from another group gets its mirrored egress row; nothing else is open (the default
 allow-all egress rule is removed by the provider when a group is created in a VPC).
 The balancers' HTTPS `/readyz` health checks go to the API port itself ("traffic-port"), so
@@ -16,6 +19,7 @@ rules, and the control plane admits the API port from both balancer groups.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pulumi
@@ -39,11 +43,21 @@ LB_ZONAL, LB_REGIONAL = "lb-zonal", "lb-regional"
 GROUPS = (BASTION, CONTROL_PLANE, NODES, LB_ZONAL, LB_REGIONAL)
 INTERNET = "0.0.0.0/0"
 DOWNLOAD_PORTS = (80, 443)  # packages and release binaries, through NAT
+TCP, UDP = "tcp", "udp"
+# The pod network: our VXLAN overlay (device mzk-vxlan, VNI 1) carries pod-to-pod traffic
+# between nodes as UDP to this port (the Linux kernel's own default port for VXLAN).
+VXLAN_PORT = 8472
+# Services of type NodePort/LoadBalancer: the API server's default --service-node-port-range.
+NODE_PORTS = (30000, 32767)
+# kube-proxy's healthz (KubeProxyConfiguration.healthzBindAddress): what a load balancer
+# checks for a Service with externalTrafficPolicy: Local.
+KUBE_PROXY_HEALTH_PORT = 10256
 
 
 @dataclass(frozen=True)
 class Rule:
-    """One open port: `group` admits (ingress) or sends (egress) `port` to/from `peer`.
+    """One open port (or range `port`..`to_port`): `group` admits (ingress) or sends
+    (egress) it to/from `peer`, over `protocol`.
 
     `peer` is another group's name or a CIDR.
     """
@@ -53,10 +67,24 @@ class Rule:
     port: int
     peer: str
     why: str
+    protocol: str = TCP
+    to_port: int | None = None  # a range's last port; None: the single port `port`
 
     @property
     def peer_is_group(self) -> bool:
         return self.peer in GROUPS
+
+    @property
+    def last_port(self) -> int:
+        return self.port if self.to_port is None else self.to_port
+
+    @property
+    def ports(self) -> str:
+        """The port part of the rule's resource name: `8132`, or `udp-30000-32767`
+        (TCP single ports keep their historical names, so existing rules are not renamed)."""
+        span = str(self.port) if self.to_port is None else f"{self.port}-{self.to_port}"
+        return span if self.protocol == TCP and self.to_port is None \
+            else f"{self.protocol}-{span}"
 
 
 def matrix(s: Settings) -> tuple[Rule, ...]:
@@ -64,8 +92,10 @@ def matrix(s: Settings) -> tuple[Rule, ...]:
     api = s.api_port
     rows: list[Rule] = []
 
-    def admit(group: str, port: int, peers: tuple[str, ...] | list[str], why: str) -> None:
-        rows.extend(Rule(group, "ingress", port, peer, why) for peer in peers)
+    def admit(group: str, port: int, peers: tuple[str, ...] | list[str], why: str,
+              protocol: str = TCP, to_port: int | None = None) -> None:
+        rows.extend(Rule(group, "ingress", port, peer, why, protocol, to_port)
+                    for peer in peers)
 
     admit(BASTION, SSH_PORT, s.admin_cidrs, "operators to the bastion")
     admit(CONTROL_PLANE, SSH_PORT, [BASTION], "bootstrap through the bastion")
@@ -89,11 +119,27 @@ def matrix(s: Settings) -> tuple[Rule, ...]:
               "the balancer's health check of each proxy-server")
     else:
         admit(NODES, SSH_PORT, [CONTROL_PLANE], "SSH-tunnel egress (kubelet port stays shut)")
+    workload_rows(admit, s.vpc_cidr)
 
-    mirrored = [Rule(r.peer, "egress", r.port, r.group, r.why) for r in rows if r.peer_is_group]
+    mirrored = [Rule(r.peer, "egress", r.port, r.group, r.why, r.protocol, r.to_port)
+                for r in rows if r.peer_is_group]
     downloads = [Rule(g, "egress", port, INTERNET, "downloads through NAT")
                  for g in (CONTROL_PLANE, NODES) for port in DOWNLOAD_PORTS]
     return tuple(dict.fromkeys([*rows, *mirrored, *downloads]))
+
+
+def workload_rows(admit: Callable[..., None], vpc_cidr: str) -> None:
+    """What the cluster's workloads need on AWS, and nothing more: the overlay between nodes
+    (never from the control plane: it reaches pods through its egress path), and from inside
+    the VPC only (never 0.0.0.0/0) the NodePorts and kube-proxy's health check, which the
+    load balancers in front of Services use."""
+    admit(NODES, VXLAN_PORT, [NODES], "pod network: VXLAN overlay between nodes", UDP)
+    for protocol in (TCP, UDP):
+        admit(NODES, NODE_PORTS[0], [vpc_cidr],
+              f"Service NodePorts ({protocol.upper()}) from load balancers in the VPC",
+              protocol, NODE_PORTS[1])
+    admit(NODES, KUBE_PROXY_HEALTH_PORT, [vpc_cidr],
+          "kube-proxy health check for load balancers (externalTrafficPolicy: Local)")
 
 
 @dataclass(frozen=True)
@@ -118,20 +164,20 @@ class Security(Component):
         self.rules = matrix(args.settings)
         for rule in self.rules:
             short = "in" if rule.direction == "ingress" else "out"
-            name = self.child_name(rule.group, short, str(rule.port), rule.peer)
+            name = self.child_name(rule.group, short, rule.ports, rule.peer)
             peer_group = self.groups[rule.peer].id if rule.peer_is_group else None
             peer_cidr = None if rule.peer_is_group else rule.peer
-            tags = self.tags(None, rule.group, short, str(rule.port))
+            tags = self.tags(None, rule.group, short, rule.ports)
             if rule.direction == "ingress":
                 aws.vpc.SecurityGroupIngressRule(name, aws.vpc.SecurityGroupIngressRuleArgs(
-                    security_group_id=self.groups[rule.group].id, ip_protocol="tcp",
-                    from_port=rule.port, to_port=rule.port, description=rule.why, tags=tags,
-                    referenced_security_group_id=peer_group, cidr_ipv4=peer_cidr),
+                    security_group_id=self.groups[rule.group].id, ip_protocol=rule.protocol,
+                    from_port=rule.port, to_port=rule.last_port, description=rule.why,
+                    tags=tags, referenced_security_group_id=peer_group, cidr_ipv4=peer_cidr),
                     opts=self.opts())
             else:
                 aws.vpc.SecurityGroupEgressRule(name, aws.vpc.SecurityGroupEgressRuleArgs(
-                    security_group_id=self.groups[rule.group].id, ip_protocol="tcp",
-                    from_port=rule.port, to_port=rule.port, description=rule.why, tags=tags,
-                    referenced_security_group_id=peer_group, cidr_ipv4=peer_cidr),
+                    security_group_id=self.groups[rule.group].id, ip_protocol=rule.protocol,
+                    from_port=rule.port, to_port=rule.last_port, description=rule.why,
+                    tags=tags, referenced_security_group_id=peer_group, cidr_ipv4=peer_cidr),
                     opts=self.opts())
         self.register_outputs({g: sg.id for g, sg in self.groups.items()})
