@@ -30,6 +30,7 @@ deleted only when they carry them, and attached only to this cluster's nodes
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import shlex
 from collections.abc import Mapping
@@ -131,17 +132,25 @@ def join_script(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None)
     script = join.user_data(join.JoinSpec(
         pool=pool, zone=found.zone, endpoint_url=inventory.zone(found.zone).endpoint.url,
         ca_pem=ca_pem, kubernetes_version=cluster.kubernetes_version,
-        dns_address=cluster.dns_address, dns_domain=cluster.dns_domain))
-    size = len(script.encode())
+        dns_address=cluster.dns_address, dns_domain=cluster.dns_domain,
+        pod_network=cluster.cni == "bridge", cluster_cidr=cluster.pod_cidr,
+        service_cidr=cluster.service_cidr))
+    size = len(compressed(script))
     if size > MAX_USER_DATA:
-        raise ValueError(f"node pool {pool}: the join script is {size} bytes; EC2 takes at "
-                         f"most {MAX_USER_DATA} bytes of user data")
+        raise ValueError(f"node pool {pool}: the join script is {size} bytes gzip-compressed; "
+                         f"EC2 takes at most {MAX_USER_DATA} bytes of user data")
     return script
 
 
+def compressed(script: str) -> bytes:
+    """The script gzip-compressed (cloud-init recognises and unpacks gzip user data), with
+    no timestamp, so the same script gives the same launch template."""
+    return gzip.compress(script.encode(), mtime=0)
+
+
 def encoded_user_data(raw_inventory: Mapping[str, Any], pool: str, ca_pem: str | None) -> str:
-    """What a launch template takes: the join script, base64."""
-    return base64.b64encode(join_script(raw_inventory, pool, ca_pem).encode()).decode()
+    """What a launch template takes: the join script, gzip-compressed, base64."""
+    return base64.b64encode(compressed(join_script(raw_inventory, pool, ca_pem))).decode()
 
 
 @dataclass(frozen=True)

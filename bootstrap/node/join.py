@@ -22,7 +22,6 @@ binary, as the lab's "image".
 from __future__ import annotations
 
 import base64
-import gzip
 import shlex
 from dataclasses import dataclass
 
@@ -37,6 +36,7 @@ TOKEN_MARK = "@IDENTITY_TOKEN@"  # noqa: S105 - a placeholder, no secret
 TOKEN_PREFIX = "mzk-iid."  # noqa: S105 - instance_identity.identity_token's scheme
 PACKAGES = ("containerd", "runc", "containernetworking-plugins", "curl")
 IMDS = "http://169.254.169.254/latest"
+HEREDOC_MARK = "MZK_EOF"
 LAB_IMDS = "/run/mzk-imds"  # bootstrap.lab.imds.HOST_DIR: the lab's "metadata service"
 DOCUMENT = "dynamic/instance-identity/document"
 SIGNATURE = "dynamic/instance-identity/signature"
@@ -101,7 +101,7 @@ def files(spec: JoinSpec) -> list[tuple[str, bytes, int]]:
             server=spec.endpoint_url, credential=pod_network_unit.ROTATED_CREDENTIAL,
             node=NAME_MARK, cluster_cidr=spec.cluster_cidr, service_cidr=spec.service_cidr)
         found += [(path, content, 0o755 if path == pod_network_unit.PROGRAM else 0o644)
-                  for path, content in pod_network_unit.program_files().items()]
+                  for path, content in pod_network_unit.program_files(compact=True).items()]
         found.append((unit_path(pod_network_unit.NAME),
                       render_unit(pod_network_unit.service(agent)).encode(), 0o644))
     if spec.lab:
@@ -110,13 +110,23 @@ def files(spec: JoinSpec) -> list[tuple[str, bytes, int]]:
 
 
 def _put(path: str, content: bytes, mode: int) -> str:
-    """Atomic: a temp file beside it, then rename; the content gzip-compressed (EC2 takes
-    16 KiB of user data; programs shrink about fourfold) and base64 (any bytes)."""
+    """Atomic: a temp file beside it, then rename. Text as it is (a quoted here-document:
+    the launch template gzips the whole script, and plain text compresses best), anything
+    else as base64."""
     q, tmp = shlex.quote(path), shlex.quote(path + ".mzk-tmp")
-    data = base64.b64encode(gzip.compress(content, mtime=0)).decode()
-    lines = [data[i:i + 76] for i in range(0, len(data), 76)]
-    return "\n".join([f"mkdir -p $(dirname {q})", f"base64 -d <<'MZK_EOF' | gzip -dc > {tmp}",
-                      *lines, "MZK_EOF", f"chmod {mode:o} {tmp}", f"mv -f {tmp} {q}"])
+    try:
+        text = content.decode()
+    except UnicodeDecodeError:
+        text = ""
+    lines = text.split("\n")[:-1]
+    if text.endswith("\n") and HEREDOC_MARK not in lines:
+        body = [f"cat > {tmp} <<'{HEREDOC_MARK}'", *lines, HEREDOC_MARK]
+    else:
+        data = base64.b64encode(content).decode()
+        body = [f"base64 -d > {tmp} <<'{HEREDOC_MARK}'",
+                *(data[i:i + 76] for i in range(0, len(data), 76)), HEREDOC_MARK]
+    return "\n".join([f"mkdir -p $(dirname {q})", *body, f"chmod {mode:o} {tmp}",
+                      f"mv -f {tmp} {q}"])
 
 
 def identity_script(spec: JoinSpec) -> list[str]:

@@ -11,6 +11,7 @@ rotating after TLS bootstrapping, which the agent reloads when it changes.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from pathlib import Path
 
@@ -29,15 +30,30 @@ CA_FILE = "/etc/kubernetes/pki/ca.crt"
 PYTHON = "/usr/bin/python3"
 
 
-def program_files() -> dict[str, bytes]:
-    """The agent as shipped: its program and, beside it, the modules it imports."""
+def program_files(compact: bool = False) -> dict[str, bytes]:
+    """The agent as shipped: its program and, beside it, the modules it imports; `compact`
+    (user data, which EC2 caps at 16 KiB) without docstrings and comments."""
     from bootstrap.node import kube_api, pod_network
 
     source = Path(pod_network.__file__).parent
     assert Path(kube_api.__file__).parent == source
-    return {PROGRAM: Path(pod_network.__file__).read_bytes(),
-            **{f"{BIN_DIR}/{name}.py": (source / f"{name}.py").read_bytes()
-               for name in pod_network.COMPANIONS}}
+    files = {PROGRAM: Path(pod_network.__file__).read_bytes(),
+             **{f"{BIN_DIR}/{name}.py": (source / f"{name}.py").read_bytes()
+                for name in pod_network.COMPANIONS}}
+    return {path: compacted(text) for path, text in files.items()} if compact else files
+
+
+def compacted(source: bytes) -> bytes:
+    """The same program without docstrings and comments (the syntax tree, unparsed)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value,
+                                                                     ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return (ast.unparse(tree) + "\n").encode()
 
 
 def program_digest() -> str:

@@ -167,13 +167,19 @@ def _node_count(first: HostContext) -> int:
 
 
 def converge(group: list[HostContext]) -> None:
+    """On the first control-plane host whose API answers (the facts' answer first); what
+    changes is noted on the group's first host whichever answered, so that a plan made
+    while that host was down reads as the apply made after it came back."""
     if not group:
         return
     first = group[0]
-    have = first.facts.get("addons_state")
-    if have is None and not first.dry_run:  # an API server that came up in this run
-        have = parse_probe({n: first.runner.run(s, check=False).stdout
-                            for n, s in probe_scripts(first).items()})
+    have, answered = first.facts.get("addons_state"), first
+    for ctx in group if have is None else ():
+        have = parse_probe({n: ctx.runner.run(s, check=False).stdout
+                            for n, s in probe_scripts(ctx).items()})
+        if have is not None:
+            answered = ctx
+            break
     if have is None:
         if first.dry_run:
             first.note("apply the add-ons: kube-proxy, CoreDNS (once an API server is ready)")
@@ -185,19 +191,21 @@ def converge(group: list[HostContext]) -> None:
         first.note(line)
     if first.dry_run:
         return
-    kubectl = f"{shlex.quote(kubectl_path(first))} --kubeconfig={ADMIN_CONF} --request-timeout=20s"
+    kubectl = (f"{shlex.quote(kubectl_path(answered))} --kubeconfig={ADMIN_CONF} "
+               "--request-timeout=20s")
     if apply:
         body = json.dumps({"apiVersion": "v1", "kind": "List", "items": apply})
-        first.runner.run(f"{kubectl} apply --server-side --field-manager={FIELD_MANAGER} "
-                         "--force-conflicts -f - >/dev/null", stdin=body.encode())
+        answered.runner.run(f"{kubectl} apply --server-side --field-manager={FIELD_MANAGER} "
+                            "--force-conflicts -f - >/dev/null", stdin=body.encode())
     for kind, ns, name in prune:
         where = f" -n {shlex.quote(ns)}" if ns else ""
-        first.runner.run(f"{kubectl} delete {_RESOURCE.get(kind, kind)} {shlex.quote(name)}"
-                         f"{where} --ignore-not-found --wait=false >/dev/null")
+        answered.runner.run(f"{kubectl} delete {_RESOURCE.get(kind, kind)} "
+                            f"{shlex.quote(name)}{where} --ignore-not-found --wait=false "
+                            ">/dev/null")
 
 
 def _control_plane(inventory: Inventory) -> tuple[Host, ...]:
-    return inventory.control_plane[:1]
+    return inventory.control_plane
 
 
 ADDONS = Step("addons", _control_plane, run_together=converge)

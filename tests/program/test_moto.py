@@ -167,10 +167,12 @@ def test_the_matrix_survives_the_round_trip(replay: Replay) -> None:
     assert len(by_name) == 5
     ingress = sum(len(p.get("IpRanges", [])) + len(p.get("UserIdGroupPairs", []))
                   for g in by_name.values() for p in g["IpPermissions"])
-    assert ingress == 18  # prod, konnectivity: security.matrix() row for row
+    assert ingress == 22  # prod, konnectivity: security.matrix() row for row
     for g in by_name.values():
         for perm in g["IpPermissionsEgress"]:
-            assert perm["IpProtocol"] == "tcp"  # the default allow-all egress is gone
+            # the default allow-all egress ("-1") is gone; UDP only for the overlay
+            assert perm["IpProtocol"] == "tcp" or (perm["IpProtocol"], perm["FromPort"]) == (
+                "udp", 8472)
 
 
 def test_moto_refuses_a_subnet_outside_the_vpc(prod: Evaluation) -> None:

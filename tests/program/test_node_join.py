@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
+import gzip
 import json
+import os
 import re
 import shlex
 from typing import Any
@@ -23,7 +25,7 @@ from bootstrap.inventory import parse
 from bootstrap.node import join
 from bootstrap.node import kubelet_config as kc
 from bootstrap.services import unit_path
-from components.node_pools import MAX_USER_DATA, join_script, pool_name
+from components.node_pools import MAX_USER_DATA, compressed, join_script, pool_name
 from tests.program.mocks import BOOTSTRAP, Evaluation, ca_certificate
 from tests.unit.pki_support import example_data
 
@@ -34,7 +36,7 @@ NODE_TAGS = ("mzk:cluster", "mzk:role", "mzk:pool")
 CP_ACTIONS = {"ec2:DescribeInstances", "ec2:DescribeRegions", "ec2:DescribeRouteTables",
               "ec2:DescribeSecurityGroups", "ec2:DescribeSubnets", "ec2:DescribeVolumes",
               "ec2:DescribeAvailabilityZones", "elasticloadbalancing:Describe*"}
-_PUT = re.compile(r"base64 -d > (\S+) <<'MZK_EOF'\n(.*?)\nMZK_EOF\nchmod [0-7]+ \S+\n"
+_PUT = re.compile(r"(cat|base64 -d) > (\S+) <<'MZK_EOF'\n(.*?)\nMZK_EOF\nchmod [0-7]+ \S+\n"
                   r"mv -f \S+ (\S+)", re.S)
 # The bootstrap kubeconfig (bootstrap.node.join.kubeconfig_script): the text around the
 # token, which the node builds itself and writes with printf.
@@ -48,12 +50,13 @@ BOOTSTRAP_TOKEN = re.compile(r"\b[a-z0-9]{6}\.[a-z0-9]{16}\b")
 
 def written_files(script: str) -> dict[str, bytes]:
     """path -> content of every file the join script writes (as bootstrap.node.join._put
-    writes them: base64 in a here-document, then renamed into place); the bootstrap
+    writes them: text or base64 in a here-document, then renamed into place); the bootstrap
     kubeconfig with `$token` where the node puts its identity token."""
     found = {}
     for match in _PUT.finditer(script):
-        (path,) = shlex.split(match.group(3))
-        found[path] = base64.b64decode("".join(match.group(2).split()))
+        (path,) = shlex.split(match.group(4))
+        found[path] = (base64.b64decode("".join(match.group(3).split()))
+                       if match.group(1) == "base64 -d" else (match.group(3) + "\n").encode())
     for match in _KUBECONFIG.finditer(script):
         (path,) = shlex.split(match.group(3))
         found[path] = f"{match.group(1)}\n    token: $token\n{match.group(2)}\n".encode()
@@ -61,7 +64,8 @@ def written_files(script: str) -> dict[str, bytes]:
 
 
 def user_data_of(template: Any) -> str:
-    return base64.b64decode(template.inputs["userData"], validate=True).decode()
+    """The launch template's user data: base64 of the gzip-compressed script."""
+    return gzip.decompress(base64.b64decode(template.inputs["userData"], validate=True)).decode()
 
 
 def group_tags(group: Any) -> dict[str, tuple[str, bool]]:
@@ -192,9 +196,13 @@ def test_the_metadata_service_is_imdsv2_one_hop_without_tags(stacks: list[Evalua
 def test_the_control_plane_may_describe_instances_and_nothing_new(
         stacks: list[Evaluation]) -> None:
     for ev in stacks:
-        (policy,) = ev.of_type("aws:iam/rolePolicy:RolePolicy")  # no node policy either
-        role = ev.by_id(policy.inputs["role"])
-        assert role.name == "control-plane-role"
+        policies = {ev.by_id(p.inputs["role"]).name: p
+                    for p in ev.of_type("aws:iam/rolePolicy:RolePolicy")}
+        # The nodes' one inline policy is the EBS CSI driver's, tag-scoped
+        # (tests/program/test_workload_network.py); nothing for joining.
+        assert set(policies) == {"control-plane-role", "nodes-role"}
+        assert policies["nodes-role"].name == "nodes-ebs-csi"
+        policy = policies["control-plane-role"]
         document = json.loads(policy.inputs["policy"])
         actions = set()
         for statement in document["Statement"]:
@@ -202,8 +210,8 @@ def test_the_control_plane_may_describe_instances_and_nothing_new(
             actions |= set(statement["Action"])
         assert "ec2:DescribeInstances" in actions
         assert actions == CP_ACTIONS, actions ^ CP_ACTIONS
-        # The nodes' role: assumable by EC2, and no permission at all (the identity
-        # document needs none; the instance reads it from its own metadata service).
+        # The nodes' role: assumable by EC2, nothing attached (the identity document needs
+        # no permission; the instance reads it from its own metadata service).
         node_roles = [r for r in ev.of_type("aws:iam/role:Role") if r.name == "nodes-role"]
         assert len(node_roles) == 1
         assert not [a for a in ev.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
@@ -228,9 +236,12 @@ def test_the_join_script_fits_in_ec2_user_data_with_the_largest_ca() -> None:
     raw = inventory_with_pools()
     raw["cluster"]["kubernetes_version"] = "1.36.0"
     script = join_script(raw, "pool-a", ca)
-    assert len(script.encode()) <= MAX_USER_DATA
+    # What the launch template carries: the script gzip-compressed (cloud-init unpacks it).
+    assert len(compressed(script)) <= MAX_USER_DATA
+    assert gzip.decompress(compressed(script)).decode() == script
+    noise = base64.b64encode(os.urandom(MAX_USER_DATA)).decode()  # does not compress
     with pytest.raises(ValueError, match="16384 bytes"):
-        join_script(raw, "pool-a", ca + "\n" * MAX_USER_DATA)
+        join_script(raw, "pool-a", ca + noise + "\n")
 
 
 def test_without_a_ca_a_node_refuses_to_boot_into_anything() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_network
+
 from tests.program.mocks import Evaluation
 
 INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
@@ -12,19 +14,34 @@ LBZ, LBR = "lb-zonal", "lb-regional"
 ETCD = (2379, 2380, 2382, 2383)
 
 
-def declared(ev: Evaluation, typ: str) -> set[tuple[str, int, str]]:
-    """(group, port, peer) for every rule, peers named by group or CIDR; all TCP, one port."""
+def declared(ev: Evaluation, typ: str) -> set[tuple[str, int | str, str]]:
+    """(group, port, peer) for every rule, peers named by group or CIDR; a TCP port is its
+    number, anything else `protocol:first[-last]` (the workloads' rules)."""
     names = {sg.id: sg.inputs["tags"]["Name"].removeprefix(
         f"{sg.inputs['tags']['multizone/cluster']}-security-")
         for sg in ev.of_type("aws:ec2/securityGroup:SecurityGroup")}
-    rows = set()
+    rows: set[tuple[str, int | str, str]] = set()
     for rule in ev.of_type(typ):
         i = rule.inputs
-        assert i["ipProtocol"] == "tcp" and i["fromPort"] == i["toPort"]
+        first, last = int(i["fromPort"]), int(i["toPort"])
+        port: int | str = first if (i["ipProtocol"], first) == ("tcp", last) else \
+            f"{i['ipProtocol']}:{first}" + (f"-{last}" if last != first else "")
         peer = names[i["referencedSecurityGroupId"]] if "referencedSecurityGroupId" in i \
             else i["cidrIpv4"]
-        rows.add((names[i["securityGroupId"]], int(i["fromPort"]), peer))
+        rows.add((names[i["securityGroupId"]], port, peer))
     return rows
+
+
+def vpc(ev: Evaluation) -> str:
+    (found,) = ev.of_type("aws:ec2/vpc:Vpc")
+    return str(found.inputs["cidrBlock"])
+
+
+def workloads(ev: Evaluation) -> set[tuple[str, int | str, str]]:
+    """The overlay between nodes; NodePorts and kube-proxy's health from the VPC only
+    (tests/program/test_workload_network.py reads them in detail)."""
+    return {(NODES, "udp:8472", NODES), (NODES, "tcp:30000-32767", vpc(ev)),
+            (NODES, "udp:30000-32767", vpc(ev)), (NODES, 10256, vpc(ev))}
 
 
 COMMON_INGRESS = {
@@ -43,12 +60,12 @@ SSH_TUNNEL_INGRESS = {(NODES, 22, CP)}
 DOWNLOADS = {(g, p, "0.0.0.0/0") for g in (CP, NODES) for p in (80, 443)}
 
 
-def mirror(rows: set[tuple[str, int, str]]) -> set[tuple[str, int, str]]:
+def mirror(rows: set[tuple[str, int | str, str]]) -> set[tuple[str, int | str, str]]:
     return {(peer, port, group) for group, port, peer in rows if "/" not in peer}
 
 
 def test_konnectivity_matrix_is_exactly_the_design(prod: Evaluation) -> None:
-    expected = COMMON_INGRESS | KONNECTIVITY_INGRESS
+    expected = COMMON_INGRESS | KONNECTIVITY_INGRESS | workloads(prod)
     assert declared(prod, INGRESS) == expected
     assert declared(prod, EGRESS) == mirror(expected) | DOWNLOADS
     assert not {(g, p) for g, p, peer in declared(prod, INGRESS) if g == NODES
@@ -57,7 +74,7 @@ def test_konnectivity_matrix_is_exactly_the_design(prod: Evaluation) -> None:
 
 def test_ssh_tunnel_matrix_opens_ssh_to_nodes_and_shuts_the_kubelet_port(
         two_per_zone: Evaluation) -> None:
-    expected = COMMON_INGRESS | SSH_TUNNEL_INGRESS
+    expected = COMMON_INGRESS | SSH_TUNNEL_INGRESS | workloads(two_per_zone)
     ingress = declared(two_per_zone, INGRESS)
     assert ingress == expected
     assert (NODES, 10250, CP) not in ingress and (CP, 8132, NODES) not in ingress
@@ -67,7 +84,9 @@ def test_ssh_tunnel_matrix_opens_ssh_to_nodes_and_shuts_the_kubelet_port(
 def test_only_admin_ssh_and_the_regional_api_port_admit_outside_addresses(
         stacks: list[Evaluation]) -> None:
     for ev in stacks:
-        outside = {(g, p) for g, p, peer in declared(ev, INGRESS) if "/" in peer}
+        inside = ip_network(vpc(ev))
+        outside = {(g, p) for g, p, peer in declared(ev, INGRESS)
+                   if "/" in peer and not ip_network(peer).subnet_of(inside)}
         assert outside == {(BASTION, 22), (LBR, 6443)}
         assert not any(peer == "0.0.0.0/0" for _, _, peer in declared(ev, INGRESS))
 
