@@ -110,11 +110,13 @@ def probe_scripts(ctx: HostContext) -> dict[str, str]:
     """One kubectl call beside the other facts: every object carrying our add-on label."""
     local = ctx.shared.get("k8s_bin")
     lab_kubectl = shlex.quote(local.path("kubectl")) if local is not None else "/nonexistent"
-    return {"addons": (f"if [ -f {LAB_MARKER} ]; then k={lab_kubectl}; "
+    return {"addons": (f"o=$(mktemp); if [ -f {LAB_MARKER} ]; then k={lab_kubectl}; "
                        "else k=/usr/local/bin/kubectl; fi; "
                        f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" "
                        f"--kubeconfig={ADMIN_CONF} --request-timeout=3s get {','.join(KINDS)} "
-                       f"-A -l {ADDON_LABEL},{MANAGED_BY}=multizone-k8s -o json")}
+                       f"-A -l {ADDON_LABEL},{MANAGED_BY}=multizone-k8s -o json "
+                       # an empty List when the API does not answer: only a whole answer
+                       "> \"$o\" && cat \"$o\"; rm -f \"$o\"")}
 
 
 def parse_probe(outputs: dict[str, str]) -> dict[tuple[str, str, str], str] | None:

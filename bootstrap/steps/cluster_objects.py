@@ -55,11 +55,14 @@ def probe_scripts(ctx: HostContext) -> dict[str, str]:
     as JSON (one kubectl start, the costly part); nothing when no API server answers yet."""
     local = ctx.shared.get("k8s_bin")
     lab_kubectl = shlex.quote(local.path("kubectl")) if local is not None else "/nonexistent"
-    return {"objects": (f"if [ -f {LAB_MARKER} ]; then k={lab_kubectl}; "
+    return {"objects": (f"o=$(mktemp); if [ -f {LAB_MARKER} ]; then k={lab_kubectl}; "
                         "else k=/usr/local/bin/kubectl; fi; "
                         f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" "
                         f"--kubeconfig={ADMIN_CONF} --request-timeout=3s get "
-                        "namespaces,clusterrolebindings,nodes,storageclasses -o json")}
+                        "namespaces,clusterrolebindings,nodes,storageclasses -o json "
+                        # kubectl prints an empty List when the API does not answer: only
+                        # a whole answer counts (else another host is asked)
+                        "> \"$o\" && cat \"$o\"; rm -f \"$o\"")}
 
 
 def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
@@ -158,8 +161,8 @@ def converge(group: list[HostContext]) -> None:
             first.facts["objects"] = state  # for the steps after this one
         objects, lines, replace = differing(state, ctx.inventory.cluster.kubernetes_version,
                                             [z.name for z in ctx.inventory.zones])
-        for line in lines:
-            ctx.note(line)
+        for line in lines:  # on the first host whichever answered: plan reads as apply
+            first.note(line)
         if replace and not ctx.dry_run:
             ctx.runner.run(f"{_kubectl(kubectl_path(ctx))} delete storageclass "
                            + " ".join(shlex.quote(n) for n in replace))
