@@ -8,6 +8,8 @@ as an AMI would carry it baked in. Real hosts pull the official images pinned by
 - `kube-proxy`: the binary, and `nft` with the shared libraries it loads, copied from this
   machine (kube-proxy's nftables mode runs `nft`).
 - `coredns`: the static binary alone.
+- `busybox`: Debian's static busybox (`/bin/busybox`, package busybox-static), for the
+  lab's own first workloads (README): `wget`, `nslookup`, `httpd`, `nc`, a shell.
 
 The archives go beside the binaries (`<k8s-bin-dir>/lab-images/`), where every lab host
 sees them (the lab's hosts share this machine's file system outside their own
@@ -34,7 +36,8 @@ SUBDIR = "lab-images"
 INDEX = "index.json"
 NFT = Path("/usr/sbin/nft")
 PATH_ENV = "PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-NAMES = ("kube-proxy", "coredns")
+NAMES = ("kube-proxy", "coredns", "busybox")
+BUSYBOX = Path("/bin/busybox")
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,11 @@ def _stat(path: Path) -> str:
 
 
 def _key(name: str, binaries: LocalBinaries) -> str:
-    parts = [RECIPE, name, binaries.digests[name]]
+    parts = [RECIPE, name]
+    if name == "busybox":
+        parts.append(_stat(BUSYBOX))
+    else:
+        parts.append(binaries.digests[name])
     if name == "kube-proxy":
         parts.append(_stat(NFT))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
@@ -81,6 +88,9 @@ def _libraries(program: Path) -> list[Path]:
 
 
 def _entries(name: str, binaries: LocalBinaries) -> list[oci_archive.Entry]:
+    if name == "busybox":
+        return [("bin", 0o755, None), ("bin/busybox", 0o755, BUSYBOX.read_bytes()),
+                ("tmp", 0o1777, None)]
     files: dict[str, tuple[int, bytes]] = {
         f"usr/local/bin/{name}": (0o755, Path(binaries.path(name)).read_bytes())}
     if name == "kube-proxy":
@@ -98,8 +108,10 @@ def _entries(name: str, binaries: LocalBinaries) -> list[oci_archive.Entry]:
 
 
 def _build(name: str, binaries: LocalBinaries, target: Path) -> str:
-    blobs = oci_archive.image_blobs(_entries(name, binaries), {
-        "Entrypoint": [f"/usr/local/bin/{name}"], "Env": [PATH_ENV], "WorkingDir": "/"})
+    config = ({"Entrypoint": ["/bin/busybox"], "Cmd": ["sh"], "Env": ["PATH=/bin"],
+               "WorkingDir": "/"} if name == "busybox" else
+              {"Entrypoint": [f"/usr/local/bin/{name}"], "Env": [PATH_ENV], "WorkingDir": "/"})
+    blobs = oci_archive.image_blobs(_entries(name, binaries), config)
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
     tmp.write_bytes(oci_archive.archive(reference(name), blobs))
     os.replace(tmp, target)
@@ -119,7 +131,7 @@ def ensure(binaries: LocalBinaries) -> dict[str, LabImage]:
         index = {}
     images, changed = {}, False
     for name in NAMES:
-        if name not in binaries.paths:
+        if name not in binaries.paths and not (name == "busybox" and BUSYBOX.is_file()):
             continue
         key = _key(name, binaries)
         target = directory / f"{name}-{key}.tar"
