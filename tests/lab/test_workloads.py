@@ -21,6 +21,7 @@ import pytest
 
 from bootstrap.addons import ebs_csi, images
 from bootstrap.addons.context import AddonContext
+from bootstrap.addons.dns_scale import DnsRule
 from bootstrap.apply_command import execute
 from bootstrap.lab import build, launch
 from bootstrap.node import kubelet_config as kc
@@ -393,6 +394,27 @@ def test_the_aws_storage_driver_is_accepted_by_a_real_api_server(wlab: Lab) -> N
     done = kubectl(wlab, "cp-b", "apply --dry-run=server --server-side "
                                  "--field-manager=multizone-k8s -f -", stdin=body.encode())
     assert "serverside-applied (server dry run)" in done.stdout, done.stdout
+
+
+def test_coredns_follows_nodes_that_come_without_an_apply(wlab: Lab) -> None:
+    """One replica a node (cluster.dns.nodes_per_replica 1): the apply sizes CoreDNS for
+    the nodes there are; a node launched afterwards gets its replica from the control
+    plane's autoscaler, with no apply."""
+    dense = dataclasses.replace(wlab.inventory, cluster=dataclasses.replace(
+        wlab.inventory.cluster, dns=DnsRule(nodes_per_replica=1)))
+    apply(wlab, dense)
+    nodes = len(get_json(wlab, "nodes")["items"])
+
+    def replicas() -> int:
+        return int(get_json(wlab, "deployment coredns -n kube-system")["spec"]["replicas"])
+
+    assert replicas() == nodes
+    node = launch.launch(wlab.dir, "lab-c")
+    LAUNCHED["second"] = node
+    took = until(lambda: replicas() == nodes + 1, 120, "a replica more for the new node")
+    print(f"\nCoreDNS scaled to {nodes + 1} replicas {took:.1f} s after the launch returned")
+    apply(wlab)  # back to the default rule: the apply and the autoscaler agree again
+    assert replicas() == 3
 
 
 def test_a_second_apply_changes_nothing(wlab: Lab) -> None:
