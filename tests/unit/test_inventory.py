@@ -183,3 +183,28 @@ def test_cli_bad_flag_exit_2(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "--out" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("cluster", "field", "fix"), [
+    ({"cni": "calico"}, "cluster.cni", "bridge, external"),
+    ({"dns": {"max_replicas": 2}}, "cluster.dns.max_replicas", "use 3..1000"),
+    ({"dns": {"nodes_per_replica": 0}}, "cluster.dns.nodes_per_replica", "use 1..5000"),
+    ({"dns": {"nodes_per_replica": "many"}}, "cluster.dns.nodes_per_replica", "whole number"),
+    ({"dns": {"replicas": 3}}, "cluster.dns.replicas", "nodes_per_replica, max_replicas"),
+    ({"dns": [16]}, "cluster.dns", "mapping"),
+])
+def test_cli_workload_settings_that_make_no_sense_exit_2_naming_the_field(
+        tmp_path, data, cluster, field, fix):
+    """The pod network and the DNS rule: one line naming the field and the fix, exit 2,
+    before anything is written or any host is asked (apply reads the inventory first)."""
+    data["cluster"].update(cluster)
+    bad = tmp_path / "inv.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, "-m", "bootstrap", "apply", str(bad), "--pki-dir",
+                           str(tmp_path / "pki")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{field}:" in lines[0] and fix in lines[0], lines[0]
+    assert not (tmp_path / "pki").exists()
