@@ -1,4 +1,4 @@
-"""The pod network agent: its pure parts (the desired overlay from a NodeList, the commands
+"""The pod network agent: its pure part (pod_network_state: the desired overlay, the commands
 from kernel state, the MAC, the ruleset), its executor and flags, the shared API client's
 certificate reload and list+watch cache, and one real run: two "nodes" in different subnets
 behind a router namespace, each with a bridge and a pod, the agent shipped as the hosts get
@@ -33,6 +33,7 @@ from csr_support import serve  # noqa: F401 - a fixture
 
 from bootstrap.node import kube_api
 from bootstrap.node import pod_network as pn
+from bootstrap.node import pod_network_state as pns
 
 CLUSTER, SERVICES = "10.244.0.0/16", "10.96.0.0/12"
 
@@ -54,16 +55,16 @@ B = node("node-b", "10.244.2.0/24", "10.77.2.10")
 C = node("node-c", "10.244.3.0/24", "10.77.3.10")
 
 
-def desired(*nodes: dict[str, Any], me: str = "node-a") -> pn.Desired:
-    state = pn.desired_state(me, pn.records_from(node_list(*nodes)), CLUSTER, SERVICES)
-    assert isinstance(state, pn.Desired), state
+def desired(*nodes: dict[str, Any], me: str = "node-a") -> pns.Desired:
+    state = pns.desired_state(me, pns.records_from(node_list(*nodes)), CLUSTER, SERVICES)
+    assert isinstance(state, pns.Desired), state
     return state
 
 
-def converged(state: pn.Desired) -> pn.Current:
+def converged(state: pns.Desired) -> pns.Current:
     """The kernel's answers after `state` was applied, in `ip -j`'s and `bridge -j`'s own
     formats (as read on this machine's iproute2 6.1), through the parsers."""
-    link = [{"ifname": pn.DEVICE, "flags": ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"],
+    link = [{"ifname": pns.DEVICE, "flags": ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"],
              "mtu": 1450, "address": state.mac,
              "linkinfo": {"info_kind": "vxlan", "info_data": {
                  "id": 1, "local": state.address, "link": "eth0", "port": 8472,
@@ -76,23 +77,23 @@ def converged(state: pn.Desired) -> pn.Current:
            for p in state.peers]
     addrs = [{"ifname": "eth0", "mtu": 1500,
               "addr_info": [{"family": "inet", "local": state.address, "prefixlen": 24}]}]
-    underlay, mtu = pn.parse_underlay(json.dumps(addrs), state.address)
-    return pn.Current(underlay, mtu, pn.parse_link(json.dumps(link)),
-                      pn.parse_routes(json.dumps(routes)), pn.parse_neighbours(json.dumps(neigh)),
-                      pn.parse_fdb(json.dumps(fdb)),
-                      pn.nft_digest(pn.nft_ruleset(CLUSTER).decode()), True, True)
+    underlay, mtu = pns.parse_underlay(json.dumps(addrs), state.address)
+    return pns.Current(underlay, mtu, pns.parse_link(json.dumps(link)),
+                      pns.parse_routes(json.dumps(routes)), pns.parse_neighbours(json.dumps(neigh)),
+                      pns.parse_fdb(json.dumps(fdb)),
+                      pns.nft_digest(pns.nft_ruleset(CLUSTER).decode()), True, True)
 
 
-def events(changes: list[pn.Change]) -> list[str]:
+def events(changes: list[pns.Change]) -> list[str]:
     return [c.event for c in changes]
 
 
 # ---- pure parts ----------------------------------------------------------------------------------
 
 def test_mac_is_derived_from_the_address_and_locally_administered_unicast() -> None:
-    assert pn.vxlan_mac("10.77.1.10") == "0e:7a:0a:4d:01:0a"
-    assert pn.vxlan_mac("192.168.255.1") == "0e:7a:c0:a8:ff:01"
-    first = int(pn.vxlan_mac("10.0.0.1").split(":")[0], 16)
+    assert pns.vxlan_mac("10.77.1.10") == "0e:7a:0a:4d:01:0a"
+    assert pns.vxlan_mac("192.168.255.1") == "0e:7a:c0:a8:ff:01"
+    first = int(pns.vxlan_mac("10.0.0.1").split(":")[0], 16)
     assert first & 0b10 and not first & 0b01  # locally administered, unicast
 
 
@@ -110,16 +111,16 @@ def test_desired_state_from_a_node_list() -> None:
 
 
 def test_a_node_without_its_pod_cidr_or_address_waits() -> None:
-    records = pn.records_from(node_list(node("node-a", None, "10.77.1.10"), B))
-    assert "no spec.podCIDR" in str(pn.desired_state("node-a", records, CLUSTER, SERVICES))
-    records = pn.records_from(node_list(node("node-a", "10.244.1.0/24", None), B))
-    assert "no IPv4 InternalIP" in str(pn.desired_state("node-a", records, CLUSTER, SERVICES))
-    assert "not in the node list" in str(pn.desired_state("node-x", records, CLUSTER, SERVICES))
+    records = pns.records_from(node_list(node("node-a", None, "10.77.1.10"), B))
+    assert "no spec.podCIDR" in str(pns.desired_state("node-a", records, CLUSTER, SERVICES))
+    records = pns.records_from(node_list(node("node-a", "10.244.1.0/24", None), B))
+    assert "no IPv4 InternalIP" in str(pns.desired_state("node-a", records, CLUSTER, SERVICES))
+    assert "not in the node list" in str(pns.desired_state("node-x", records, CLUSTER, SERVICES))
 
 
 def test_a_bare_node_gets_every_piece_in_an_order_the_kernel_accepts() -> None:
     state = desired(A, B)
-    changes = pn.plan(pn.Current("eth0", 9001, ip_forward=False, service_routed=False), state)
+    changes = pns.plan(pns.Current("eth0", 9001, ip_forward=False, service_routed=False), state)
     assert events(changes) == ["ip-forward", "nft-load", "link-add", "address-add", "link-up",
                                "fdb-add", "neigh-add", "route-add", "service-route"]
     by_event = {c.event: c for c in changes}
@@ -138,21 +139,21 @@ def test_a_bare_node_gets_every_piece_in_an_order_the_kernel_accepts() -> None:
 
 def test_a_converged_node_needs_no_command() -> None:
     state = desired(A, B, C)
-    assert pn.plan(converged(state), state) == []
+    assert pns.plan(converged(state), state) == []
 
 
 def test_a_removed_peer_loses_its_route_neighbour_and_forwarding_entry() -> None:
     current = converged(desired(A, B, C))
-    changes = pn.plan(current, desired(A, B))
+    changes = pns.plan(current, desired(A, B))
     assert [c.line() for c in changes] == [
         "event=route-del cidr=10.244.3.0/24", "event=neigh-del address=10.244.3.0",
         "event=fdb-del mac=0e:7a:0a:4d:03:0a dst=10.77.3.10"]
-    assert pn.plan(converged(desired(A, B)), desired(A, B)) == []
+    assert pns.plan(converged(desired(A, B)), desired(A, B)) == []
 
 
 def test_a_peer_with_a_new_address_gets_a_new_mac_and_keeps_its_route() -> None:
     moved = node("node-b", "10.244.2.0/24", "10.77.2.20")
-    changes = pn.plan(converged(desired(A, B)), desired(A, moved))
+    changes = pns.plan(converged(desired(A, B)), desired(A, moved))
     assert events(changes) == ["fdb-del", "fdb-add", "neigh-add"]
     assert changes[1].fields["mac"] == "0e:7a:0a:4d:02:14"
 
@@ -161,26 +162,26 @@ def test_a_device_of_the_wrong_kind_is_replaced_and_refilled() -> None:
     state = desired(A, B)
     current = converged(state)
     assert current.link is not None
-    current.link = pn.Link(None, None, "", "", True, 1500, "aa:bb:cc:dd:ee:ff", True)
-    assert events(pn.plan(current, state)) == ["link-delete", "link-add", "address-add",
+    current.link = pns.Link(None, None, "", "", True, 1500, "aa:bb:cc:dd:ee:ff", True)
+    assert events(pns.plan(current, state)) == ["link-delete", "link-add", "address-add",
                                                "link-up", "fdb-add", "neigh-add", "route-add"]
 
 
 def test_the_ruleset_masquerades_only_what_leaves_the_cluster_and_carries_its_digest() -> None:
-    rules = pn.nft_ruleset(CLUSTER).decode()
+    rules = pns.nft_ruleset(CLUSTER).decode()
     assert "ip saddr 10.244.0.0/16 ip daddr != 10.244.0.0/16 masquerade" in rules
     assert rules.startswith("table ip mzk_pods\ndelete table ip mzk_pods\n")
-    assert len(pn.nft_digest(rules)) == 16
-    assert pn.nft_digest(rules) != pn.nft_digest(pn.nft_ruleset("10.200.0.0/16").decode())
-    assert pn.nft_digest("table ip mzk_pods {\n}") == ""
+    assert len(pns.nft_digest(rules)) == 16
+    assert pns.nft_digest(rules) != pns.nft_digest(pns.nft_ruleset("10.200.0.0/16").decode())
+    assert pns.nft_digest("table ip mzk_pods {\n}") == ""
 
 
 def test_the_underlay_is_the_interface_holding_the_internal_ip() -> None:
     answer = json.dumps([{"ifname": "lo", "mtu": 65536, "addr_info": [{"local": "127.0.0.1"}]},
                          {"ifname": "ens5", "mtu": 9001, "addr_info": [{"local": "10.0.1.7"}]}])
-    assert pn.parse_underlay(answer, "10.0.1.7") == ("ens5", 9001)
-    with pytest.raises(pn.PlanError, match="on no interface"):
-        pn.plan(pn.Current(), desired(A, B))
+    assert pns.parse_underlay(answer, "10.0.1.7") == ("ens5", 9001)
+    with pytest.raises(pns.PlanError, match="on no interface"):
+        pns.plan(pns.Current(), desired(A, B))
 
 
 # ---- the executor ----------------------------------------------------------------------------
@@ -201,7 +202,7 @@ class FakeKernel:
 
 def test_entries_run_as_one_batch_per_tool_and_each_change_is_logged() -> None:
     state = desired(A, B, C)
-    changes = pn.plan(converged(desired(A)), state)
+    changes = pns.plan(converged(desired(A)), state)
     kernel, lines = FakeKernel(), list[str]()
     assert pn.execute(changes, kernel, lines.append)
     assert [argv for argv, _ in kernel.calls] == [["bridge", "-force", "-batch", "-"],
@@ -215,7 +216,7 @@ def test_entries_run_as_one_batch_per_tool_and_each_change_is_logged() -> None:
 
 
 def test_a_failed_batch_line_is_reported_and_fails_the_pass() -> None:
-    changes = pn.plan(converged(desired(A)), desired(A, B, C))
+    changes = pns.plan(converged(desired(A)), desired(A, B, C))
     kernel, lines = FakeKernel(fail="route replace 10.244.3.0/24"), list[str]()
     assert not pn.execute(changes, kernel, lines.append)
     failed = [line for line in lines if "result=failed" in line]
@@ -295,7 +296,7 @@ def test_the_node_cache_lists_in_pages_then_follows_watch_events() -> None:
     first = {"metadata": {"continue": "t1"}, "items": [A]}
     second = {"metadata": {"resourceVersion": "42"}, "items": [B]}
     api = FakeApi([first, second])
-    cache = kube_api.ListWatch(api, pn.NODES_PATH, pn.record_of, print)  # type: ignore[arg-type]
+    cache = kube_api.ListWatch(api, pn.NODES_PATH, pns.record_of, print)  # type: ignore[arg-type]
     items, version = cache.list_all()
     assert version == "42" and sorted(items) == ["node-a", "node-b"]
     assert api.paths == ["/api/v1/nodes?limit=500", "/api/v1/nodes?limit=500&continue=t1"]
@@ -360,7 +361,7 @@ def test_list_then_watch_against_a_tls_api_with_a_client_certificate_rotated_bet
     server = serve(FakeApi, context)
     api = kube_api.KubeApi(f"https://127.0.0.1:{server.server_port}", str(tmp_path / "ca.crt"),
                            str(client), str(client))
-    cache = kube_api.ListWatch(api, pn.NODES_PATH, pn.record_of, print)
+    cache = kube_api.ListWatch(api, pn.NODES_PATH, pns.record_of, print)
     cache.start()
     assert cache.changed.wait(5)
     assert sorted(cache.snapshot()[0] or {}) == ["node-a", "node-b"]
@@ -556,7 +557,7 @@ def test_pods_on_two_nodes_in_two_subnets_reach_each_other(lab: dict[str, str]) 
     assert (link["mtu"], link["address"]) == (1450, "0e:7a:0a:4d:01:0a")
     assert "dev eth0" in sh("ip", "-n", lab["a"], "route", "show", SERVICES)
     table = sh("ip", "netns", "exec", lab["a"], "nft", "list", "table", "ip", "mzk_pods")
-    assert pn.nft_digest(table) == pn.nft_digest(pn.nft_ruleset(CLUSTER).decode())
+    assert pns.nft_digest(table) == pns.nft_digest(pns.nft_ruleset(CLUSTER).decode())
 
     removed = agent(lab, "a", A, unpeered)
     assert sorted(line.split()[0] for line in removed) == [
