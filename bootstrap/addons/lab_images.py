@@ -31,7 +31,7 @@ from bootstrap.errors import ConfigError
 from bootstrap.k8s_bin import LocalBinaries
 from bootstrap.node import oci_archive
 
-RECIPE = "1"  # bump when an image's content changes for the same inputs
+RECIPE = "2"  # bump when an image's content changes for the same inputs
 SUBDIR = "lab-images"
 INDEX = "index.json"
 NFT = Path("/usr/sbin/nft")
@@ -52,8 +52,10 @@ class LabImage:
         return self.digest.removeprefix("sha256:")
 
 
-def reference(name: str) -> str:
-    return f"mzk.local/{name}:lab"
+def reference(name: str, key: str = "") -> str:
+    """The add-ons' images are tagged by their inputs, so new binaries roll their pods;
+    busybox keeps one tag people can type."""
+    return f"mzk.local/{name}:lab" + (f"-{key[:12]}" if key and name != "busybox" else "")
 
 
 def _stat(path: Path) -> str:
@@ -107,13 +109,13 @@ def _entries(name: str, binaries: LocalBinaries) -> list[oci_archive.Entry]:
             *((p, mode, data) for p, (mode, data) in sorted(files.items()))]
 
 
-def _build(name: str, binaries: LocalBinaries, target: Path) -> str:
+def _build(name: str, binaries: LocalBinaries, target: Path, ref: str) -> str:
     config = ({"Entrypoint": ["/bin/busybox"], "Cmd": ["sh"], "Env": ["PATH=/bin"],
                "WorkingDir": "/"} if name == "busybox" else
               {"Entrypoint": [f"/usr/local/bin/{name}"], "Env": [PATH_ENV], "WorkingDir": "/"})
     blobs = oci_archive.image_blobs(_entries(name, binaries), config)
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    tmp.write_bytes(oci_archive.archive(reference(name), blobs))
+    tmp.write_bytes(oci_archive.archive(ref, blobs))
     os.replace(tmp, target)
     return blobs.manifest_digest
 
@@ -138,9 +140,9 @@ def ensure(binaries: LocalBinaries) -> dict[str, LabImage]:
         known = index.get(name) or {}
         if known.get("key") != key or not target.is_file():
             directory.mkdir(parents=True, exist_ok=True)
-            known = {"key": key, "digest": _build(name, binaries, target)}
+            known = {"key": key, "digest": _build(name, binaries, target, reference(name, key))}
             index[name], changed = known, True
-        images[name] = LabImage(name, reference(name), str(target), known["digest"])
+        images[name] = LabImage(name, reference(name, key), str(target), known["digest"])
     if changed:
         tmp = index_file.with_name(f".{INDEX}.{os.getpid()}")
         tmp.write_text(json.dumps(index, indent=1, sort_keys=True))

@@ -32,6 +32,7 @@ from .conftest import (
     KUBECTL,
     Lab,
     apply,
+    in_host,
     kubectl,
     lab_unavailable,
     require_k8s_binaries,
@@ -258,7 +259,10 @@ def test_the_same_with_ssh_tunnel_egress(wlab: Lab, web: dict[str, list[dict[str
         kubectl(wlab, "cp-b", f"delete pods -n {NS} -l app=probe --wait=true")
         assert_probes_pass(wlab, web)
     finally:
-        apply(wlab)
+        # Back to Konnectivity (the switch itself is the egress tests' subject), then
+        # converged: that apply's plan is held to it.
+        execute(wlab.inventory, wlab.dir / "pki", dry_run=False)
+    assert not apply(wlab).changed
 
 
 def assert_probes_pass(wlab: Lab, web: dict[str, list[dict[str, Any]]]) -> None:
@@ -420,3 +424,10 @@ def test_coredns_follows_nodes_that_come_without_an_apply(wlab: Lab) -> None:
 def test_a_second_apply_changes_nothing(wlab: Lab) -> None:
     report = apply(wlab)
     assert not report.changed, report.lines()
+    pods = kube_system_pods(wlab)
+    restarts = {p["metadata"]["name"]: c["restartCount"] for p in pods
+                for c in p["status"].get("containerStatuses", []) if c["restartCount"]}
+    assert restarts == {}, restarts
+    for node in wlab.inventory.nodes:  # the pod network agent never fell over
+        log = in_host(wlab, node.name, ["cat", "/var/lib/mzk/log/mzk-pod-network.log"])
+        assert "Traceback" not in log.stdout, (node.name, log.stdout[-3000:])

@@ -122,7 +122,8 @@ def test_lab_images_are_oci_archives_built_once(tmp_path: Path) -> None:
         manifest = index["manifests"][0]
         assert manifest["digest"] == built["kube-proxy"].digest
         assert manifest["annotations"]["org.opencontainers.image.ref.name"] == \
-            "mzk.local/kube-proxy:lab"
+            built["kube-proxy"].ref
+        assert built["kube-proxy"].ref.startswith("mzk.local/kube-proxy:lab-")
         layer_names = [m.name for m in archive.getmembers()]
         assert f"blobs/sha256/{built['kube-proxy'].blob}" in layer_names
     stamps = {n: Path(i.archive).stat().st_mtime_ns for n, i in built.items()}
@@ -134,4 +135,6 @@ def test_lab_images_are_oci_archives_built_once(tmp_path: Path) -> None:
                             digests={"kube-proxy": "c" * 64, "coredns": "b" * 64})
     rebuilt = lab_images.ensure(changed)
     assert rebuilt["kube-proxy"].archive != built["kube-proxy"].archive
+    assert rebuilt["kube-proxy"].ref != built["kube-proxy"].ref  # its pods roll
     assert rebuilt["coredns"] == built["coredns"]
+    assert built["busybox"].ref == "mzk.local/busybox:lab"
