@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import re
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -100,13 +101,24 @@ class _Substitute:
         return self.pattern.sub(lambda m: self.exact[m.group(0)], text)
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+MAX_USER_DATA_TEXT = 1 << 20  # a gzip bomb in a diff stays a base64 string
+
+
 def _decoded(text: str) -> str:
-    """Base64 user data as the text cloud-init reads; anything else unchanged."""
+    """Base64 user data as the text cloud-init reads (gzip-compressed or not); anything
+    else unchanged."""
     if len(text) < 16 or not re.fullmatch(r"[A-Za-z0-9+/=\s]+", text):
         return text
     try:
-        plain = base64.b64decode(text, validate=False).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        raw = base64.b64decode(text, validate=False)
+        if raw.startswith(GZIP_MAGIC):
+            unpacker = zlib.decompressobj(wbits=31)
+            raw = unpacker.decompress(raw, MAX_USER_DATA_TEXT)
+            if unpacker.unconsumed_tail:
+                return text
+        plain = raw.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, zlib.error):
         return text
     return plain if plain.startswith(("#cloud-config", "#!")) else text
 

@@ -84,8 +84,12 @@ def started(pause_file: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]
     """Starts commands; kills (by PID) whatever is still running at the end."""
     running: list[subprocess.Popen[bytes]] = []
 
+    def default_signals() -> None:  # as a runtime starts a sandbox (not as nohup left us)
+        for number in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_DFL)
+
     def start(*argv: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=default_signals)
         running.append(process)
         return process
 
