@@ -29,8 +29,7 @@ from bootstrap.engine import HostContext, Step
 from bootstrap.errors import ConfigError, StepError
 from bootstrap.inventory import Host, Inventory
 from bootstrap.node import dns_autoscaler
-from bootstrap.services import LAB_MARKER
-from bootstrap.steps.cluster_objects import FIELD_MANAGER, kubectl_path
+from bootstrap.steps.cluster_objects import FIELD_MANAGER, kubectl_get_script, kubectl_path
 from bootstrap.steps.node_join import APPROVER_USER
 
 ADDON_LABEL = "mzk.io/addon"
@@ -108,15 +107,8 @@ def key(obj: dict[str, Any]) -> tuple[str, str, str]:
 
 def probe_scripts(ctx: HostContext) -> dict[str, str]:
     """One kubectl call beside the other facts: every object carrying our add-on label."""
-    local = ctx.shared.get("k8s_bin")
-    lab_kubectl = shlex.quote(local.path("kubectl")) if local is not None else "/nonexistent"
-    return {"addons": (f"o=$(mktemp); if [ -f {LAB_MARKER} ]; then k={lab_kubectl}; "
-                       "else k=/usr/local/bin/kubectl; fi; "
-                       f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" "
-                       f"--kubeconfig={ADMIN_CONF} --request-timeout=3s get {','.join(KINDS)} "
-                       f"-A -l {ADDON_LABEL},{MANAGED_BY}=multizone-k8s -o json "
-                       # an empty List when the API does not answer: only a whole answer
-                       "> \"$o\" && cat \"$o\"; rm -f \"$o\"")}
+    return {"addons": kubectl_get_script(
+        ctx, f"{','.join(KINDS)} -A -l {ADDON_LABEL},{MANAGED_BY}=multizone-k8s")}
 
 
 def parse_probe(outputs: dict[str, str]) -> dict[tuple[str, str, str], str] | None:

@@ -50,19 +50,25 @@ def _kubectl(kubectl: str) -> str:
     return (f"{shlex.quote(kubectl)} --kubeconfig={ADMIN_CONF} --request-timeout=5s")
 
 
+def kubectl_get_script(ctx: HostContext, what: str) -> str:
+    """`kubectl get <what> -o json` on a control-plane host with the admin credential (the
+    lab's kubectl or the release's), printing only a whole answer: kubectl prints an empty
+    List when the API does not answer, which must not read as an empty cluster (the caller
+    then asks another host)."""
+    local = ctx.shared.get("k8s_bin")
+    lab_kubectl = shlex.quote(local.path("kubectl")) if local is not None else "/nonexistent"
+    return (f"o=$(mktemp); if [ -f {LAB_MARKER} ]; then k={lab_kubectl}; "
+            "else k=/usr/local/bin/kubectl; fi; "
+            f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" "
+            f"--kubeconfig={ADMIN_CONF} --request-timeout=3s get {what} -o json "
+            "> \"$o\" && cat \"$o\"; rm -f \"$o\"")
+
+
 def probe_scripts(ctx: HostContext) -> dict[str, str]:
     """One command (run beside the other facts): every namespace and cluster role binding
     as JSON (one kubectl start, the costly part); nothing when no API server answers yet."""
-    local = ctx.shared.get("k8s_bin")
-    lab_kubectl = shlex.quote(local.path("kubectl")) if local is not None else "/nonexistent"
-    return {"objects": (f"o=$(mktemp); if [ -f {LAB_MARKER} ]; then k={lab_kubectl}; "
-                        "else k=/usr/local/bin/kubectl; fi; "
-                        f"[ -x \"$k\" ] && [ -f {ADMIN_CONF} ] && \"$k\" "
-                        f"--kubeconfig={ADMIN_CONF} --request-timeout=3s get "
-                        "namespaces,clusterrolebindings,nodes,storageclasses -o json "
-                        # kubectl prints an empty List when the API does not answer: only
-                        # a whole answer counts (else another host is asked)
-                        "> \"$o\" && cat \"$o\"; rm -f \"$o\"")}
+    return {"objects": kubectl_get_script(ctx, "namespaces,clusterrolebindings,nodes,"
+                                               "storageclasses")}
 
 
 def parse_probe(outputs: dict[str, str]) -> dict[str, Any] | None:
